@@ -1,0 +1,193 @@
+"""The run's accumulator: one named, detached Ray actor that owns the count tensors.
+
+``absorb(record)`` validates a finished trial, appends it to the trial log durably, updates the
+counts, and only then acknowledges; a trial id already counted is acknowledged again without
+being counted twice. On start (first time, or after a crash and restart by Ray) the actor
+rebuilds its counts from the log, so the log stays the source of truth. Reads are answered from
+the live counts through the same ``RunView`` the offline path uses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+
+import numpy as np
+
+from raymem.errors import RaymemError
+from raymem.estimator import report
+from raymem.estimator.records import TrialRecord, validate_record
+from raymem.estimator.run_files import RunInfo, read_labels, read_run_info
+from raymem.estimator.storage import RunStore
+from raymem.estimator.subsets import subset_mask
+from raymem.estimator.trial_log import write_trial
+from raymem.estimator.view import RunView
+
+NAMESPACE = "raymem"
+#: Completed trials kept for the throughput estimate.
+THROUGHPUT_WINDOW = 50
+
+
+class Accumulator:
+    """Holds one run's counts; see the module docstring for the protocol."""
+
+    def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64):
+        from raymem.api import counts_from_log, flipped_labels
+
+        self.store = RunStore.open(run_uri)
+        self.info = read_run_info(self.store)
+        labels = read_labels(self.store)
+        self.train_labels, self.test_labels = (labels[0], labels[1]) if labels is not None else (None, None)
+        started = time.perf_counter()
+        counts = counts_from_log(self.store, self.info, with_pairs=with_pairs, batch_size=batch_size)
+        self.rebuild_seconds = time.perf_counter() - started
+        self.rebuilt_trials = counts.trials
+        self.view = RunView(self.info, counts, flipped_labels(self.store), source="actor")
+        self.finish_times: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)
+        self.duplicates = 0
+        self.started_at = time.time()
+
+    # ---- identity ----------------------------------------------------------------------
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    def describe(self) -> dict:
+        return {
+            "run_id": self.info.run_id,
+            "run_uri": self.store.uri,
+            "pid": os.getpid(),
+            "node": socket.gethostname(),
+            "trials": self.view.counts.trials,
+            "rebuilt_trials": self.rebuilt_trials,
+            "rebuild_seconds": self.rebuild_seconds,
+            "duplicates": self.duplicates,
+        }
+
+    def done_trial_ids(self) -> list[int]:
+        return sorted(self.view.counts.trial_ids)
+
+    def reload_info(self) -> None:
+        """Re-read run.json (the driver raised the trial target)."""
+        info = read_run_info(self.store)
+        if info.run_id != self.info.run_id:
+            raise RaymemError(f"{self.store.uri} now holds another run; restart the accumulator.")
+        self.info = info
+        self.view.info = info
+
+    # ---- the write path ------------------------------------------------------------------
+    def absorb(self, record: TrialRecord) -> dict:
+        """Validate, log durably, count, then acknowledge ``record``."""
+        counts = self.view.counts
+        if record.run_id == self.info.run_id and record.trial_id in counts.trial_ids:
+            self.duplicates += 1
+            return {"trial_id": record.trial_id, "counted": False, "trials": counts.trials}
+        self._validate(record)
+        write_trial(self.store, record)
+        counts.add(record.trial_id, record.mask, record.train_correct, record.test_correct)
+        self.finish_times.append(time.time())
+        return {"trial_id": record.trial_id, "counted": True, "trials": counts.trials}
+
+    def _validate(self, record: TrialRecord) -> None:
+        info = self.info
+        validate_record(record, run_id=info.run_id, n_train=info.n_train, n_test=info.n_test, subset_size=info.subset_size)
+        if info.source == "runner" and not np.array_equal(
+            record.mask, subset_mask(info.seed, record.trial_id, info.n_train, info.subset_size)
+        ):
+            raise RaymemError(
+                f"trial {record.trial_id} trained on a subset that is not the one drawn from (run seed, trial id); "
+                "send records produced by this run's trials only."
+            )
+        if self.train_labels is not None and record.train_pred is not None:
+            if not (np.array_equal(record.train_correct, record.train_pred == self.train_labels)
+                    and np.array_equal(record.test_correct, record.test_pred == self.test_labels)):
+                raise RaymemError(
+                    f"trial {record.trial_id} has correctness bits that disagree with its predictions and the run's labels; "
+                    "build records with TrialRecord.from_predictions."
+                )
+
+    # ---- reads (same answers as the offline path) ------------------------------------------
+    def mem_table(self, **kwargs):
+        return self.view.mem_table(**kwargs)
+
+    def pairs_table(self, **kwargs):
+        return self.view.pairs_table(**kwargs)
+
+    def influence_table(self, **kwargs):
+        return self.view.influence_table(**kwargs)
+
+    def status(self, **kwargs) -> dict:
+        summary = self.view.status(**kwargs)
+        summary["progress"] = self._progress(summary["trials_done"], summary["trials_target"])
+        return summary
+
+    def flush(self) -> int:
+        self.view.counts.flush()
+        return self.view.counts.trials
+
+    def _progress(self, done: int, target: int) -> dict:
+        times = list(self.finish_times)
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
+        remaining = max(0, target - done)
+        eta = remaining / rate if rate > 0 else None
+        return {
+            "trials_per_hour": rate * 3600.0,
+            "eta_seconds": eta,
+            "eta": _format_seconds(eta) if eta is not None else ("done" if remaining == 0 else "unknown"),
+        }
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _head_pin() -> dict:
+    """Keep the accumulator on the head node (never on a spot GPU worker)."""
+    return {"node:__internal_head__": 0.001}
+
+
+def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, batch_size: int):
+    """Return the run's accumulator, starting it (and rebuilding from the log) when none is alive."""
+    import ray
+
+    actor_cls = ray.remote(Accumulator)
+    handle = actor_cls.options(
+        name=info.name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=0,
+        resources=_head_pin(),
+    ).remote(run_uri, with_pairs, batch_size)
+    alive_id = ray.get(handle.run_id.remote())
+    if alive_id != info.run_id:
+        raise RaymemError(
+            f"an accumulator named {info.name!r} for another run ({alive_id}) is alive on this cluster; "
+            "pick another --name or stop that run's accumulator."
+        )
+    return handle
+
+
+def find_accumulator(info: RunInfo, address: str, *, connect_timeout_s: float = 2.0):
+    """Return the live accumulator of ``info`` on the cluster at ``address``, or None."""
+    import ray
+
+    from raymem.runner.cluster_connect import connect, reachable
+
+    if not ray.is_initialized():
+        if not reachable(address, timeout_s=connect_timeout_s):
+            return None
+        connect(address)
+    try:
+        handle = ray.get_actor(info.name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+    if ray.get(handle.run_id.remote()) != info.run_id:
+        return None
+    return handle

@@ -1,0 +1,270 @@
+"""The `raymem` command: a thin Typer layer over raymem.api (and the runner and cluster modules)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Optional
+
+import typer
+
+from raymem.errors import RaymemError
+from raymem.estimator import formulas, report
+
+app = typer.Typer(
+    help="Which training examples a network memorizes, and which test predictions each drives (Feldman & Zhang 2020), on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+RunArg = typer.Argument(..., help="Run name (under --storage) or run directory / URI.")
+StorageOpt = typer.Option(None, "--storage", help="Storage root for run names [env RAYMEM_STORAGE, default ./runs].")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster holding the run's live accumulator [env RAY_ADDRESS].")
+DeltaOpt = typer.Option(report.DEFAULT_DELTA, "--delta", help="Error bars hold with probability 1-delta.")
+SimultaneousOpt = typer.Option(False, "--simultaneous", help="Bands hold for all examples at once (delta / family size).")
+
+
+def user_errors(fn):
+    """Turn a RaymemError into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RaymemError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_table(table, limit: int = 20) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=limit, tbl_cols=12, float_precision=3, tbl_hide_dataframe_shape=False):
+        typer.echo(pl.from_arrow(table).head(limit))
+
+
+def _api():
+    from raymem import api
+
+    return api
+
+
+@app.command()
+@user_errors
+def ingest(
+    run_dir: str = typer.Argument(..., help="New run directory (local path or s3:// gs:// URI)."),
+    masks: str = typer.Option(..., "--masks", help="bool .npy (trials, n_train): example i in trial k's subset."),
+    train_correct: str = typer.Option(..., "--train-correct", help="bool .npy (trials, n_train): trial k correct on training example i."),
+    test_correct: str = typer.Option(..., "--test-correct", help="bool .npy (trials, n_test): trial k correct on test example j."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name recorded in run.json (default: the folder name)."),
+):
+    """Make a run from external results (e.g. the paper's released checkpoints)."""
+    api = _api()
+    arrays = [api.load_bool_npy(p, w) for p, w in ((masks, "--masks"), (train_correct, "--train-correct"), (test_correct, "--test-correct"))]
+    info = api.ingest(run_dir, *arrays, name=name)
+    typer.echo(f"ingested {arrays[0].shape[0]} trials into {run_dir}: n_train={info.n_train} n_test={info.n_test} subset_size={info.subset_size}")
+
+
+@app.command()
+@user_errors
+def estimates(
+    run: str = RunArg,
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    figure: Optional[str] = typer.Option(None, "--figure", help="Write a PNG histogram of the estimates here."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """Memorization of every training example, with Chernoff (and Hoeffding) intervals."""
+    from raymem import outputs
+
+    table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous)
+    if out:
+        outputs.write_parquet(table, out)
+        typer.echo(f"wrote {table.num_rows} rows to {out}")
+    if figure:
+        outputs.mem_figure(table, figure, title=f"memorization: {run}")
+        typer.echo(f"wrote {figure}")
+    import pyarrow.compute as pc
+
+    typer.echo("top memorized training examples:")
+    _print_table(table.take(pc.sort_indices(table, [("mem", "descending")])[:10]).select(
+        [c for c in ("train_index", "mem", "mem_lo", "mem_hi", "n_in", "n_out", "label_flipped") if c in table.column_names]))
+
+
+@app.command()
+@user_errors
+def pairs(
+    run: str = RunArg,
+    min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl", help="Keep pairs with influence at least this."),
+    min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem", help="Keep training examples with memorization at least this."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the pairs as Parquet here."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """High-influence pairs (train example, test example), as selected in the paper."""
+    from raymem import outputs
+
+    table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
+                         delta=delta, simultaneous=simultaneous)
+    if out:
+        outputs.write_parquet(table, out)
+        typer.echo(f"wrote {table.num_rows} pairs to {out}")
+    typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}")
+    _print_table(table, limit=10)
+
+
+@app.command()
+@user_errors
+def influence(
+    run: str = RunArg,
+    test_index: int = typer.Option(..., "--test-index", help="Test example to explain."),
+    top: int = typer.Option(10, "--top", help="How many influencers to list."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """The training examples with the largest influence on one test example."""
+    from raymem import outputs
+
+    table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta, simultaneous=simultaneous)
+    if out:
+        outputs.write_parquet(table, out)
+    _print_table(table, limit=top)
+
+
+def format_status(s: dict) -> str:
+    """A human-readable status block."""
+    mem = s["mem"]
+    lines = [
+        f"run {s['run']} ({s['source']}): {s['trials_done']}/{s['trials_target']} trials, "
+        f"n_train={s['n_train']} n_test={s['n_test']} subset={s['subset_size']}",
+    ]
+    if "progress" in s:
+        p = s["progress"]
+        lines.append(f"  throughput {p.get('trials_per_hour', 0):.1f} trials/h, ETA {p.get('eta', '?')}")
+    lines += [
+        f"  mem half-width (delta={s['delta']:g}{', simultaneous' if s['simultaneous'] else ''}): "
+        f"median {mem['median_halfwidth']:.3f}, max {mem['max_halfwidth']:.3f}",
+        f"  mem >= {mem['certify_threshold']:g}: {mem['estimated_above']} estimated, {mem['certified']} certified (lower bound)",
+        f"  trials needed for median half-width {mem['target_halfwidth']:g}: {mem['trials_needed']}",
+        f"  paper's Lemma 2.1 RMS bound: {s['lemma21_rms_bound']:.3f}",
+    ]
+    for theta, c in s["split_half"]["mem"].items():
+        j = "n/a" if c["jaccard"] is None else f"{c['jaccard']:.3f}"
+        d = "n/a" if c["mean_abs_diff"] is None else f"{c['mean_abs_diff']:.3f}"
+        lines.append(f"  split-half (even vs odd trials) at mem >= {theta}: Jaccard {j}, mean |diff| {d}")
+    if s.get("canaries"):
+        c = s["canaries"]
+        if c["count"]:
+            lines.append(f"  canaries: {c['count']} flipped labels, recall {c['recall']:.2f} among the top {c['count']} (chance {c['chance']:.3f})")
+    return "\n".join(lines)
+
+
+@app.command()
+@user_errors
+def status(
+    run: str = RunArg,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until the run reaches its target."),
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
+    target_halfwidth: float = typer.Option(report.DEFAULT_TARGET_HALFWIDTH, "--target-halfwidth"),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """Trials counted, error-bar widths, certified examples, split-half consistency, trials still needed."""
+    while True:
+        s = _api().status(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous,
+                          target_halfwidth=target_halfwidth)
+        text = json.dumps(s, indent=2) if as_json else format_status(s)
+        if watch and not as_json:
+            typer.echo("\033[2J\033[H" + time.strftime("%H:%M:%S ") + text)
+        else:
+            typer.echo(text)
+        if not watch or s["trials_done"] >= s["trials_target"]:
+            return
+        time.sleep(interval)
+
+
+@app.command()
+@user_errors
+def run(
+    experiment: str = typer.Argument(..., help="Preset name (see `raymem presets`) or a .yaml/.toml experiment file."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials the run should hold (raise it to extend a run)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name [default: the preset name]."),
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address [env RAY_ADDRESS; none: start a local Ray]."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Prepared TFDS data [env RAYMEM_DATA_DIR]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    base_lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set name, or npz:FILE / parquet:DIR."),
+    subset_ratio: Optional[float] = typer.Option(None, "--subset-ratio", help="m/n (paper: 0.7)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    flip_labels: Optional[float] = typer.Option(None, "--flip-labels", help="Flip this fraction of training labels (canaries)."),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial"),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial"),
+    nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per trial before it is reported failed."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the GPU-hour estimate; start nothing."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train the run's missing trials on Ray (a local Ray when no cluster is given)."""
+    from raymem import api
+    from raymem.runner.config import resolve_config
+
+    overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
+                     subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
+                     gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts)
+    config = resolve_config(experiment, overrides)
+    name = name or config.preset
+    if dry_run:
+        from raymem.runner.run import plan
+
+        typer.echo(json.dumps(plan(config), indent=2))
+        return
+    from raymem.runner.run import run_experiment
+
+    result = run_experiment(config, name=name, run_uri=api.run_uri(name, storage), address=address, data_dir=data_dir,
+                            num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet)
+    typer.echo(f"run {name}: {result.trials_done}/{result.trials_target} trials in the log "
+               f"({len(result.trained_now)} trained now, {len(result.retried)} retried, {len(result.failed)} failed) "
+               f"in {result.wall_seconds:.1f}s; data in {result.run_uri}")
+    for k, why in sorted(result.failed.items()):
+        typer.echo(f"  trial {k} failed: {why}", err=True)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def presets():
+    """List the presets with their data set, model, recipe, resources and GPU-hour budget."""
+    from raymem.runner.config import PRESETS, gpu_hours
+
+    for key, c in PRESETS.items():
+        hours = gpu_hours(c)
+        typer.echo(f"{key:22s} {c.dataset:14s} {c.model:12s} {c.epochs:4d} ep  batch {c.batch_size:4d}  lr {c.base_lr:<5g} "
+                   f"gpus/trial {c.gpus_per_trial:<5g} GPU-h(2000 trials, paper timing) "
+                   f"{'-' if hours is None else f'{hours * 2000 / c.trials:,.0f}'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Error bars for the estimator's conditional terms and their differences.
+
+Each conditional term (e.g. P[correct | i in J]) is the mean of independent Bernoulli samples,
+one per trial that contains (or omits) i, so it gets a Chernoff interval in its KL form; a
+difference of two terms (memorization, influence) gets the interval [lo_in - hi_out,
+hi_in - lo_out] with the confidence split over the two terms (union bound). A Hoeffding
+interval and the paper's global bound (Lemma 2.1) are offered beside it.
+
+Everything here is vectorised: counts may be arrays of any (broadcastable) shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from raymem.errors import RaymemError
+
+#: How far q is kept from 0 and 1 inside kl_bernoulli, so that logarithms stay finite.
+KL_Q_CLIP = 1e-15
+#: Bisection steps for the Chernoff interval: the bracket [0, 1] halves each step, so after
+#: 60 steps it is narrower than 1e-18 (well under the 1e-9 the interval needs).
+CHERNOFF_BISECTION_STEPS = 60
+#: The methods difference_interval accepts.
+INTERVAL_METHODS = ("chernoff", "hoeffding")
+
+
+def check_delta(delta: float) -> float:
+    """Return delta as a float after checking 0 < delta < 1 (RaymemError naming --delta otherwise)."""
+    delta = float(delta)
+    if not 0.0 < delta < 1.0:
+        raise RaymemError(f"--delta must lie strictly between 0 and 1 (got {delta}); pass e.g. --delta 0.05.")
+    return delta
+
+
+def _counts(hits, n) -> tuple[np.ndarray, np.ndarray]:
+    """Return (hits, n) as broadcast float64 arrays after checking 0 <= hits <= n."""
+    hits, n = np.broadcast_arrays(np.asarray(hits, dtype=np.float64), np.asarray(n, dtype=np.float64))
+    if np.any(n < 0) or np.any(hits < 0) or np.any(hits > n):
+        raise RaymemError("hit counts must satisfy 0 <= hits <= trials for every entry; check the counts passed in.")
+    return hits, n
+
+
+def kl_bernoulli(p, q) -> np.ndarray:
+    """Return KL(Bernoulli(p) || Bernoulli(q)) elementwise (float64, natural log).
+
+    Uses 0 * log(0 / x) = 0, so p = 0 and p = 1 are exact; q is clipped to
+    [KL_Q_CLIP, 1 - KL_Q_CLIP] so the result is finite (large where q sits at the wrong end).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.clip(np.asarray(q, dtype=np.float64), KL_Q_CLIP, 1.0 - KL_Q_CLIP)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / q), 0.0)
+        second = np.where(p < 1, (1 - p) * np.log(np.where(p < 1, 1 - p, 1.0) / (1 - q)), 0.0)
+    return first + second
+
+
+def chernoff_interval(hits, n, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return (lo, hi): the two-sided KL-form Chernoff interval, confidence 1 - delta, for a Bernoulli mean.
+
+    With p_hat = hits / n and L = ln(2 / delta) (delta / 2 per side):
+    lo = min{q <= p_hat : n * KL(p_hat || q) <= L}, hi = max{q >= p_hat : n * KL(p_hat || q) <= L}.
+    Computed by a fixed number of vectorised bisection steps (error < 1e-15); the returned ends are
+    the outer ends of the final brackets, so the interval never falls short of the exact one.
+    hits = 0 gives lo = 0, hits = n gives hi = 1, and n == 0 gives [0, 1]. Arrays of any shape.
+    """
+    delta = check_delta(delta)
+    hits, n = _counts(hits, n)
+    budget = math.log(2.0 / delta)
+    has_samples = n > 0
+    p_hat = np.where(has_samples, hits / np.where(has_samples, n, 1.0), 0.5)
+
+    def inside(q):
+        return n * kl_bernoulli(p_hat, q) <= budget
+
+    # Lower end: `outer` is excluded (or 0), `inner` is included (p_hat always is).
+    outer, inner = np.zeros_like(p_hat), p_hat.copy()
+    for _ in range(CHERNOFF_BISECTION_STEPS):
+        middle = 0.5 * (outer + inner)
+        ok = inside(middle)
+        inner = np.where(ok, middle, inner)
+        outer = np.where(ok, outer, middle)
+    lo = outer
+    # Upper end, mirrored.
+    inner, outer = p_hat.copy(), np.ones_like(p_hat)
+    for _ in range(CHERNOFF_BISECTION_STEPS):
+        middle = 0.5 * (outer + inner)
+        ok = inside(middle)
+        inner = np.where(ok, middle, inner)
+        outer = np.where(ok, outer, middle)
+    hi = outer
+
+    lo = np.where(has_samples & (hits > 0), lo, 0.0)
+    hi = np.where(has_samples & (hits < n), hi, 1.0)
+    return lo, hi
+
+
+def hoeffding_interval(hits, n, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return (lo, hi) = p_hat -/+ sqrt(ln(2 / delta) / (2 n)) clipped to [0, 1]; n == 0 gives [0, 1]."""
+    delta = check_delta(delta)
+    hits, n = _counts(hits, n)
+    has_samples = n > 0
+    safe_n = np.where(has_samples, n, 1.0)
+    p_hat = hits / safe_n
+    half = np.sqrt(math.log(2.0 / delta) / (2.0 * safe_n))
+    lo = np.where(has_samples, np.clip(p_hat - half, 0.0, 1.0), 0.0)
+    hi = np.where(has_samples, np.clip(p_hat + half, 0.0, 1.0), 1.0)
+    return lo, hi
+
+
+def difference_interval(hits_in, n_in, hits_out, n_out, delta: float, method: str = "chernoff"):
+    """Return (lo, hi): confidence 1 - delta for rate_in - rate_out (memorization or influence).
+
+    Each term gets a two-sided interval at delta / 2 (so each side uses ln(4 / delta)); then
+    lo = lo_in - hi_out and hi = hi_in - lo_out, clipped to [-1, 1]. An empty term contributes [0, 1].
+    method: "chernoff" (KL form) or "hoeffding".
+    """
+    delta = check_delta(delta)
+    if method not in INTERVAL_METHODS:
+        raise RaymemError(f"unknown interval method {method!r}; use one of {', '.join(INTERVAL_METHODS)}.")
+    interval = chernoff_interval if method == "chernoff" else hoeffding_interval
+    lo_in, hi_in = interval(hits_in, n_in, delta / 2.0)
+    lo_out, hi_out = interval(hits_out, n_out, delta / 2.0)
+    return np.clip(lo_in - hi_out, -1.0, 1.0), np.clip(hi_in - lo_out, -1.0, 1.0)
+
+
+def family_delta(delta: float, family_size: int, simultaneous: bool) -> float:
+    """Return the delta to give each member of a family of intervals.
+
+    delta / family_size when the bands must hold simultaneously for all members (union bound),
+    else delta (each band holds on its own with confidence 1 - delta).
+    """
+    delta = check_delta(delta)
+    if not simultaneous:
+        return delta
+    if int(family_size) < 1:
+        raise RaymemError(f"a simultaneous band needs at least one estimate (got family size {family_size}).")
+    return delta / int(family_size)
+
+
+def lemma21_rms_bound(trials: int, subset_size: int, n_train: int) -> float:
+    """Return the paper's global bound on the root mean squared error of any estimate (Lemma 2.1).
+
+    sqrt(1/(p t) + 1/((1-p) t) + exp(-p t / 16) / 2) with p = min(m/n, 1 - m/n), t = trials,
+    m = subset_size, n = n_train. The result is capped at 1.0: the value says nothing useful above
+    that, and with t == 0 every estimate is exactly 1/2 - 1/2 = 0, whose error is at most 1.
+    (For t >= 1 an estimate can in principle miss by up to 2, so a capped 1.0 reads "no guarantee",
+    not a proven bound.) p == 0 (m = 0 or m = n) also gives 1.0.
+    """
+    trials, subset_size, n_train = int(trials), int(subset_size), int(n_train)
+    if trials < 0 or n_train < 1 or not 0 <= subset_size <= n_train:
+        raise RaymemError(
+            f"Lemma 2.1 needs trials >= 0, n_train >= 1 and 0 <= subset size <= n_train "
+            f"(got {trials}, {n_train}, {subset_size}); check the run's config."
+        )
+    p = min(subset_size, n_train - subset_size) / n_train  # = min(m/n, 1 - m/n), without rounding
+    if trials == 0 or p <= 0.0:
+        return 1.0
+    squared = 1.0 / (p * trials) + 1.0 / ((1.0 - p) * trials) + math.exp(-p * trials / 16.0) / 2.0
+    return min(1.0, math.sqrt(squared))
+
+
+def trials_needed(trials_done: int, halfwidth: float, target_halfwidth: float) -> int:
+    """Return about how many trials in total bring `halfwidth` down to `target_halfwidth`.
+
+    An extrapolation, not a guarantee: interval half-widths shrink roughly as 1/sqrt(trials), so
+    the answer is ceil(t * (halfwidth / target)^2), and never less than trials_done.
+    """
+    trials_done = int(trials_done)
+    halfwidth, target_halfwidth = float(halfwidth), float(target_halfwidth)
+    if target_halfwidth <= 0.0:
+        raise RaymemError(f"the target half-width must be positive (got {target_halfwidth}); pass e.g. 0.05.")
+    if trials_done < 1:
+        raise RaymemError("the number of trials needed can only be extrapolated after at least one trial is done.")
+    estimate = trials_done * (halfwidth / target_halfwidth) ** 2
+    # The tiny relative slack keeps e.g. halfwidth == target from rounding up to t + 1.
+    return max(trials_done, math.ceil(estimate * (1.0 - 1e-12)))

@@ -1,0 +1,61 @@
+"""Writing results: Parquet tables written atomically, and figures."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raymem.errors import RaymemError
+
+
+def _atomic_target(out: str | Path) -> tuple[Path, Path]:
+    out = Path(out)
+    if out.is_dir():
+        raise RaymemError(f"--out {out} is a directory; give a file name such as {out}/result.parquet.")
+    if not out.parent.exists():
+        raise RaymemError(f"--out {out}: the folder {out.parent} does not exist; create it first.")
+    return out, out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def write_parquet(table: pa.Table, out: str | Path) -> Path:
+    """Write ``table`` to ``out`` (temp file + rename: a failure leaves nothing behind)."""
+    out, tmp = _atomic_target(out)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def mem_figure(table: pa.Table, out: str | Path, title: str = "") -> Path:
+    """Histogram of memorization estimates and of their interval half-widths, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out, tmp = _atomic_target(out)
+    mem = table.column("mem").to_numpy()
+    half = (table.column("mem_hi").to_numpy() - table.column("mem_lo").to_numpy()) / 2
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].hist(mem, bins=np.linspace(-1, 1, 41), color="#4c72b0")
+    axes[0].set_xlabel("memorization estimate")
+    axes[0].set_ylabel("training examples")
+    axes[0].set_yscale("log")
+    axes[1].hist(half, bins=40, color="#dd8452")
+    axes[1].set_xlabel("Chernoff half-width")
+    fig.suptitle(title or "memorization")
+    fig.tight_layout()
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out

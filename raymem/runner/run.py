@@ -1,0 +1,206 @@
+"""``raymem run``: schedule a run's missing trials on Ray and wait until each is acknowledged.
+
+The driver resolves the config, opens (or creates) the run directory, gets or starts the run's
+accumulator (which replays the trial log), asks it which trial ids are done, and keeps a window
+of the missing trials in flight. Trials ask Ray for the resources their config names and wait
+for them (so an autoscaler sees the demand); the window follows the cluster's size as nodes come
+and go. A trial that raises, or whose node dies, is tried again up to ``max_attempts`` times and
+then reported as failed. Killing the driver loses only the trials in flight: running it again
+trains only what the log does not hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raymem.errors import RaymemError
+from raymem.estimator.run_files import new_run_info, read_labels, read_run_info, write_labels, write_run_info
+from raymem.estimator.storage import RunStore
+from raymem.runner import canaries
+from raymem.runner.config import ExperimentConfig, compare_for_resume, gpu_hours
+from raymem.runner.progress import Progress
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_uri: str
+    trials_target: int
+    trials_done: int
+    trained_now: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    retried: dict[int, int] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    max_in_flight: int = 0
+
+
+def plan(config: ExperimentConfig) -> dict:
+    """What a run would do, without starting anything (``--dry-run``)."""
+    hours = gpu_hours(config)
+    return {
+        "preset": config.preset,
+        "dataset": config.dataset,
+        "model": config.model,
+        "trials": config.trials,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "subset_ratio": config.subset_ratio,
+        "per_trial": {"cpus": config.cpus_per_trial, "gpus": config.gpus_per_trial, "nodes": config.nodes_per_trial},
+        "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks",
+        "estimated_gpu_hours": hours,
+        "estimate_basis": "the paper's per-epoch time (supplement B)" if hours is not None else "no paper timing for this preset",
+    }
+
+
+def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> tuple:
+    """Create the run directory, or check that an existing one matches; return (info, run labels)."""
+    fingerprint = data.fingerprint()
+    if store.exists("run.json"):
+        info = read_run_info(store)
+        if info.source != "runner":
+            raise RaymemError(f"{store.uri} holds ingested results, not a raymem run; pick another --name.")
+        if info.fingerprint != fingerprint:
+            raise RaymemError(
+                f"run {name} was trained on data with fingerprint {info.fingerprint.get('labels_sha256', '?')[:12]} "
+                f"but {config.dataset} now has {fingerprint.get('labels_sha256', '?')[:12]}; use the same data or a new --name."
+            )
+        compare_for_resume(info.config, config, name)
+        if info.config.get("trials") != config.trials:
+            info = dataclasses.replace(info, config={**info.config, **config.to_dict()})
+            write_run_info(store, info)
+        train_labels, _, _ = read_labels(store)
+        return info, train_labels
+    labels = canaries.flip_labels(data.y_train, config.flip_labels, data.num_classes, config.seed)
+    info = new_run_info(
+        name=name, n_train=len(data.y_train), n_test=len(data.y_test), subset_size=config.subset_size(len(data.y_train)),
+        seed=config.seed, config=config.to_dict(), fingerprint=fingerprint, source="runner",
+    )
+    write_labels(store, labels, data.y_test, data.y_train)
+    write_run_info(store, info)  # last: a run directory without run.json is not a run yet
+    return info, labels
+
+
+def cluster_capacity(config: ExperimentConfig) -> int:
+    """How many trials of this config fit in the cluster's current total resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = []
+    if config.gpus_per_trial > 0:
+        fits.append(total.get("GPU", 0) // (config.gpus_per_trial * config.nodes_per_trial))
+    if config.cpus_per_trial > 0:
+        fits.append(total.get("CPU", 0) // (config.cpus_per_trial * config.nodes_per_trial))
+    return int(min(fits)) if fits else 1
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    name: str,
+    run_uri: str,
+    address: str | None = None,
+    data_dir: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: float | None = None,
+    progress: bool = True,
+    shutdown: bool = True,
+) -> RunResult:
+    """Train the run's missing trials; return what happened. See the module docstring."""
+    import ray
+
+    from raymem.actors.accumulator import get_or_create_accumulator
+    from raymem.runner import cluster_connect
+    from raymem.runner.datasets import load_dataset
+    from raymem.runner.trial import run_big_trial, run_small_trial
+
+    started = time.perf_counter()
+    data = load_dataset(config.dataset, data_dir)
+    store = RunStore.open(run_uri)
+    info, train_labels = prepare_run(config, store, name, data)
+    address, started_here = cluster_connect.connect_or_start(address, num_cpus, num_gpus)
+    if started_here:
+        cluster_connect.write_live_address(store, address)
+    try:
+        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.track_pairs, batch_size=config.pair_batch)
+        ray.get(accumulator.reload_info.remote())
+        done = set(ray.get(accumulator.done_trial_ids.remote()))
+        missing = [k for k in range(config.trials) if k not in done]
+        run = {"run_id": info.run_id, "name": name, "seed": info.seed, "n_train": info.n_train,
+               "n_test": info.n_test, "subset_size": info.subset_size}
+        if hasattr(data, "x_train"):
+            payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels)))
+        else:
+            payload = (config.dataset, data_dir)
+        config_dict = config.to_dict()
+        if config.uses_train_group:
+            storage_path = tempfile.mkdtemp(prefix="raymem-train-")
+            task = ray.remote(run_big_trial).options(num_cpus=0, max_retries=0)
+
+            def submit(k, attempt):
+                return task.remote(config_dict, run, payload, accumulator, k, attempt, storage_path)
+        else:
+            # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).
+            task = ray.remote(max_calls=0)(run_small_trial).options(
+                num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0,
+            )
+
+            def submit(k, attempt):
+                return task.remote(config_dict, run, payload, accumulator, k, attempt)
+
+        result = RunResult(name, store.uri, config.trials, len(done))
+        bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
+        _drive(config, missing, submit, result, bar)
+        bar.close()
+        result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
+        result.wall_seconds = time.perf_counter() - started
+        return result
+    finally:
+        if started_here:
+            cluster_connect.clear_live_address(store)
+            if shutdown:
+                ray.shutdown()
+
+
+def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResult, bar: Progress) -> None:
+    """Keep a window of trials in flight; retry failures up to max_attempts; record outcomes."""
+    import ray
+
+    queue = deque(missing)
+    attempts: dict[int, int] = {}
+    in_flight: dict = {}
+    last_capacity_check = 0.0
+    window = 1
+    while queue or in_flight:
+        now = time.monotonic()
+        if now - last_capacity_check > 2.0:
+            capacity = cluster_capacity(config)
+            window = max(2, 2 * capacity)  # running trials plus as many waiting: demand an autoscaler sees
+            last_capacity_check = now
+        while queue and len(in_flight) < window:
+            k = queue.popleft()
+            attempts[k] = attempts.get(k, 0) + 1
+            in_flight[submit(k, attempts[k])] = k
+        result.max_in_flight = max(result.max_in_flight, len(in_flight))
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            k = in_flight.pop(ref)
+            try:
+                ray.get(ref)
+                result.trained_now.append(k)
+                bar.advance(done=1)
+            except Exception as exc:  # a trial's error or its worker/node dying: try again elsewhere
+                if attempts[k] < config.max_attempts:
+                    result.retried[k] = attempts[k]
+                    queue.appendleft(k)
+                    bar.advance(retried=1)
+                else:
+                    result.failed[k] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+                    bar.advance(failed=1)
+        bar.show(running=min(len(in_flight), max(1, window // 2)))
