@@ -46,6 +46,15 @@ DEFAULT_HEAD_PORT = 6379
 DEFAULT_CLIENT_SERVER_PORT = 10001
 AUTH_MODE_ENV_VAR = "RAY_AUTH_MODE"
 AUTH_MODE_TOKEN = "token"
+# The environment of the local head AND of every driver that connects to it. Ray 2.60
+# rewrites 127.0.0.1 to the machine's outward IP (in `ray start --node-ip-address` and in
+# `ray.init`) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which makes Ray use the loopback
+# address and refuse other nodes: exactly a single-machine cluster. Set it before
+# `import ray` (Ray reads it at import time).
+LOCAL_HEAD_ENV = {
+    AUTH_MODE_ENV_VAR: AUTH_MODE_TOKEN,
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
 
 _LOCAL_HEAD_STATE_FILE = "raymem_local_head.json"
 _LOCAL_HEAD_LOG_FILE = "raymem_local_head.log"
@@ -378,8 +387,9 @@ def start_local_head(
     short, Ray puts socket paths under it.
 
     Returns `{"address", "node_ip", "port", "pid", "temp_dir", "log_path",
-    "auth_mode", "token_path", "dashboard_url"}`; connect with
-    `ray.init(address=result["address"])` and RAY_AUTH_MODE=token in the environment.
+    "auth_mode", "token_path", "dashboard_url", "driver_env"}`. A driver connects with
+    `ray.init(address=result["address"])` from a process whose environment holds
+    `driver_env` (LOCAL_HEAD_ENV) before it imports ray.
     """
     temp_dir = _local_temp_dir(temp_dir)
     state_file = temp_dir / _LOCAL_HEAD_STATE_FILE
@@ -412,7 +422,7 @@ def start_local_head(
     )
     if num_gpus is not None:
         command.append(f"--num-gpus={num_gpus}")
-    environment = {**os.environ, AUTH_MODE_ENV_VAR: AUTH_MODE_TOKEN, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    environment = {**os.environ, **LOCAL_HEAD_ENV}
     environment.pop("RAY_ADDRESS", None)
 
     with open(log_path, "w", encoding="utf-8") as log:
@@ -440,6 +450,7 @@ def start_local_head(
         "auth_mode": AUTH_MODE_TOKEN,
         "token_path": str(token_path),
         "dashboard_url": f"http://{LOCAL_NODE_IP}:8265" if dashboard else None,
+        "driver_env": dict(LOCAL_HEAD_ENV),
     }
 
 

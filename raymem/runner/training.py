@@ -83,6 +83,7 @@ def train_and_predict(
     from raymem.runner.schedules import make_optimizer, make_schedule
 
     started = time.perf_counter()
+    tf.get_logger().setLevel("ERROR")
     keras.utils.set_random_seed(seed)
     if _flag(config.mixed_precision):
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -100,7 +101,7 @@ def train_and_predict(
             metrics=["accuracy"],
             jit_compile=_flag(config.xla),
         )
-    history = model.fit(_train_dataset(config, x, y, seed, global_batch), epochs=config.epochs, verbose=0)
+    history = model.fit(_train_dataset(config, x, y, seed, global_batch), epochs=config.epochs, verbose=0, shuffle=False)
     trained = time.perf_counter()
     train_pred = predict_labels(model, data.x_train)
     test_pred = predict_labels(model, data.x_test)
