@@ -48,15 +48,20 @@ def load_bool_npy(path: str | Path, what: str) -> np.ndarray:
     """Load a 2-D boolean .npy file without pickle; RaymemError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise RaymemError(f"{what} file {path} does not exist; pass the path of a .npy file.")
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise RaymemError(f"{what} file {path} {problem}; pass the path of a .npy file.")
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise RaymemError(f"{what} file {path} is not a plain .npy array ({exc}); save it with numpy.save from a bool array.") from None
+    except (ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RaymemError(f"{what} file {path} is not a plain .npy array ({reason}); save it with numpy.save from a bool array.") from None
     except OSError as exc:
         raise RaymemError(f"{what} file {path} could not be read as .npy ({exc}); save it with numpy.save.") from None
-    if not isinstance(array, np.ndarray) or array.dtype != np.bool_:
-        raise RaymemError(f"{what} file {path} holds dtype {getattr(array, 'dtype', type(array))}, not bool; save it with array.astype(bool).")
+    if not isinstance(array, np.ndarray):  # an .npz archive loads as an open NpzFile
+        getattr(array, "close", lambda: None)()
+        raise RaymemError(f"{what} file {path} is an .npz archive, not a .npy array; save one array with numpy.save.")
+    if array.dtype != np.bool_:
+        raise RaymemError(f"{what} file {path} holds dtype {array.dtype}, not bool; save it with array.astype(bool).")
     if array.ndim != 2:
         raise RaymemError(f"{what} file {path} has shape {array.shape}; it must be 2-D (trials, examples).")
     return array

@@ -34,7 +34,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except RaymemError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            message = " ".join(str(exc).splitlines())  # always one line, even around a multi-line library message
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -45,6 +46,15 @@ def _print_table(table, limit: int = 20) -> None:
 
     with pl.Config(tbl_rows=limit, tbl_cols=12, float_precision=3, tbl_hide_dataframe_shape=False):
         typer.echo(pl.from_arrow(table).head(limit))
+
+
+def _check_targets(**paths: Optional[str]) -> None:
+    """Check every output path (keyword = flag name) before any work, so a bad one writes nothing."""
+    from raymem import outputs
+
+    for flag, path in paths.items():
+        if path:
+            outputs.check_target(path, f"--{flag}")
 
 
 def _api():
@@ -83,6 +93,7 @@ def estimates(
     """Memorization of every training example, with Chernoff (and Hoeffding) intervals."""
     from raymem import outputs
 
+    _check_targets(out=out, figure=figure)
     table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous)
     if out:
         outputs.write_parquet(table, out)
@@ -112,6 +123,7 @@ def pairs(
     """High-influence pairs (train example, test example), as selected in the paper."""
     from raymem import outputs
 
+    _check_targets(out=out)
     table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
                          delta=delta, simultaneous=simultaneous)
     if out:
@@ -136,6 +148,7 @@ def influence(
     """The training examples with the largest influence on one test example."""
     from raymem import outputs
 
+    _check_targets(out=out)
     table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta, simultaneous=simultaneous)
     if out:
         outputs.write_parquet(table, out)

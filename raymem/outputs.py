@@ -12,12 +12,21 @@ import pyarrow.parquet as pq
 from raymem.errors import RaymemError
 
 
-def _atomic_target(out: str | Path) -> tuple[Path, Path]:
+def check_target(out: str | Path, flag: str = "--out") -> Path:
+    """Return ``out`` as a Path if a file can be written there; RaymemError naming ``flag`` otherwise.
+
+    Callers with several outputs check them all before writing any, so a bad one writes nothing.
+    """
     out = Path(out)
     if out.is_dir():
-        raise RaymemError(f"--out {out} is a directory; give a file name such as {out}/result.parquet.")
-    if not out.parent.exists():
-        raise RaymemError(f"--out {out}: the folder {out.parent} does not exist; create it first.")
+        raise RaymemError(f"{flag} {out} is a directory; give a file name such as {out / 'result.parquet'}.")
+    if not out.parent.is_dir():
+        raise RaymemError(f"{flag} {out}: the folder {out.parent} does not exist; create it first.")
+    return out
+
+
+def _atomic_target(out: str | Path) -> tuple[Path, Path]:
+    out = check_target(out)
     return out, out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 

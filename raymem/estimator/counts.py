@@ -16,6 +16,7 @@ consistency (even vs. odd trials) costs no second pass over the log.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,8 @@ from raymem.errors import RaymemError
 
 #: float32 holds every integer below this exactly; counts must stay under it.
 MAX_EXACT_COUNT = 2**24
-#: Rows of the pair matrix updated per matrix product (bounds the temporary to rows x n_test floats).
+#: Rows of the pair matrix per matrix product when numpy (not BLAS in place) does the update:
+#: bounds the temporary to UPDATE_CHUNK_ROWS x n_test floats.
 UPDATE_CHUNK_ROWS = 4096
 
 
@@ -95,8 +97,12 @@ class Counts:
     h_in: np.ndarray | None  # float32 (rows, n_test), None when pairs are not tracked
     batch_size: int = 64
     trial_ids: set[int] = field(default_factory=set)
-    _pending_masks: list = field(default_factory=list, repr=False)
-    _pending_test: list = field(default_factory=list, repr=False)
+    # The pair-update buffer: rows [0, _pending_count) of two float32 arrays allocated on first use,
+    # (batch_size, rows) masks and (batch_size, n_test) test correctness. Each add copies its trial in,
+    # so callers may reuse their arrays, and flush multiplies the filled rows without stacking.
+    _pending_count: int = field(default=0, repr=False)
+    _pending_masks: np.ndarray | None = field(default=None, repr=False)
+    _pending_test: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def empty(
@@ -138,7 +144,7 @@ class Counts:
     @property
     def pending(self) -> int:
         """Trials counted in the vectors whose pair update is still buffered."""
-        return len(self._pending_masks)
+        return self._pending_count
 
     # ---- updates -----------------------------------------------------------------------
     def add(self, trial_id: int, mask: np.ndarray, train_correct: np.ndarray, test_correct: np.ndarray) -> bool:
@@ -164,9 +170,13 @@ class Counts:
             self.even.add(rows_mask, rows_correct, test_correct)
         self.trial_ids.add(trial_id)
         if self.h_in is not None:
-            self._pending_masks.append(rows_mask)
-            self._pending_test.append(test_correct)
-            if len(self._pending_masks) >= self.batch_size:
+            if self._pending_masks is None:
+                self._pending_masks = np.empty((self.batch_size, self.row_stop - self.row_start), dtype=np.float32)
+                self._pending_test = np.empty((self.batch_size, self.n_test), dtype=np.float32)
+            self._pending_masks[self._pending_count] = rows_mask
+            self._pending_test[self._pending_count] = test_correct
+            self._pending_count += 1
+            if self._pending_count >= self.batch_size:
                 self.flush()
         return True
 
@@ -178,13 +188,11 @@ class Counts:
 
     def flush(self) -> None:
         """Apply buffered pair updates as one matrix product per row chunk."""
-        if not self._pending_masks or self.h_in is None:
+        count = self._pending_count
+        if count == 0 or self.h_in is None:
             return
-        masks = np.stack(self._pending_masks).astype(np.float32)      # (B, rows)
-        correct = np.stack(self._pending_test).astype(np.float32)     # (B, n_test)
-        self._pending_masks.clear()
-        self._pending_test.clear()
-        add_outer_products(self.h_in, masks, correct)
+        add_outer_products(self.h_in, self._pending_masks[:count], self._pending_test[:count])
+        self._pending_count = 0
 
     def pairs_ready(self) -> np.ndarray:
         """Flush, then return the pair matrix (raise if this Counts does not track pairs)."""
@@ -215,7 +223,9 @@ class Counts:
     @staticmethod
     def concat_rows(parts: list["Counts"]) -> "Counts":
         """Join counts of the same trials over adjacent row slices into one (e.g. gathered shards)."""
-        parts = sorted(parts, key=lambda c: c.row_start)
+        if not parts:
+            raise ValueError("concat_rows needs at least one part")
+        parts = sorted(parts, key=lambda c: (c.row_start, c.row_stop))  # an empty slice a:a goes before a:b
         first = parts[0]
         for a, b in zip(parts, parts[1:]):
             if a.row_stop != b.row_start:
@@ -242,7 +252,32 @@ class Counts:
 
 
 def add_outer_products(h_in: np.ndarray, masks: np.ndarray, correct: np.ndarray, chunk_rows: int = UPDATE_CHUNK_ROWS) -> None:
-    """In place: h_in += masks.T @ correct, one row chunk at a time (bounded temporary memory)."""
+    """In place: h_in += masks.T @ correct (masks (B, rows), correct (B, n_test)); returns None.
+
+    When h_in is a C-contiguous float32 array and SciPy's BLAS is available, one sgemm call with
+    beta = 1 accumulates straight into h_in (no temporary, one pass over h_in). Otherwise numpy
+    multiplies one chunk of ``chunk_rows`` rows at a time (a temporary of chunk_rows x n_test floats).
+    Both are exact: every product and sum is a small integer held exactly in float32.
+    """
+    sgemm = _blas_sgemm()
+    if sgemm is not None and h_in.dtype == np.float32 and h_in.flags.c_contiguous and h_in.size:
+        a = np.ascontiguousarray(correct, dtype=np.float32).T  # (n_test, B), Fortran order
+        b = np.ascontiguousarray(masks, dtype=np.float32).T    # (rows, B), Fortran order
+        target = h_in.T                                        # (n_test, rows), Fortran order: a view of h_in
+        result = sgemm(1.0, a, b, beta=1.0, c=target, trans_b=1, overwrite_c=1)
+        if not np.shares_memory(result, h_in):  # BLAS worked on a copy: write it back
+            target[...] = result
+        return
     for start in range(0, h_in.shape[0], chunk_rows):
         stop = min(start + chunk_rows, h_in.shape[0])
         h_in[start:stop] += masks[:, start:stop].T @ correct
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_sgemm():
+    """Return SciPy's BLAS sgemm (in-place accumulation), or None when SciPy is not installed."""
+    try:
+        from scipy.linalg.blas import sgemm
+    except ImportError:
+        return None
+    return sgemm

@@ -34,8 +34,16 @@ def reachable(address: str, timeout_s: float = 2.0) -> bool:
 
 
 def _auth_env() -> None:
-    if TOKEN_PATH.exists() or os.environ.get("RAY_AUTH_TOKEN"):
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    """With a token at hand and no explicit mode, connect in token mode (Ray 2.60 needs it for an address)."""
+    if "RAY_AUTH_MODE" in os.environ or not (TOKEN_PATH.exists() or os.environ.get("RAY_AUTH_TOKEN")):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # ray may already be imported: refresh its cached config as ray itself does
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
 
 
 def connect(address: str) -> None:
@@ -84,7 +92,13 @@ def connect_or_start(address: str | None, num_cpus: int | None = None, num_gpus:
     return start_local(num_cpus, num_gpus), True
 
 
+def loopback(address: str) -> str:
+    """The same port on 127.0.0.1: a local Ray is read from this machine only."""
+    return "127.0.0.1:" + address.rpartition(":")[2]
+
+
 def write_live_address(store, address: str) -> None:
+    address = loopback(address)
     store.write_bytes_atomic(LIVE_FILE, json.dumps({"address": address, "pid": os.getpid()}).encode())
 
 

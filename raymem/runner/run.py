@@ -144,7 +144,7 @@ def run_experiment(
             task = ray.remote(run_big_trial).options(num_cpus=0, max_retries=0)
 
             def submit(k, attempt):
-                return task.remote(config_dict, run, payload, accumulator, k, attempt, storage_path)
+                return task.remote(config_dict, run, [payload], accumulator, k, attempt, storage_path)
         else:
             # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).
             task = ray.remote(max_calls=0)(run_small_trial).options(

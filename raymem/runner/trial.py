@@ -95,7 +95,8 @@ def _train_group_worker(loop_config: dict) -> None:
 
     ctx = ray.train.get_context()
     config = ExperimentConfig(**loop_config["config"])
-    data = _materialize(ray.get(loop_config["data"][0]) if isinstance(loop_config["data"], list) else loop_config["data"])
+    (data,) = loop_config["data"]  # boxed in a list so Ray hands the ObjectRef through unresolved
+    data = _materialize(ray.get(data) if isinstance(data, ray.ObjectRef) else data)
     multi_worker = ctx.get_world_size() > 1
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if multi_worker else tf.distribute.MirroredStrategy()
     record = build_record(
@@ -109,7 +110,7 @@ def _train_group_worker(loop_config: dict) -> None:
                       "world_size": ctx.get_world_size(), "rank": ctx.get_world_rank()})
 
 
-def run_big_trial(config_dict: dict, run: dict, data_ref, accumulator, trial_id: int, attempt: int, storage_path: str) -> dict:
+def run_big_trial(config_dict: dict, run: dict, data_box: list, accumulator, trial_id: int, attempt: int, storage_path: str) -> dict:
     """Ray task body for a big trial: one Ray Train worker group per trial, waiting for its GPUs."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -119,7 +120,7 @@ def run_big_trial(config_dict: dict, run: dict, data_ref, accumulator, trial_id:
     trainer = TensorflowTrainer(
         train_loop_per_worker=_train_group_worker,
         train_loop_config={
-            "config": config_dict, "run": run, "data": [data_ref] if not isinstance(data_ref, tuple) else data_ref,
+            "config": config_dict, "run": run, "data": data_box,
             "accumulator": accumulator, "trial_id": trial_id, "attempt": attempt,
         },
         scaling_config=ScalingConfig(
