@@ -170,11 +170,13 @@ class LiveOrLog:
 
 def _find_live_accumulator(store: RunStore, info: RunInfo, address: str | None):
     """Return the run's accumulator handle if a reachable cluster holds it, else None."""
-    from raymem.runner.cluster_connect import read_live_address
+    from raymem.runner.cluster_connect import keep_on_loopback, read_live_address
 
     address = address or os.environ.get("RAY_ADDRESS") or read_live_address(store)
     if not address:
         return None
+    if address.startswith("127.0.0.1:"):
+        keep_on_loopback()
     from raymem.actors.accumulator import find_accumulator
 
     return find_accumulator(info, address)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from typing import Optional
 
@@ -250,6 +251,10 @@ def run(
 
         typer.echo(json.dumps(plan(config), indent=2))
         return
+    from raymem.runner.cluster_connect import keep_on_loopback
+
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        keep_on_loopback()  # the local Ray started for this run listens on 127.0.0.1 only
     from raymem.runner.run import run_experiment
 
     result = run_experiment(config, name=name, run_uri=api.run_uri(name, storage), address=address, data_dir=data_dir,
@@ -273,6 +278,54 @@ def presets():
         typer.echo(f"{key:22s} {c.dataset:14s} {c.model:12s} {c.epochs:4d} ep  batch {c.batch_size:4d}  lr {c.base_lr:<5g} "
                    f"gpus/trial {c.gpus_per_trial:<5g} GPU-h(2000 trials, paper timing) "
                    f"{'-' if hours is None else f'{hours * 2000 / c.trials:,.0f}'}")
+
+
+@app.command()
+@user_errors
+def up(
+    cluster_yaml: Optional[str] = typer.Argument(None, help="Ray cluster-launcher YAML (e.g. the repository's cluster.yaml)."),
+    local: bool = typer.Option(False, "--local", help="Start a Ray head on this machine instead (127.0.0.1, token auth on)."),
+    port: int = typer.Option(6379, "--port", help="GCS port of a --local head."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs a --local head advertises."),
+    no_restart: bool = typer.Option(False, "--no-restart", help="Update without restarting Ray on the nodes."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+):
+    """Start or update a cluster with Ray's launcher (validated first), or a local head with --local."""
+    from raymem import cluster
+
+    if local:
+        info = cluster.start_local_head(port=port, num_gpus=num_gpus)
+        typer.echo(f"local Ray head at {info['address']}; run trials on it with "
+                   f"`RAY_AUTH_MODE=token raymem run digits --address {info['address']}`")
+        return
+    if not cluster_yaml:
+        raise RaymemError("give a cluster YAML (e.g. `raymem up cluster.yaml`) or --local.")
+    result = cluster.up(cluster_yaml, no_restart=no_restart, yes=yes)
+    if result.get("launched"):
+        typer.echo(f"cluster {result['cluster_name']} is up (head {result.get('head_ip', '?')}); "
+                   f"`ray attach {cluster_yaml}` then `raymem run <preset>` on the head.")
+    else:
+        typer.echo("nothing launched.")
+
+
+@app.command()
+@user_errors
+def down(
+    cluster_yaml: Optional[str] = typer.Argument(None, help="The YAML the cluster was started from."),
+    local: bool = typer.Option(False, "--local", help="Stop the local head started by `raymem up --local`."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+):
+    """Tear down a cluster started by `raymem up` (validated first), or the --local head."""
+    from raymem import cluster
+
+    if local:
+        cluster.stop_local_head()
+        typer.echo("local Ray head stopped.")
+        return
+    if not cluster_yaml:
+        raise RaymemError("give the cluster YAML to tear down (e.g. `raymem down cluster.yaml`) or --local.")
+    cluster.down(cluster_yaml, yes=yes)
+    typer.echo(f"cluster from {cluster_yaml} torn down.")
 
 
 def main() -> None:

@@ -106,8 +106,7 @@ def validate_cluster_config(config: dict, source: str) -> dict:
     except (ValueError, RuntimeError, KeyError, TypeError, AssertionError,
             NotImplementedError) as error:
         raise RaymemError(
-            f"Cluster config {source} fails Ray's checks ({type(error).__name__}: "
-            f"{error}); fix the file."
+            f"Cluster config {source} fails Ray's checks ({_one_line(error)}); fix the file."
         ) from None
     finally:
         ray_util_logger.setLevel(previous_level)
@@ -256,7 +255,7 @@ def up(
         )
     except Exception as error:  # the launcher talks to a cloud: credentials, quotas, ssh
         raise RaymemError(
-            f"Ray's cluster launcher failed for {path} ({type(error).__name__}: {error}); "
+            f"Ray's cluster launcher failed for {path} ({_one_line(error)}); "
             "check the cloud credentials and quotas, then run `raymem up` again."
         ) from error
 
@@ -287,8 +286,8 @@ def down(path: str | Path, *, yes: bool = True) -> None:
         ray.autoscaler.sdk.teardown_cluster(launch_config)
     except Exception as error:  # the launcher talks to a cloud: credentials, ssh
         raise RaymemError(
-            f"Ray's cluster launcher could not tear down {path} ({type(error).__name__}: "
-            f"{error}); check the cloud credentials, then run `raymem down` again."
+            f"Ray's cluster launcher could not tear down {path} ({_one_line(error)}); "
+            "check the cloud credentials, then run `raymem down` again."
         ) from error
 
 
@@ -319,6 +318,11 @@ def _check_file_mounts_exist(config: dict, config_path: Path) -> None:
             )
 
 
+def _one_line(error: BaseException) -> str:
+    """Return `Type: message` of an exception on one line (for one-sentence errors)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
 def _confirm(question: str) -> bool:
     """Ask a yes/no question on stdin; returns True only for an explicit yes."""
     try:
@@ -345,6 +349,11 @@ def ensure_auth_token() -> Path:
     """
     if os.environ.get("RAY_AUTH_TOKEN") or auth_token_path().is_file():
         return auth_token_path()
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):  # Ray generates tokens only at the default path
+        raise RaymemError(
+            f"RAY_AUTH_TOKEN_PATH names {auth_token_path()}, which does not exist; put the "
+            "cluster's token there or unset RAY_AUTH_TOKEN_PATH."
+        )
     completed = subprocess.run(
         _ray_cli("get-auth-token", "--generate"),
         stdin=subprocess.DEVNULL,

@@ -163,9 +163,11 @@ def test_second_process_reads_while_running_and_resume_after_driver_killed(tmp_p
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    # worker processes orphaned by the kill may still hand a finished trial to the dying actor for a
+    # moment (worker-to-actor calls bypass the dead head); let them die before taking stock
+    time.sleep(8)
     before = set(log_ids(run_dir))
     assert 2 <= len(before) < 40
-    time.sleep(2)
     again = subprocess.run(
         [RAYMEM, "run", "digits", "--trials", str(len(before) + 2), "--epochs", "2", "--batch-size", "64",
          "--name", "live", "--storage", str(tmp_path), "--num-cpus", "2", "--quiet"],
@@ -173,6 +175,6 @@ def test_second_process_reads_while_running_and_resume_after_driver_killed(tmp_p
     )
     assert again.returncode == 0, again.stdout + again.stderr
     after = log_ids(run_dir)
-    assert set(before) <= set(after)
-    assert len(after) == len(before) + 2 or len(after) == len(set(range(len(before) + 2)) | before)
-    assert f"{len(after) - len(before)} trained now" in again.stdout
+    target = set(range(len(before) + 2))
+    assert set(after) == target | before  # nothing lost, nothing trained twice (one file per trial id)
+    assert f"{len(set(after) - before)} trained now" in again.stdout

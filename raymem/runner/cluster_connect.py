@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 from raymem.errors import RaymemError
@@ -19,6 +20,20 @@ from raymem.errors import RaymemError
 NAMESPACE = "raymem"
 LIVE_FILE = "live.json"
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+
+
+#: Ray's single-machine switch: with it at "0" a local Ray binds to 127.0.0.1 instead of the
+#: machine's outward address (Ray rewrites _node_ip_address="127.0.0.1" otherwise). Read when ray is
+#: imported, so it must be set before; drivers of such a Ray need it too.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_on_loopback() -> bool:
+    """Ask for a loopback-only local Ray; True when it takes effect (ray not imported yet)."""
+    if "ray" in sys.modules:
+        return os.environ.get(SINGLE_MACHINE_ENV) == "0"
+    os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
+    return os.environ[SINGLE_MACHINE_ENV] == "0"
 
 
 def reachable(address: str, timeout_s: float = 2.0) -> bool:
