@@ -212,3 +212,17 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
     return LiveOrLog(run, storage, address, with_pairs=False).call(
         "status", delta=delta, simultaneous=simultaneous, target_halfwidth=target_halfwidth
     )
+
+
+def compare(run: str, other: str, *, storage=None, min_infl: float = formulas.PAPER_MIN_INFL,
+            min_mem: float = formulas.PAPER_MIN_MEM):
+    """Compare a run with another run (a pyarrow table of consistency curves, supplement Fig. C.2)
+    or with released pairs in the paper's .npz layout (a dict). Both are read from their trial logs."""
+    from raymem.estimator import compare as comparing
+
+    counts = offline_view(open_store(run, storage)).counts
+    if other.endswith(".npz"):
+        released = comparing.load_pairs_npz(other)
+        return comparing.compare_with_released(counts, released, min_infl=min_infl, min_mem=min_mem, source=other)
+    other_counts = offline_view(open_store(other, storage)).counts
+    return comparing.compare_runs(counts, other_counts, min_mem=min_mem)

@@ -213,6 +213,31 @@ def status(
 
 @app.command()
 @user_errors
+def compare(
+    run: str = RunArg,
+    other: str = typer.Argument(..., help="Another run (name or directory), or released pairs as .npz (tr_idx, tt_idx, infl, mem)."),
+    min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl"),
+    min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem"),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the consistency table as Parquet here (run vs run)."),
+    figure: Optional[str] = typer.Option(None, "--figure", help="Write the consistency curves as a PNG (run vs run)."),
+    storage: Optional[str] = StorageOpt,
+):
+    """Consistency of two estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Fig. C.2)."""
+    from raymem import outputs
+
+    result = _api().compare(run, other, storage=storage, min_infl=min_infl, min_mem=min_mem)
+    if isinstance(result, dict):
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if out:
+        outputs.write_parquet(result, out)
+    if figure:
+        outputs.consistency_figure(result, figure, title=f"{run} vs {other}")
+    _print_table(result, limit=40)
+
+
+@app.command()
+@user_errors
 def run(
     experiment: str = typer.Argument(..., help="Preset name (see `raymem presets`) or a .yaml/.toml experiment file."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Trials the run should hold (raise it to extend a run)."),

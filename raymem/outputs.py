@@ -68,3 +68,34 @@ def mem_figure(table: pa.Table, out: str | Path, title: str = "") -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return out
+
+
+def consistency_figure(table: pa.Table, out: str | Path, title: str = "") -> Path:
+    """Jaccard and mean |difference| against the threshold, for mem and infl (as the paper's Fig. C.2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out, tmp = _atomic_target(out)
+    rows = table.to_pylist()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6))
+    for r, quantity in enumerate(("mem", "infl")):
+        sel = [x for x in rows if x["quantity"] == quantity]
+        th = [x["threshold"] for x in sel]
+        axes[r][0].plot(th, [x["mean_abs_diff"] for x in sel], marker="o")
+        axes[r][0].set_ylabel(f"{quantity}: mean |difference|")
+        axes[r][1].plot(th, [x["jaccard"] for x in sel], marker="o", color="#dd8452")
+        axes[r][1].set_ylabel(f"{quantity}: Jaccard")
+        axes[r][1].set_ylim(0, 1.05)
+        for ax in axes[r]:
+            ax.set_xlabel("threshold")
+    fig.suptitle(title or "consistency")
+    fig.tight_layout()
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out

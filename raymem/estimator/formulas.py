@@ -35,17 +35,20 @@ def memorization(in_hits, n_in, out_hits, n_out) -> np.ndarray:
     return conditional_rate(in_hits, n_in) - conditional_rate(out_hits, n_out)
 
 
+def pair_influence(h_in, n_in, test_hits, n_out) -> np.ndarray:
+    """Return infl for cells given elementwise (broadcastable) counts of each cell (float64)."""
+    h_in = np.asarray(h_in, dtype=np.float64)
+    out_hits = np.asarray(test_hits, dtype=np.float64) - h_in
+    return conditional_rate(h_in, n_in) - conditional_rate(out_hits, n_out)
+
+
 def influence(h_in: np.ndarray, n_in: np.ndarray, test_hits: np.ndarray, n_out: np.ndarray) -> np.ndarray:
     """Return infl[i, j] for a block of training rows i and test columns j (float64).
 
     h_in: (rows, cols) trials that contain i and are correct on j; n_in, n_out: (rows,);
     test_hits: (cols,) all trials correct on j.
     """
-    h_in = np.asarray(h_in, dtype=np.float64)
-    n_in = np.asarray(n_in)[:, None]
-    n_out = np.asarray(n_out)[:, None]
-    out_hits = np.asarray(test_hits, dtype=np.float64)[None, :] - h_in
-    return conditional_rate(h_in, n_in) - conditional_rate(out_hits, n_out)
+    return pair_influence(h_in, np.asarray(n_in)[:, None], np.asarray(test_hits)[None, :], np.asarray(n_out)[:, None])
 
 
 def subset_size(n_train: int, ratio: float) -> int:
