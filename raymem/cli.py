@@ -294,15 +294,20 @@ def run(
 
 
 @app.command()
-def presets():
-    """List the presets with their data set, model, recipe, resources and GPU-hour budget."""
-    from raymem.runner.config import PRESETS, gpu_hours
+def presets(markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (as in the README).")):
+    """List the presets: data set, model, recipe, resources per trial and the GPU-hours of 2,000 trials."""
+    from raymem.runner.config import presets_table
 
-    for key, c in PRESETS.items():
-        hours = gpu_hours(c)
-        typer.echo(f"{key:22s} {c.dataset:14s} {c.model:12s} {c.epochs:4d} ep  batch {c.batch_size:4d}  lr {c.base_lr:<5g} "
-                   f"gpus/trial {c.gpus_per_trial:<5g} GPU-h(2000 trials, paper timing) "
-                   f"{'-' if hours is None else f'{hours * 2000 / c.trials:,.0f}'}")
+    rows = presets_table()
+    if markdown:
+        typer.echo("| " + " | ".join(rows[0]) + " |")
+        typer.echo("|" + "---|" * len(rows[0]))
+        for row in rows[1:]:
+            typer.echo("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @app.command()

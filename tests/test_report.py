@@ -246,3 +246,28 @@ def test_intervals_cover_the_truth_at_the_promised_rate(truth_run, simultaneous)
     else:             # each on its own: at least a 1 - delta share on average
         assert np.mean(covered) >= 1 - DELTA and np.mean(infl_covered) >= 1 - DELTA
     assert np.median(np.subtract(mem["mem_hi"], mem["mem_lo"])) / 2 < (0.4 if simultaneous else 0.3)
+
+
+# ---- intervals evaluated once per distinct counts ----------------------------------------------
+
+@pytest.mark.parametrize("trials", [50, 2**22])  # the second packs no int64 key: the row-unique path
+def test_intervals_per_distinct_counts_equal_the_plain_ones(trials):
+    rng = np.random.default_rng(8)
+    n_in = rng.integers(0, 40, (30, 7))
+    n_in[0, 0], n_in[0, 1] = 0, trials  # empty terms at both ends
+    hits_in = rng.integers(0, n_in + 1)
+    hits_in[0, 1] = trials  # with trials = 2**22 the counts span more than an int64 key can pack
+    n_out = trials - n_in
+    hits_out = rng.integers(0, np.minimum(n_out, 60) + 1)
+    for method in ("chernoff", "hoeffding"):
+        got = report.difference_interval_per_distinct_counts(hits_in, n_in, hits_out, n_out, 0.01, method)
+        expected = bounds.difference_interval(hits_in, n_in, hits_out, n_out, 0.01, method)
+        for a, b in zip(got, expected):
+            assert a.shape == (30, 7)
+            np.testing.assert_array_equal(a, b)
+    scalar_row = report.difference_interval_per_distinct_counts(hits_in[0], n_in[0], 3, n_out[0].max() + 5, 0.01)
+    np.testing.assert_array_equal(scalar_row[1], bounds.difference_interval(hits_in[0], n_in[0], 3, n_out[0].max() + 5, 0.01)[1])
+    empty = report.difference_interval_per_distinct_counts(np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), 0.1)
+    assert empty[0].shape == (0,)
+    with pytest.raises(RaymemError, match="--delta"):
+        report.difference_interval_per_distinct_counts(hits_in, n_in, hits_out, n_out, 2.0)

@@ -27,10 +27,39 @@ def _mem_of(v: VectorCounts) -> np.ndarray:
     return formulas.memorization(v.in_hits, v.n_in, v.out_hits, v.n_out)
 
 
+#: Largest product of the count ranges for which a tuple of counts is packed into one int64 key.
+_MAX_PACKED_KEY = 2**62
+
+
+def difference_interval_per_distinct_counts(hits_in, n_in, hits_out, n_out, delta: float, method: str = "chernoff"):
+    """Return bounds.difference_interval for every entry, evaluating it once per distinct tuple of counts.
+
+    Many examples and pairs share the same four counts (a run of t trials has at most ~t^3 distinct
+    tuples, in practice a few thousand), so this is the same result for a fraction of the bisection work.
+    """
+    columns = [np.asarray(c).ravel() for c in np.broadcast_arrays(hits_in, n_in, hits_out, n_out)]
+    if columns[0].size == 0 or not all(np.issubdtype(c.dtype, np.integer) for c in columns):
+        return bounds.difference_interval(hits_in, n_in, hits_out, n_out, delta, method=method)
+    shape = np.broadcast(hits_in, n_in, hits_out, n_out).shape
+    columns = [c.astype(np.int64) for c in columns]
+    lows = [int(c.min()) for c in columns]
+    spans = [int(c.max()) - low + 1 for c, low in zip(columns, lows)]
+    if math.prod(spans) < _MAX_PACKED_KEY:
+        key = np.zeros(columns[0].size, dtype=np.int64)
+        for c, low, span in zip(columns, lows, spans):
+            key = key * span + (c - low)
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    else:
+        _, first, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_index=True, return_inverse=True)
+    lo, hi = bounds.difference_interval(*(c[first] for c in columns), delta, method=method)
+    inverse = inverse.ravel()
+    return lo[inverse].reshape(shape), hi[inverse].reshape(shape)
+
+
 def mem_intervals(v: VectorCounts, delta: float, n_family: int, simultaneous: bool, method: str = "chernoff"):
     """Return (lo, hi) of the memorization difference for every row of ``v``."""
     d = bounds.family_delta(delta, n_family, simultaneous)
-    return bounds.difference_interval(v.in_hits, v.n_in, v.out_hits, v.n_out, d, method=method)
+    return difference_interval_per_distinct_counts(v.in_hits, v.n_in, v.out_hits, v.n_out, d, method=method)
 
 
 def mem_table(counts: Counts, *, delta: float = DEFAULT_DELTA, simultaneous: bool = False) -> pa.Table:
@@ -55,7 +84,7 @@ def mem_table(counts: Counts, *, delta: float = DEFAULT_DELTA, simultaneous: boo
 
 
 def _infl_intervals(h_in, n_in, n_out, test_hits, delta):
-    return bounds.difference_interval(h_in, n_in, test_hits - h_in, n_out, delta)
+    return difference_interval_per_distinct_counts(h_in, n_in, test_hits - h_in, n_out, delta)
 
 
 def pairs_table(

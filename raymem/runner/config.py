@@ -205,3 +205,22 @@ def gpu_hours(config: ExperimentConfig) -> float | None:
     if config.paper_epoch_seconds is None or config.paper_gpus is None:
         return None
     return config.trials * config.epochs * config.paper_epoch_seconds * config.paper_gpus / 3600.0
+
+
+def presets_table(budget_trials: int = 2000) -> list[list[str]]:
+    """Rows (header first) describing every preset, with the GPU-hours of ``budget_trials`` trials."""
+    rows = [["preset", "data set", "model", "epochs", "batch", "base LR", "schedule", "augment",
+             "per trial", "paper s/epoch", f"GPU-h for {budget_trials:,} trials"]]
+    for key, c in PRESETS.items():
+        c = dataclasses.replace(c, trials=budget_trials)
+        hours = gpu_hours(c)
+        resources = f"{c.cpus_per_trial:g} CPU" + (f", {c.gpus_per_trial:g} GPU" if c.gpus_per_trial else "")
+        if c.nodes_per_trial > 1:
+            resources += f" x {c.nodes_per_trial} nodes"
+        augment = ", ".join(filter(None, [f"pad-crop {c.augment_pad}" if c.augment_pad else "",
+                                          "flip" if c.augment_flip else ""])) or "-"
+        epoch_time = "-" if c.paper_epoch_seconds is None else (
+            f"{c.paper_epoch_seconds:g} ({c.paper_gpus:g} GPU)" if c.paper_gpus != 1 else f"{c.paper_epoch_seconds:g}")
+        rows.append([key, c.dataset, c.model, str(c.epochs), str(c.batch_size), f"{c.base_lr:g}", c.schedule, augment,
+                     resources, epoch_time, "-" if hours is None else f"{hours:,.0f}"])
+    return rows
