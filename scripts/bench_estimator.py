@@ -9,12 +9,14 @@ per-example counts as column sums and the pair matrix as one product ``masks.T @
 Prints one table: times, streaming / one-shot ratio (target <= 1.2), time to read the estimates and
 the high-influence pairs mid-run (target < 1 s), peak memory, and the update's GFLOP/s against
 this machine's own square sgemm. Both paths' results are checked equal. One-time imports are
-warmed up first; the one-shot runs first and last and its better time is the reference.
+warmed up first; all paths run in --repeat interleaved rounds and each path's best round is shown
+(other processes on a shared machine make single timings swing by 2x).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import resource
@@ -45,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64, help="batch size B whose mid-run read is timed")
     p.add_argument("--batches", default="16,64,256", help="batch sizes B of the streaming path to compare")
     p.add_argument("--ratio", type=float, default=0.7, help="subset ratio m/n")
+    p.add_argument("--repeat", type=int, default=2, help="rounds over all paths; each path's best round is shown")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -93,17 +96,24 @@ def timed(fn):
 
 
 class Phase:
-    """Peak Python-heap memory (numpy arrays included) of one phase, via tracemalloc."""
+    """Peak Python-heap memory (numpy arrays included) of one phase, via tracemalloc, in ``peak_mib``."""
 
     def __enter__(self):
         gc.collect()
         tracemalloc.reset_peak()
         self.base = tracemalloc.get_traced_memory()[0]
+        self.peak = 0
         return self
 
+    @contextlib.contextmanager
+    def excluded(self):
+        """Memory used only inside this block does not count towards the phase's peak."""
+        self.peak = max(self.peak, tracemalloc.get_traced_memory()[1])
+        yield
+        tracemalloc.reset_peak()
+
     def __exit__(self, *exc):
-        peak = max(tracemalloc.get_traced_memory()[1], getattr(self, "stream_peak", 0))
-        self.peak_mib = (peak - self.base) / 2**20
+        self.peak_mib = (max(self.peak, tracemalloc.get_traced_memory()[1]) - self.base) / 2**20
 
 
 class UpdateTimer:
@@ -153,7 +163,6 @@ def stream(masks, train_correct, test_correct, batch: int, read_at: int | None) 
     """Absorb every trial with Counts.add (batch size ``batch``); optionally time a read after ``read_at`` trials."""
     n, n_test = masks.shape[1], test_correct.shape[1]
     out = {"read": None}
-    stream_peak = 0
     with Phase() as phase, UpdateTimer() as update:
         counts = Counts.empty(n, n_test, batch_size=batch)
         seconds = 0.0
@@ -162,15 +171,12 @@ def stream(masks, train_correct, test_correct, batch: int, read_at: int | None) 
             counts.add(k, masks[k], train_correct[k], test_correct[k])
             seconds += time.perf_counter() - start
             if read_at is not None and k + 1 == read_at:
-                stream_peak = tracemalloc.get_traced_memory()[1]  # the read's own memory is not the stream's
-                pending = counts.pending
-                update_before = update.seconds
-                (mem_s, pairs_s, pairs), read_s = timed(lambda: read_estimates(counts))
+                pending, update_before = counts.pending, update.seconds
+                with phase.excluded():  # the read's time and memory are reported on their own
+                    (mem_s, pairs_s, pairs), read_s = timed(lambda: read_estimates(counts))
                 out["read"] = (k + 1, pending, read_s, update.seconds - update_before, mem_s, pairs_s, pairs)
                 update.seconds = update_before  # the read's flush is part of the read, not of the stream
-                tracemalloc.reset_peak()
         seconds += timed(counts.flush)[1]
-        phase.stream_peak = stream_peak
     out.update(counts=counts, seconds=seconds, update_s=update.seconds, updates=update.calls, peak_mib=phase.peak_mib)
     return out
 
@@ -203,31 +209,33 @@ def main() -> None:
     flops = 2.0 * t * n * n_test  # the pair matrix: one multiply-add per (trial, row, test example)
 
     tracemalloc.start()
-    with Phase() as phase:
-        expected, first_s = timed(lambda: one_shot(masks, train_correct, test_correct))
-    one_shot_peak = phase.peak_mib
-
-    rows = []
+    expected = None
+    one_shot_runs = []
+    runs = {batch: [] for batch in batches}
     read = end_read = None
-    for batch in batches:
-        result = stream(masks, train_correct, test_correct, batch, read_at=t // 2 + batch // 3 if batch == args.batch else None)
-        counts = result.pop("counts")
-        check_equal(counts, expected)
-        if batch == args.batch:
-            read = result["read"]
-            end_read = timed(lambda: read_estimates(counts))
-        rows.append((batch, result))
-        del counts
-        gc.collect()
-    del expected
-    gc.collect()
-    # The one-shot again, last: the best of its two runs is the reference (any noise then favours it).
-    _, last_s = timed(lambda: one_shot(masks, train_correct, test_correct))
-    one_shot_s = min(first_s, last_s)
+    for rep in range(args.repeat):  # rounds over all paths: each path's best run is reported
+        with Phase() as phase:
+            result, seconds = timed(lambda: one_shot(masks, train_correct, test_correct))
+        one_shot_runs.append((seconds, phase.peak_mib))
+        expected = result if expected is None else expected
+        del result
+        for batch in batches:
+            timed_read = rep == 0 and batch == args.batch
+            r = stream(masks, train_correct, test_correct, batch, read_at=t // 2 + batch // 3 if timed_read else None)
+            counts = r.pop("counts")
+            check_equal(counts, expected)
+            if timed_read:
+                read = r["read"]
+                end_read = timed(lambda: read_estimates(counts))
+            runs[batch].append(r)
+            del counts
+            gc.collect()
     tracemalloc.stop()
+    one_shot_s, one_shot_peak = min(one_shot_runs)
+    rows = [(batch, min(runs[batch], key=lambda r: r["seconds"])) for batch in batches]
 
     in_place = counts_module._blas_sgemm() is not None
-    header = (f"raymem estimator benchmark: n={n}, n_test={n_test}, {t} trials (the paper ran 2000; both paths scale "
+    header = (f"raymem estimator benchmark (best of {args.repeat} rounds): n={n}, n_test={n_test}, {t} trials (the paper ran 2000; both paths scale "
               f"linearly in trials, the ratio is what matters), subset ratio {args.ratio}, {HARD_SHARE:.0%} hard examples; "
               f"{os.cpu_count()} CPUs, BLAS {blas_threads()}; pair update {'BLAS sgemm in place' if in_place else 'numpy chunks'}; "
               f"machine sgemm {SGEMM_SIZE}^3: {sgemm:.1f} GFLOP/s")
@@ -236,15 +244,16 @@ def main() -> None:
     gf = flops / one_shot_s / 1e9
     lines.append(f"{'one-shot at the end (float32 masks.T @ test)':<44} {'-':>4} {one_shot_s:8.2f} {1e3 * one_shot_s / t:9.1f} "
                  f"{1.0:11.2f} {gf:8.1f} {100 * gf / sgemm:7.0f}% {one_shot_peak:9.0f}   "
-                 f"(best of 2 runs: {first_s:.2f} s first, {last_s:.2f} s last)")
+                 f"(runs: {', '.join(f'{x:.2f}' for x, _ in one_shot_runs)} s)")
     for batch, r in rows:
         ratio = r["seconds"] / one_shot_s
         gf = flops / r["update_s"] / 1e9
         mark = "ok" if ratio <= RATIO_TARGET else "MISS"
         label = f"streaming Counts.add, {r['updates']} updates ({mark} <= {RATIO_TARGET})"
+        run_times = ", ".join(f"{x['seconds']:.2f}" for x in runs[batch])
         lines.append(f"{label:<44} {batch:>4} "
                      f"{r['seconds']:8.2f} {1e3 * r['seconds'] / t:9.1f} {ratio:11.2f} {gf:8.1f} {100 * gf / sgemm:7.0f}% "
-                     f"{r['peak_mib']:9.0f}")
+                     f"{r['peak_mib']:9.0f}   (runs: {run_times} s)")
     if read is not None:
         after, pending, read_s, flush_s, mem_s, pairs_s, pairs = read
         (end_mem_s, end_pairs_s, end_pairs), end_read_s = end_read

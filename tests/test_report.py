@@ -271,3 +271,24 @@ def test_intervals_per_distinct_counts_equal_the_plain_ones(trials):
     assert empty[0].shape == (0,)
     with pytest.raises(RaymemError, match="--delta"):
         report.difference_interval_per_distinct_counts(hits_in, n_in, hits_out, n_out, 2.0)
+
+
+# ---- RunView: the one reader over counts and what the run knows ---------------------------------
+
+def test_run_view_adds_canaries_and_run_facts(truth_run):
+    from raymem.estimator.run_files import new_run_info
+    from raymem.estimator.view import RunView
+
+    info = new_run_info(name="truth", n_train=60, n_test=30, subset_size=truth_run.subset_size, seed=0,
+                        config={"trials": 500}, fingerprint={}, source="ingest")
+    flipped = np.isin(np.arange(60), MEMORIZED[:3])
+    view = RunView(info, count(truth_run, batch_size=64), flipped=flipped)
+    table = view.mem_table()
+    assert table.column("label_flipped").to_pylist() == flipped.tolist()
+    assert table.drop_columns(["label_flipped"]).equals(report.mem_table(view.counts))
+    s = view.status()
+    assert (s["run"], s["run_id"], s["source"], s["trials_target"], s["trials_done"]) == ("truth", info.run_id, "log", 500, 400)
+    assert s["canaries"] == report.canary_recall(np.array(table.column("mem").to_pylist()), flipped)
+    assert s["canaries"]["count"] == 3 and 0 < s["canaries"]["recall"] <= 1.0
+    assert view.pairs_table().equals(report.pairs_table(view.counts))
+    assert view.influence_table(4, top=3).equals(report.influence_table(view.counts, 4, top=3))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from raymem.errors import RaymemError
-from raymem.estimator.formulas import PAPER_MIN_INFL, PAPER_MIN_MEM, influence
+from raymem.estimator.formulas import PAPER_MIN_INFL, PAPER_MIN_MEM, influence, pair_influence
 
 PAIR_FIELDS = ("train_index", "test_index", "infl", "h_in", "n_in", "n_out")
 
@@ -68,13 +68,16 @@ def high_influence_pairs(
     for start in range(0, selected_rows.size, int(chunk_rows)):
         chunk = selected_rows[start:start + int(chunk_rows)]
         block = np.asarray(h_in[chunk])
-        infl = influence(block, n_in[chunk], test_hits, n_out[chunk])
-        local_row, test_index = np.nonzero(infl >= min_infl)  # row-major: sorted by row, then column
-        row = chunk[local_row]
+        local_row, test_index = np.nonzero(_candidates(block, n_in[chunk], n_out[chunk], test_hits, min_infl))
+        h = block[local_row, test_index]
+        infl = pair_influence(h, n_in[chunk][local_row], test_hits[test_index], n_out[chunk][local_row])
+        keep = infl >= min_infl  # the exact test, on the few candidates only
+        local_row, test_index, h, infl = local_row[keep], test_index[keep], h[keep], infl[keep]
+        row = chunk[local_row]  # nonzero is row-major: sorted by row, then column
         pieces["train_index"].append(row.astype(np.int64) + int(row_offset))
         pieces["test_index"].append(test_index.astype(np.int64))
-        pieces["infl"].append(infl[local_row, test_index])
-        pieces["h_in"].append(np.rint(block[local_row, test_index]).astype(np.int64))
+        pieces["infl"].append(infl)
+        pieces["h_in"].append(np.rint(h).astype(np.int64))
         pieces["n_in"].append(n_in[row].astype(np.int64))
         pieces["n_out"].append(n_out[row].astype(np.int64))
 
@@ -83,6 +86,30 @@ def high_influence_pairs(
         field: (np.concatenate(parts) if parts else np.zeros(0, dtype=empty_dtypes.get(field, np.int64)))
         for field, parts in pieces.items()
     }
+
+
+#: Slack of the float32 pre-test, far above its rounding error and far below one count.
+_CANDIDATE_SLACK = 1e-2
+
+
+def _candidates(block, n_in, n_out, test_hits, min_infl: float) -> np.ndarray:
+    """Cells that may have infl >= min_infl: a cheap float32 superset of the exact selection.
+
+    For a row with samples on both sides, infl = h/n_in - (T - h)/n_out >= θ is linear in h:
+    h >= (θ + T/n_out) / (1/n_in + 1/n_out). Rows with an empty term keep every cell (the exact
+    test decides); they are rare once a run has a few trials.
+    """
+    n_in = np.asarray(n_in, dtype=np.float64)
+    n_out = np.asarray(n_out, dtype=np.float64)
+    regular = (n_in > 0) & (n_out > 0)
+    inv_in = np.where(regular, 1.0 / np.where(regular, n_in, 1.0), 0.0)
+    inv_out = np.where(regular, 1.0 / np.where(regular, n_out, 1.0), 0.0)
+    scale = np.where(regular, 1.0 / np.where(regular, inv_in + inv_out, 1.0), 0.0)
+    offset = (min_infl * scale - _CANDIDATE_SLACK).astype(np.float32)
+    slope = (inv_out * scale).astype(np.float32)
+    threshold = offset[:, None] + slope[:, None] * np.asarray(test_hits, dtype=np.float32)[None, :]
+    threshold[~regular] = -np.inf
+    return block >= threshold
 
 
 def top_influencers(h_in_column, n_in, n_out, test_hits_j, k: int, row_offset: int = 0) -> dict[str, np.ndarray]:
