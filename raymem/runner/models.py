@@ -14,8 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from typing import Callable  # noqa: E402
 
-import keras  # noqa: E402
-from keras import layers  # noqa: E402
+from raymem.runner.keras_backend import keras, layers  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
 

@@ -12,8 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-from keras import ops  # noqa: E402
+from raymem.runner.keras_backend import keras, ops  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
 
