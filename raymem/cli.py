@@ -238,6 +238,26 @@ def compare(
 
 @app.command()
 @user_errors
+def features(
+    dataset: str = typer.Argument(..., help="Data set to featurize (e.g. cifar100, digits, npz:FILE)."),
+    out: str = typer.Option(..., "--out", help="Write x_train, y_train, x_test, y_test (.npz) here."),
+    model: str = typer.Option("resnet50", "--model", help="Model whose penultimate layer gives the features."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the data set's preset."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    base_lr: Optional[float] = typer.Option(None, "--lr"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Prepared TFDS data [env RAYMEM_DATA_DIR]."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Train one model on the full training set and save its penultimate-layer features (for `cifar100-linear`)."""
+    from raymem.runner.features import compute_features
+
+    summary = compute_features(dataset, model=model, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
+                               data_dir=data_dir, out=out, seed=seed)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+@user_errors
 def run(
     experiment: str = typer.Argument(..., help="Preset name (see `raymem presets`) or a .yaml/.toml experiment file."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Trials the run should hold (raise it to extend a run)."),

@@ -19,8 +19,9 @@ The fixed costs come from each trial's timestamps (Ray: the trial log's metadata
 - first trial in a process: its wall time minus training and predicting (a Ray worker imports
   TensorFlow inside its first trial; the loop imported it before, as part of its start-up);
 - fixed cost per warm trial: for every later trial of a process, the time from the previous
-  trial's finish in that process to this one's finish, minus training and predicting (Ray: the
-  previous record's hand-over to the accumulator, task scheduling, argument transfer, subset draw);
+  trial's finish in that process to this one's finish, minus training and predicting; split into
+  the part inside the trial (subset draw, model clean-up, record) and the gap between trials (Ray:
+  the previous record's hand-over to the accumulator, task scheduling, argument transfer);
 - tail: the last trial's finish to the subprocess's exit (Ray: shutdown).
 
 Prints the machine, the load average, one table (target: ray / loop <= 1.0) and the breakdown.
@@ -178,12 +179,14 @@ def breakdown(side: dict) -> dict:
     """Return the start-up, per-trial and tail costs of one side (see the module docstring)."""
     rows = sorted(side["trials"], key=lambda r: (r["pid"], r["started"]))
     work = {r["trial_id"]: r["train_s"] + r["predict_s"] for r in rows}
-    first_overhead, warm_fixed = [], []
+    first_overhead, warm_fixed, warm_inside, gaps = [], [], [], []
     for i, r in enumerate(rows):
         if i == 0 or rows[i - 1]["pid"] != r["pid"]:
             first_overhead.append(r["finished"] - r["started"] - work[r["trial_id"]])
         else:
             warm_fixed.append(r["finished"] - rows[i - 1]["finished"] - work[r["trial_id"]])
+            warm_inside.append(r["finished"] - r["started"] - work[r["trial_id"]])
+            gaps.append(r["started"] - rows[i - 1]["finished"])
     first_start = min(r["started"] for r in rows)
     last_finish = max(r["finished"] for r in rows)
     return {
@@ -192,6 +195,8 @@ def breakdown(side: dict) -> dict:
         "first_trial_overhead_s": float(np.mean(first_overhead)),
         "warm_fixed_ms": 1000 * float(np.mean(warm_fixed)) if warm_fixed else float("nan"),
         "warm_fixed_max_ms": 1000 * float(np.max(warm_fixed)) if warm_fixed else float("nan"),
+        "warm_inside_ms": 1000 * float(np.mean(warm_inside)) if warm_inside else float("nan"),
+        "warm_gap_ms": 1000 * float(np.mean(gaps)) if gaps else float("nan"),
         "train_s": float(np.mean([r["train_s"] for r in rows])),
         "predict_s": float(np.mean([r["predict_s"] for r in rows])),
         "tail_s": side["launched"] + side["wall_s"] - last_finish,
@@ -240,6 +245,8 @@ def print_report(trials: int, epochs: int, loop: dict | None, ray: dict) -> None
         ("mean predict s per trial", "predict_s", 2),
         ("fixed cost per warm trial, ms (mean)", "warm_fixed_ms", 0),
         ("fixed cost per warm trial, ms (max)", "warm_fixed_max_ms", 0),
+        ("  of which inside the trial (not train/predict), ms", "warm_inside_ms", 0),
+        ("  of which between trials (hand-over, scheduling), ms", "warm_gap_ms", 0),
         ("tail: last finish to exit, s", "tail_s", 1),
         ("mean test accuracy", "test_accuracy", 3),
     ]

@@ -175,8 +175,8 @@ class BackgroundRun:
 
 
 def tiny_config(trials: int, **overrides) -> ExperimentConfig:
-    """The digits preset cut down to seconds per trial on a CPU."""
-    return resolve_config("digits", dict(trials=trials, epochs=2, batch_size=64, **overrides))
+    """The digits preset cut down to seconds per trial on a CPU (``overrides`` win)."""
+    return resolve_config("digits", {"trials": trials, "epochs": 2, "batch_size": 64, **overrides})
 
 
 def records(run_dir: str) -> list[TrialRecord]:
@@ -244,15 +244,20 @@ def max_overlap(spans: list[tuple[float, float]], lo: float = -np.inf, hi: float
 
 # ---- the scenarios ------------------------------------------------------------------------------
 
-def node_removed(cluster, workdir: str | Path, trials: int = 6) -> Outcome:
-    """Two 1-CPU worker nodes; once one of them has finished a trial (and so runs the next), kill it."""
+def node_removed(cluster, workdir: str | Path, trials: int = 6, epochs: int = 8, delay_s: float = 1.0) -> Outcome:
+    """Two 1-CPU worker nodes; ``delay_s`` after one of them finished a trial, kill it.
+
+    Its worker is warm by then and takes the next queued trial at once; with ``epochs`` a warm trial
+    lasts a few seconds, so the node dies in the middle of that trial.
+    """
     started = time.perf_counter()
     nodes = [add_worker(cluster), add_worker(cluster)]
     run_dir, name = str(Path(workdir, "node-removed")), "node-removed"
-    run = BackgroundRun(tiny_config(trials), name, run_dir)
+    run = BackgroundRun(tiny_config(trials, epochs=epochs), name, run_dir)
     first = run.wait_for_log(1)[0]
     victim_id = next(r.metadata["node_id"] for r in records(run_dir) if r.trial_id == first)
     victim = next(n for n in nodes if n.node_id == victim_id)
+    time.sleep(delay_s)
     removed_at = time.time()
     cluster.remove_node(victim, allow_graceful=False)
     result = run.wait()
@@ -265,12 +270,16 @@ def node_removed(cluster, workdir: str | Path, trials: int = 6) -> Outcome:
     )
 
 
-def nodes_added(cluster, workdir: str | Path, trials: int = 8) -> Outcome:
-    """One worker node (1 CPU, 1 fake GPU; one trial at a time); a second joins after the first trial ends."""
+def nodes_added(cluster, workdir: str | Path, trials: int = 8, epochs: int = 4) -> Outcome:
+    """One worker node (1 CPU, 1 fake GPU; one trial at a time); a second joins after the first trial ends.
+
+    ``epochs`` keeps trials long enough that the new node (which first imports TensorFlow) gets some.
+    """
     started = time.perf_counter()
     first_node = add_worker(cluster, num_cpus=1, num_gpus=1)
     run_dir, name = str(Path(workdir, "nodes-added")), "nodes-added"
-    run = BackgroundRun(tiny_config(trials, gpus_per_trial=1.0, cpus_per_trial=1.0), name, run_dir)
+    config = tiny_config(trials, epochs=epochs, gpus_per_trial=1.0, cpus_per_trial=1.0)
+    run = BackgroundRun(config, name, run_dir)
     run.wait_for_log(1)
     joined_at = time.time()
     new_node = add_worker(cluster, num_cpus=1, num_gpus=1)

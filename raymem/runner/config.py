@@ -20,6 +20,10 @@ from raymem.errors import RaymemError
 from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
 
 
+#: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
+LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     preset: str
@@ -102,9 +106,10 @@ PRESETS: dict[str, ExperimentConfig] = {
         preset="cifar100-densenet100", dataset="cifar100", model="densenet100", trials=2000,
         **{**_CIFAR_RECIPE, "batch_size": 256, "base_lr": 0.2}, paper_epoch_seconds=45, paper_gpus=1,
     ),
-    # Linear model on precomputed penultimate features (`raymem features`), 40 epochs.
+    # Linear model on precomputed penultimate features, 40 epochs: first
+    # `raymem features cifar100 --out cifar100-features.npz` (or --dataset npz:OTHER.npz).
     "cifar100-linear": ExperimentConfig(
-        preset="cifar100-linear", dataset="cifar100-features", model="linear", trials=2000,
+        preset="cifar100-linear", dataset="npz:cifar100-features.npz", model="linear", trials=2000,
         **{**_CIFAR_RECIPE, "epochs": 40, "augment_pad": 0, "augment_flip": False, "gpus_per_trial": 0.125,
            "cpus_per_trial": 1.0}, paper_epoch_seconds=0.5, paper_gpus=1,
     ),

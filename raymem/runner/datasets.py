@@ -161,20 +161,28 @@ class StreamingDataset:
         return _fingerprint(self.name, self.num_classes, self.input_shape, self.y_train, self.y_test)
 
     def train_dataset(self, indices: np.ndarray | None, *, shuffle_seed: int | None = None,
-                      batch_size: int | None = None) -> "tf.data.Dataset":
+                      batch_size: int | None = None, labels: np.ndarray | None = None) -> "tf.data.Dataset":
         """Returns a tf.data.Dataset of (image, label) for the training examples at `indices`.
 
         indices None means all training examples. Without `shuffle_seed` the examples come in
         index order; with it they pass through a shuffle buffer of STREAM_SHUFFLE_BUFFER that
         reshuffles every epoch. Unselected examples are skipped before their images are decoded.
-        With `batch_size` the dataset is batched and prefetched.
+        With `labels` (one per training example, e.g. a run's canary-flipped labels) each
+        example's label is looked up by its index instead of read from the files. With
+        `batch_size` the dataset is batched and prefetched.
         """
         tf = _import_tensorflow()
-        examples = _encoded_examples(self.name, self.data_dir, "train")
+        examples = _encoded_examples(self.name, self.data_dir, "train").enumerate()
         if indices is not None:
             selected = tf.constant(self._selection_mask(indices))
-            examples = examples.enumerate().filter(lambda index, _: tf.gather(selected, index))
-            examples = examples.map(lambda _, example: example)
+            examples = examples.filter(lambda index, _: tf.gather(selected, index))
+        if labels is not None:
+            table = tf.constant(np.asarray(labels, dtype=np.int64))
+            examples = examples.map(lambda index, ex: (index, {"image": ex["image"], "label": tf.gather(table, index)}))
+        examples = examples.map(lambda _, example: example)
+        # The filter hides the size; stating it lets Keras count steps (and fails loudly if the files disagree).
+        count = self.n_train if indices is None else len(indices)
+        examples = examples.apply(tf.data.experimental.assert_cardinality(count))
         if shuffle_seed is not None:
             examples = examples.shuffle(STREAM_SHUFFLE_BUFFER, seed=shuffle_seed,
                                         reshuffle_each_iteration=True)

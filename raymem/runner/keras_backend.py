@@ -14,8 +14,9 @@ import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-LEGACY_ENV = "TF_USE_LEGACY_KERAS"
-LEGACY = os.environ.get(LEGACY_ENV) == "1"
+from raymem.runner.config import LEGACY_KERAS_ENV  # noqa: E402
+
+LEGACY = os.environ.get(LEGACY_KERAS_ENV) == "1"
 
 if LEGACY:
     import numpy as np

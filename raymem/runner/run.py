@@ -24,7 +24,7 @@ from raymem.errors import RaymemError
 from raymem.estimator.run_files import new_run_info, read_labels, read_run_info, write_labels, write_run_info
 from raymem.estimator.storage import RunStore
 from raymem.runner import canaries
-from raymem.runner.config import ExperimentConfig, compare_for_resume, gpu_hours
+from raymem.runner.config import LEGACY_KERAS_ENV, ExperimentConfig, compare_for_resume, gpu_hours
 from raymem.runner.progress import Progress
 
 
@@ -134,14 +134,18 @@ def run_experiment(
         missing = [k for k in range(config.trials) if k not in done]
         run = {"run_id": info.run_id, "name": name, "seed": info.seed, "n_train": info.n_train,
                "n_test": info.n_test, "subset_size": info.subset_size}
-        if hasattr(data, "x_train"):
-            payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels)))
-        else:
-            payload = (config.dataset, data_dir)
+        # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
+        # a StreamingDataset is only its labels and where its files are, so it travels whole.
+        payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
         config_dict = config.to_dict()
         if config.uses_train_group:
             storage_path = tempfile.mkdtemp(prefix="raymem-train-")
-            task = ray.remote(run_big_trial).options(num_cpus=0, max_retries=0)
+            options = {"num_cpus": 0, "max_retries": 0}
+            if config.nodes_per_trial > 1:
+                # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
+                # inherit this runtime environment) build with tf-keras (see keras_backend).
+                options["runtime_env"] = {"env_vars": {LEGACY_KERAS_ENV: "1"}}
+            task = ray.remote(run_big_trial).options(**options)
 
             def submit(k, attempt):
                 return task.remote(config_dict, run, [payload], accumulator, k, attempt, storage_path)

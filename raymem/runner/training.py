@@ -1,8 +1,23 @@
-"""Train one trial: fit a fresh Keras model on the trial's subset and predict on every example.
+"""Train one model: fit a fresh Keras model on a subset and predict on every example.
 
-This is the only place that runs Keras for a trial; the Ray tasks, the Ray Train worker and the
-plain-loop benchmark all call ``train_and_predict``. TensorFlow is imported here, lazily, so the
-estimator and the CLI never pay for it.
+This is the only place that runs a Keras training loop; the Ray tasks, the Ray Train worker, the
+plain-loop benchmark and ``raymem features`` all call it. TensorFlow is imported here, lazily, so
+the estimator and the CLI never pay for it.
+
+Both kinds of data set train the same way:
+
+- ``ArrayDataset``: the subset's arrays are shuffled in memory.
+- ``StreamingDataset`` (ImageNet): the pipeline reads the TFRecord files, skips every example
+  outside the subset before decoding it, looks each example's label up in the run's labels, and
+  shuffles the encoded examples in a buffer (``StreamingDataset.train_dataset``); predictions
+  stream through ``eval_dataset`` in index order.
+
+In both, ``data.y_train`` holds the run's training labels (canaries flipped) and the model trains
+on those, never on the labels stored in the files. The config's augmentation (random crop after
+zero padding by ``augment_pad`` pixels, random flips) is applied to image inputs. Batches hold the
+GLOBAL batch size ``config.batch_size``: under a ``tf.distribute.MirroredStrategy`` each batch is
+split across the replicas (ImageNet: 896 over 8 GPUs = 112 per GPU), so the learning-rate schedule
+is the paper's whatever the number of GPUs.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ import time
 import numpy as np
 
 from raymem.runner.config import ExperimentConfig
+from raymem.runner.datasets import StreamingDataset
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,24 +60,103 @@ def _gpus_present() -> bool:
 
 
 def _flag(value: str) -> bool:
+    """Returns whether an "auto" | "on" | "off" setting is on here: auto means on only when a GPU is present."""
     return value == "on" or (value == "auto" and _gpus_present())
 
 
-def _train_dataset(config: ExperimentConfig, x: np.ndarray, y: np.ndarray, seed: int, global_batch: int):
+def accelerator_settings(config: ExperimentConfig) -> dict:
+    """Returns {"mixed_precision": bool, "xla": bool}: the config's auto|on|off flags resolved on this process."""
+    return {"mixed_precision": _flag(config.mixed_precision), "xla": _flag(config.xla)}
+
+
+def _augmented_batches(config: ExperimentConfig, pairs, input_rank: int, global_batch: int):
+    """Returns ``pairs`` of (input, label) augmented (images only) and batched with the global batch size."""
     import tensorflow as tf
 
     from raymem.runner.augment import make_augment_fn
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if x.ndim == 4 and (config.augment_pad or config.augment_flip):
-        ds = ds.map(make_augment_fn(config.augment_pad, config.augment_flip), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(global_batch).prefetch(tf.data.AUTOTUNE)
+    if input_rank == 3 and (config.augment_pad or config.augment_flip):
+        pairs = pairs.map(make_augment_fn(config.augment_pad, config.augment_flip), num_parallel_calls=tf.data.AUTOTUNE)
+    return pairs.batch(global_batch).prefetch(tf.data.AUTOTUNE)
 
 
-def predict_labels(model, x) -> np.ndarray:
-    """Predicted class of every example (int32), in order."""
-    logits = model.predict(x, batch_size=EVAL_BATCH, verbose=0)
-    return np.argmax(logits, axis=-1).astype(np.int32)
+def train_pipeline(config: ExperimentConfig, data, mask: np.ndarray, seed: int):
+    """Returns the tf.data.Dataset one epoch of training reads: batches of (inputs, run labels) of the
+    examples where ``mask`` is True, reshuffled every epoch, augmented, of ``config.batch_size`` (global)."""
+    import tensorflow as tf
+
+    if isinstance(data, StreamingDataset):
+        pairs = data.train_dataset(np.flatnonzero(mask), shuffle_seed=seed, labels=data.y_train)
+    else:
+        x, y = data.x_train[mask], data.y_train[mask]
+        pairs = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return _augmented_batches(config, pairs, len(data.input_shape), config.batch_size)
+
+
+def split_inputs(data, split: str):
+    """Returns the inputs of every example of ``split`` ("train" or "test") in index order: the array of an
+    ``ArrayDataset``, or a tf.data.Dataset of image batches (EVAL_BATCH) for a ``StreamingDataset``."""
+    if isinstance(data, StreamingDataset):
+        return data.eval_dataset(split, batch_size=EVAL_BATCH).map(lambda image, _: image)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return data.x_train if split == "train" else data.x_test
+
+
+def predict_outputs(model, inputs):
+    """Returns ``model``'s outputs on ``inputs`` (an array or a batched tf.data.Dataset), in input order."""
+    if isinstance(inputs, np.ndarray):
+        return model.predict(inputs, batch_size=EVAL_BATCH, verbose=0)
+    return model.predict(inputs, verbose=0)
+
+
+def predict_labels(model, inputs) -> np.ndarray:
+    """Returns the predicted class (int32) of every input, in order (see ``predict_outputs``)."""
+    return np.argmax(predict_outputs(model, inputs), axis=-1).astype(np.int32)
+
+
+def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, strategy=None) -> tuple:
+    """Fit a fresh ``config.model`` on the examples where ``mask`` is True with the config's recipe.
+
+    Returns (model, metadata) with metadata {"train_seconds", "epochs", "replicas", "global_batch",
+    "final_loss", "mixed_precision", "xla", "streaming"}. ``data`` is an ``ArrayDataset`` or a
+    ``StreamingDataset`` whose ``y_train`` holds the labels to train on. ``strategy`` is a
+    ``tf.distribute`` strategy for multi-GPU training (MirroredStrategy), or None.
+    """
+    import tensorflow as tf
+
+    from raymem.runner.keras_backend import keras
+    from raymem.runner.models import build_model
+    from raymem.runner.schedules import make_optimizer, make_schedule
+
+    started = time.perf_counter()
+    tf.get_logger().setLevel("ERROR")
+    keras.utils.set_random_seed(seed)
+    settings = accelerator_settings(config)
+    keras.mixed_precision.set_global_policy("mixed_float16" if settings["mixed_precision"] else "float32")
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    steps_per_epoch = max(1, math.ceil(int(np.count_nonzero(mask)) / config.batch_size))
+    scope = strategy.scope() if strategy is not None else _null_scope()
+    with scope:
+        model = build_model(config.model, tuple(data.input_shape), data.num_classes)
+        schedule = make_schedule(config.schedule, config.base_lr, config.epochs, steps_per_epoch, **config.schedule_params)
+        model.compile(
+            optimizer=make_optimizer(schedule, momentum=config.momentum),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=settings["xla"],
+        )
+    history = model.fit(train_pipeline(config, data, mask, seed), epochs=config.epochs, verbose=0, shuffle=False)
+    metadata = {
+        "train_seconds": time.perf_counter() - started,
+        "epochs": config.epochs,
+        "replicas": replicas,
+        "global_batch": config.batch_size,
+        "final_loss": float(history.history["loss"][-1]),
+        **settings,
+        "streaming": isinstance(data, StreamingDataset),
+    }
+    return model, metadata
 
 
 def train_and_predict(
@@ -70,53 +165,48 @@ def train_and_predict(
     mask: np.ndarray,
     seed: int,
     strategy=None,
+    predict_on_local_copy: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train on the examples where ``mask`` is True; return (train_pred, test_pred, metadata).
 
-    ``data`` is an ``ArrayDataset`` whose ``y_train`` holds the run's labels (canaries flipped).
+    ``data`` is an ``ArrayDataset`` or a ``StreamingDataset`` whose ``y_train`` holds the run's labels
+    (canaries flipped); predictions (int32) cover every training and test example in index order.
     ``strategy`` is a ``tf.distribute`` strategy for multi-GPU trials (MirroredStrategy), or None.
+    ``predict_on_local_copy``: predict with a copy of the trained weights outside the strategy, so that
+    one worker of a multi-worker group can predict alone (the others would otherwise have to join).
     """
-    import keras
     import tensorflow as tf
 
-    from raymem.runner.models import build_model
-    from raymem.runner.schedules import make_optimizer, make_schedule
+    from raymem.runner.keras_backend import LEGACY, keras
 
-    started = time.perf_counter()
-    tf.get_logger().setLevel("ERROR")
-    keras.utils.set_random_seed(seed)
-    if _flag(config.mixed_precision):
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    x, y = data.x_train[mask], data.y_train[mask]
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    global_batch = config.batch_size
-    steps_per_epoch = max(1, math.ceil(len(x) / global_batch))
-    scope = strategy.scope() if strategy is not None else _null_scope()
-    with scope:
-        model = build_model(config.model, tuple(data.x_train.shape[1:]), data.num_classes)
-        schedule = make_schedule(config.schedule, config.base_lr, config.epochs, steps_per_epoch, **config.schedule_params)
-        model.compile(
-            optimizer=make_optimizer(schedule, momentum=config.momentum),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            jit_compile=_flag(config.xla),
-        )
-    history = model.fit(_train_dataset(config, x, y, seed, global_batch), epochs=config.epochs, verbose=0, shuffle=False)
+    model, metadata = train_model(config, data, mask, seed, strategy=strategy)
     trained = time.perf_counter()
-    train_pred = predict_labels(model, data.x_train)
-    test_pred = predict_labels(model, data.x_test)
-    metadata = {
-        "train_seconds": trained - started,
+    if predict_on_local_copy:
+        local = keras.models.clone_model(model)
+        local.set_weights(model.get_weights())
+        model = local
+    train_pred = predict_labels(model, split_inputs(data, "train"))
+    test_pred = predict_labels(model, split_inputs(data, "test"))
+    metadata.update({
         "predict_seconds": time.perf_counter() - trained,
-        "epochs": config.epochs,
-        "replicas": replicas,
-        "final_loss": float(history.history["loss"][-1]),
         "subset_accuracy": float(np.mean(train_pred[mask] == data.y_train[mask])),
         "test_accuracy": float(np.mean(test_pred == data.y_test)),
         "gpus_visible": len(tf.config.list_physical_devices("GPU")),
-    }
-    keras.backend.clear_session()
+        "keras": "tf_keras" if LEGACY else "keras3",
+    })
+    release_session()
     return train_pred, test_pred, metadata
+
+
+def release_session() -> None:
+    """Drop the trial's graph state. A full garbage collection (~250 ms) only pays off on GPUs,
+    where it frees device memory before the next trial of a reused worker."""
+    from raymem.runner.keras_backend import LEGACY, keras
+
+    if LEGACY:
+        keras.backend.clear_session()
+    else:
+        keras.backend.clear_session(free_memory=_gpus_present())
 
 
 class _null_scope:

@@ -43,16 +43,27 @@ def _placement() -> dict:
     }
 
 
-def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attempt: int, strategy=None, extra=None) -> TrialRecord:
-    """Train trial ``trial_id`` on this process and return its record."""
+def trial_subset(run: dict, trial_id: int) -> tuple:
+    """(mask, seed) of trial ``trial_id``: both reproducible from (run seed, trial id)."""
+    mask = subset_mask(run["seed"], trial_id, run["n_train"], run["subset_size"])
+    return mask, trial_seed(run["seed"], trial_id)
+
+
+def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attempt: int, strategy=None, extra=None,
+                 predict_on_local_copy: bool = False) -> TrialRecord:
+    """Train trial ``trial_id`` on this process and return its record.
+
+    ``data`` (an ArrayDataset or a StreamingDataset) carries the run's training labels in ``y_train``
+    (canaries flipped): the model trains on them and the record's correctness is measured against them.
+    """
     from raymem.runner.training import limit_tf_threads, train_and_predict
 
     started = time.time()
     _maybe_inject_failure(trial_id, attempt)
-    mask = subset_mask(run["seed"], trial_id, run["n_train"], run["subset_size"])
-    seed = trial_seed(run["seed"], trial_id)
+    mask, seed = trial_subset(run, trial_id)
     limit_tf_threads(config.cpus_per_trial)
-    train_pred, test_pred, metadata = train_and_predict(config, data, mask, seed, strategy=strategy)
+    train_pred, test_pred, metadata = train_and_predict(
+        config, data, mask, seed, strategy=strategy, predict_on_local_copy=predict_on_local_copy)
     metadata.update(_placement())
     metadata.update(extra or {})
     metadata.update({"attempt": attempt, "started": started, "finished": time.time()})
@@ -68,27 +79,17 @@ def run_small_trial(config_dict: dict, run: dict, data, accumulator, trial_id: i
     import ray
 
     config = ExperimentConfig(**config_dict)
-    data = _materialize(data)
     record = build_record(config, run, data, trial_id, attempt)
     return ray.get(accumulator.absorb.remote(record))
 
 
-_DATA_CACHE: dict = {}
-
-
-def _materialize(data):
-    """An ArrayDataset as is; a (name, data_dir) spec loaded once per process (streaming data sets)."""
-    if isinstance(data, tuple):
-        if data not in _DATA_CACHE:
-            from raymem.runner.datasets import load_dataset
-
-            _DATA_CACHE[data] = load_dataset(*data)
-        return _DATA_CACHE[data]
-    return data
-
-
 def _train_group_worker(loop_config: dict) -> None:
-    """Ray Train worker loop of a big trial: MirroredStrategy over this worker's GPUs; rank 0 reports."""
+    """Ray Train worker loop of a big trial.
+
+    One worker (a node's GPUs): MirroredStrategy, as the paper trained ImageNet. Several workers
+    (several nodes, tf-keras): MultiWorkerMirroredStrategy; all of them train, and rank 0 alone
+    predicts, on a local copy of the synchronised weights, and sends the one record.
+    """
     import ray
     import ray.train
     import tensorflow as tf
@@ -96,18 +97,25 @@ def _train_group_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     config = ExperimentConfig(**loop_config["config"])
     (data,) = loop_config["data"]  # boxed in a list so Ray hands the ObjectRef through unresolved
-    data = _materialize(ray.get(data) if isinstance(data, ray.ObjectRef) else data)
-    multi_worker = ctx.get_world_size() > 1
-    strategy = tf.distribute.MultiWorkerMirroredStrategy() if multi_worker else tf.distribute.MirroredStrategy()
-    record = build_record(
-        config, loop_config["run"], data, loop_config["trial_id"], loop_config["attempt"], strategy=strategy,
-        extra={"world_size": ctx.get_world_size(), "train_group": True},
-    )
+    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    run, trial_id, attempt = loop_config["run"], loop_config["trial_id"], loop_config["attempt"]
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.MirroredStrategy()
     ack = {}
-    if ctx.get_world_rank() == 0:
+    if rank == 0:
+        record = build_record(config, run, data, trial_id, attempt, strategy=strategy,
+                              extra={"world_size": world, "train_group": True}, predict_on_local_copy=world > 1)
         ack = ray.get(loop_config["accumulator"].absorb.remote(record))
+    else:
+        from raymem.runner.training import limit_tf_threads, release_session, train_model
+
+        _maybe_inject_failure(trial_id, attempt)
+        mask, seed = trial_subset(run, trial_id)
+        limit_tf_threads(config.cpus_per_trial)
+        train_model(config, data, mask, seed, strategy=strategy)
+        release_session()
     ray.train.report({"ack_trial_id": ack.get("trial_id", -1), "counted": bool(ack.get("counted", False)),
-                      "world_size": ctx.get_world_size(), "rank": ctx.get_world_rank()})
+                      "world_size": world, "rank": rank})
 
 
 def run_big_trial(config_dict: dict, run: dict, data_box: list, accumulator, trial_id: int, attempt: int, storage_path: str) -> dict:
