@@ -116,6 +116,7 @@ def pairs(
     min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl", help="Keep pairs with influence at least this."),
     min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem", help="Keep training examples with memorization at least this."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the pairs as Parquet here."),
+    npz: Optional[str] = typer.Option(None, "--npz", help="Also write them in the paper's released layout (tr_idx, tt_idx, infl, mem)."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
     storage: Optional[str] = StorageOpt,
@@ -124,12 +125,17 @@ def pairs(
     """High-influence pairs (train example, test example), as selected in the paper."""
     from raymem import outputs
 
-    _check_targets(out=out)
+    _check_targets(out=out, npz=npz)
     table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
                          delta=delta, simultaneous=simultaneous)
     if out:
         outputs.write_parquet(table, out)
         typer.echo(f"wrote {table.num_rows} pairs to {out}")
+    if npz:
+        from raymem.estimator.compare import export_pairs_npz
+
+        export_pairs_npz(table, npz)
+        typer.echo(f"wrote {table.num_rows} pairs to {npz} (the paper's layout)")
     typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}")
     _print_table(table, limit=10)
 
@@ -225,6 +231,7 @@ def compare(
     """Consistency of two estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Fig. C.2)."""
     from raymem import outputs
 
+    _check_targets(out=out, figure=figure)
     result = _api().compare(run, other, storage=storage, min_infl=min_infl, min_mem=min_mem)
     if isinstance(result, dict):
         typer.echo(json.dumps(result, indent=2))

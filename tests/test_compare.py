@@ -100,3 +100,32 @@ def test_released_reference_files_load():
         data = compare.load_pairs_npz(f)
         # the files hold what their name says: pairs at infl >= 0.15 and mem >= 0.25
         assert data["infl"].min() >= 0.15 - 1e-9 and data["mem"].min() >= 0.25 - 1e-9
+
+
+def test_cli_pairs_npz_and_compare_round_trip(tmp_path):
+    from typer.testing import CliRunner
+
+    from raymem import api
+    from raymem.cli import app
+
+    rng = np.random.default_rng(7)
+    t, n, n_test = 60, 30, 12
+    masks = np.zeros((t, n), bool)
+    for k in range(t):
+        masks[k, rng.choice(n, 21, replace=False)] = True
+    train_ok = np.where(np.arange(n) < 4, masks, rng.random((t, n)) < 0.8)
+    test_ok = rng.random((t, n_test)) < 0.6
+    test_ok[:, :4] = masks[:, :4]
+    run_dir = str(tmp_path / "run")
+    api.ingest(run_dir, masks, train_ok, test_ok)
+    runner = CliRunner()
+    result = runner.invoke(app, ["pairs", run_dir, "--npz", str(tmp_path / "p.npz")])
+    assert result.exit_code == 0, result.output
+    exported = compare.load_pairs_npz(tmp_path / "p.npz")
+    table = api.pairs(run_dir)
+    assert np.array_equal(exported["tr_idx"], table.column("train_index").to_numpy())
+    assert {(0, 0), (1, 1), (2, 2), (3, 3)} <= set(zip(exported["tr_idx"].tolist(), exported["tt_idx"].tolist()))
+    result = runner.invoke(app, ["compare", run_dir, str(tmp_path / "p.npz")])
+    assert result.exit_code == 0 and '"jaccard": 1.0' in result.output
+    result = runner.invoke(app, ["compare", run_dir, run_dir, "--figure", str(tmp_path / "missing" / "c.png")])
+    assert result.exit_code == 2 and "--figure" in result.output
