@@ -38,7 +38,6 @@ import numpy as np
 
 from raymem import api
 from raymem.actors.accumulator import NAMESPACE, get_or_create_accumulator
-from raymem.errors import RaymemError
 from raymem.estimator.records import TrialRecord
 from raymem.estimator.run_files import read_run_info
 from raymem.estimator.storage import RunStore
@@ -270,7 +269,7 @@ def node_removed(cluster, workdir: str | Path, trials: int = 6, epochs: int = 8,
     )
 
 
-def nodes_added(cluster, workdir: str | Path, trials: int = 8, epochs: int = 4) -> Outcome:
+def nodes_added(cluster, workdir: str | Path, trials: int = 10, epochs: int = 4) -> Outcome:
     """One worker node (1 CPU, 1 fake GPU; one trial at a time); a second joins after the first trial ends.
 
     ``epochs`` keeps trials long enough that the new node (which first imports TensorFlow) gets some.
@@ -304,7 +303,8 @@ def accumulator_killed(cluster, workdir: str | Path, trials: int = 6) -> Outcome
     import ray
 
     started = time.perf_counter()
-    add_worker(cluster), add_worker(cluster)
+    for _ in range(2):
+        add_worker(cluster)
     run_dir, name = str(Path(workdir, "accumulator-killed")), "accumulator-killed"
     run = BackgroundRun(tiny_config(trials), name, run_dir)
     run.wait_for_log(2)
@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.scenario == "accumulator-killed":
             d = outcome.details
             print(f"\naccumulator-killed: pid {d['before']['pid']} -> {d['after']['pid']}, "
-                  f"rebuilt {d['after']['rebuilt_trials']} trials from the log on restart")
+                  f"rebuilt {d['after']['rebuilt_trials']} trials from the log on restart, "
+                  f"{d['after']['duplicates']} replayed deliveries acknowledged without counting")
         if outcome.scenario == "bad-deliveries":
             print("\nbad-deliveries:")
             print("\n".join(rejection_summary(outcome)))

@@ -108,9 +108,9 @@ def test_node_removed_mid_run_loses_no_trial_and_counts_each_once(cluster, tmp_p
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_node_added_mid_run_raises_concurrency(cluster, tmp_path):
-    outcome = reliability.nodes_added(cluster, tmp_path, trials=8)
+    outcome = reliability.nodes_added(cluster, tmp_path, trials=10)
     details, result = outcome.details, outcome.details["result"]
-    records = assert_each_trial_counted_once(outcome.run_dir, outcome.name, 8)
+    records = assert_each_trial_counted_once(outcome.run_dir, outcome.name, 10)
     joined = details["joined_at"]
     first, new = details["first_node_id"], details["new_node_id"]
     # before the join: one node with one fake GPU, so trials ran there one after another
