@@ -226,3 +226,16 @@ def compare(run: str, other: str, *, storage=None, min_infl: float = formulas.PA
         return comparing.compare_with_released(counts, released, min_infl=min_infl, min_mem=min_mem, source=other)
     other_counts = offline_view(open_store(other, storage)).counts
     return comparing.compare_runs(counts, other_counts, min_mem=min_mem)
+
+
+def stop(run: str, *, storage=None, address=None) -> bool:
+    """Stop the run's live accumulator (its counts can always be rebuilt from the log). True if one was stopped."""
+    store = open_store(run, storage)
+    info = read_run_info(store)
+    actor = _find_live_accumulator(store, info, address)
+    if actor is None:
+        return False
+    import ray
+
+    ray.kill(actor, no_restart=True)
+    return True

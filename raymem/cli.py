@@ -265,6 +265,20 @@ def features(
 
 @app.command()
 @user_errors
+def stop(
+    run: str = RunArg,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """Stop a run's live accumulator on its cluster (frees its memory; the trial log keeps everything)."""
+    if _api().stop(run, storage=storage, address=address):
+        typer.echo(f"stopped the accumulator of {run}; `raymem run` starts a new one from the log.")
+    else:
+        typer.echo(f"no live accumulator of {run} was reachable; nothing to stop.")
+
+
+@app.command()
+@user_errors
 def run(
     experiment: str = typer.Argument(..., help="Preset name (see `raymem presets`) or a .yaml/.toml experiment file."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Trials the run should hold (raise it to extend a run)."),

@@ -99,3 +99,11 @@ def test_presets_markdown_lists_every_preset():
     assert result.exit_code == 0
     for name in PRESETS:
         assert f"| {name} |" in result.output
+
+
+def test_readme_presets_table_is_the_generated_one():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    result = CliRunner().invoke(app, ["presets", "--markdown"])
+    assert result.output.strip() in readme, "regenerate the README table with `raymem presets --markdown`"

@@ -193,3 +193,26 @@ def test_multi_node_trial_runs_a_worker_group_of_two_with_tf_keras(tmp_path):
     assert record.metadata["keras"] == "tf_keras"  # Keras 3 fails under the multi-worker strategy
     assert len(record.metadata["gpu_ids"]) == 1    # each worker holds its own GPU
     assert record.metadata["test_accuracy"] > 0.5  # the two workers trained one model together
+
+
+def test_stop_kills_the_live_accumulator_and_readers_fall_back_to_the_log(tmp_path):
+    import ray
+
+    from raymem.actors.accumulator import NAMESPACE
+
+    run_dir = tmp_path / "stopme"
+    run_experiment(tiny(trials=2), name="stopme", run_uri=str(run_dir), num_cpus=2, progress=False, shutdown=False)
+    address = ray.get_runtime_context().gcs_address
+    ray.get_actor("stopme", namespace=NAMESPACE)  # alive after the run
+    assert api.stop(str(run_dir), address=address) is True
+
+    def gone():
+        try:
+            ray.get_actor("stopme", namespace=NAMESPACE)
+        except ValueError:
+            return True
+        return False
+
+    _wait_for(gone, 20, "the accumulator to be gone")
+    assert api.stop(str(run_dir), address=address) is False
+    assert api.status(str(run_dir), address=address)["source"] == "log"
