@@ -60,14 +60,7 @@ def mem_figure(table: pa.Table, out: str | Path, title: str = "") -> Path:
     axes[1].hist(half, bins=40, color="#dd8452")
     axes[1].set_xlabel("Chernoff half-width")
     fig.suptitle(title or "memorization")
-    fig.tight_layout()
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
+    return _save_figure(fig, out, tmp)
 
 
 def consistency_figure(table: pa.Table, out: str | Path, title: str = "") -> Path:
@@ -91,6 +84,13 @@ def consistency_figure(table: pa.Table, out: str | Path, title: str = "") -> Pat
         for ax in axes[r]:
             ax.set_xlabel("threshold")
     fig.suptitle(title or "consistency")
+    return _save_figure(fig, out, tmp)
+
+
+def _save_figure(fig, out: Path, tmp: Path) -> Path:
+    """Write ``fig`` as a PNG to ``tmp`` then rename it to ``out``; close the figure either way."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         fig.savefig(tmp, dpi=110, format="png")

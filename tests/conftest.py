@@ -84,3 +84,19 @@ def synthetic_run():
 def brute_counts():
     """The brute_force_counts function."""
     return brute_force_counts
+
+
+@pytest.fixture(scope="session")
+def tf():
+    """TensorFlow, imported only by the tests that need it."""
+    import tensorflow
+
+    return tensorflow
+
+
+@pytest.fixture(scope="session")
+def tfds(tf):
+    """TensorFlow Datasets (for ``tfds.testing.mock_data``)."""
+    import tensorflow_datasets
+
+    return tensorflow_datasets

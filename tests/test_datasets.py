@@ -17,20 +17,6 @@ from raymem.runner import datasets
 from raymem.runner.datasets import ArrayDataset, StreamingDataset, load_dataset
 
 
-@pytest.fixture(scope="module")
-def tf():
-    import tensorflow
-
-    return tensorflow
-
-
-@pytest.fixture(scope="module")
-def tfds(tf):
-    import tensorflow_datasets
-
-    return tensorflow_datasets
-
-
 # --- digits ------------------------------------------------------------------------------------
 
 

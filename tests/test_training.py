@@ -20,20 +20,6 @@ SUBSET = 17          # examples in the trial's subset
 LABEL_OFFSET = 100   # run label of example i is LABEL_OFFSET + i: a label says which example it is
 
 
-@pytest.fixture(scope="module")
-def tf():
-    import tensorflow
-
-    return tensorflow
-
-
-@pytest.fixture(scope="module")
-def tfds(tf):
-    import tensorflow_datasets
-
-    return tensorflow_datasets
-
-
 @pytest.fixture
 def mocked_imagenet(tfds):
     """Yields the mocked imagenet2012 as a StreamingDataset of IMAGE_SIZE images whose y_train are run
