@@ -298,6 +298,7 @@ def run(
     gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial"),
     nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per trial before it is reported failed."),
+    pair_shards: Optional[int] = typer.Option(None, "--pair-shards", help="Split the pair matrix over this many actors (ImageNet: 16)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the GPU-hour estimate; start nothing."),
@@ -309,7 +310,8 @@ def run(
 
     overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
                      subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
-                     gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts)
+                     gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
+                     pair_shards=pair_shards)
     config = resolve_config(experiment, overrides)
     name = name or config.preset
     if dry_run:

@@ -16,6 +16,7 @@ from collections import deque
 
 import numpy as np
 
+from raymem.actors import pair_shard
 from raymem.errors import RaymemError
 from raymem.estimator import report
 from raymem.estimator.records import TrialRecord, validate_record
@@ -33,7 +34,7 @@ THROUGHPUT_WINDOW = 50
 class Accumulator:
     """Holds one run's counts; see the module docstring for the protocol."""
 
-    def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64):
+    def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64, pair_shards: int = 1):
         from raymem.api import counts_from_log, flipped_labels
 
         self.store = RunStore.open(run_uri)
@@ -41,10 +42,15 @@ class Accumulator:
         labels = read_labels(self.store)
         self.train_labels, self.test_labels = (labels[0], labels[1]) if labels is not None else (None, None)
         started = time.perf_counter()
-        counts = counts_from_log(self.store, self.info, with_pairs=with_pairs, batch_size=batch_size)
+        sharded = with_pairs and pair_shards > 1  # then the shards hold the pair matrix, this actor the rest
+        counts = counts_from_log(self.store, self.info, with_pairs=with_pairs and not sharded, batch_size=batch_size)
         self.rebuild_seconds = time.perf_counter() - started
         self.rebuilt_trials = counts.trials
         self.view = RunView(self.info, counts, flipped_labels(self.store), source="actor")
+        self.shards = []
+        if sharded:
+            self.shards = pair_shard.start_shards(self.info, run_uri, pair_shards, batch_size, _head_pin())
+            pair_shard.reconcile(self.shards, self.store, counts.trial_ids)
         self.finish_times: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)
         self.duplicates = 0
         self.started_at = time.time()
@@ -63,6 +69,7 @@ class Accumulator:
             "rebuilt_trials": self.rebuilt_trials,
             "rebuild_seconds": self.rebuild_seconds,
             "duplicates": self.duplicates,
+            "pair_shards": len(self.shards),
         }
 
     def done_trial_ids(self) -> list[int]:
@@ -86,6 +93,8 @@ class Accumulator:
         self._validate(record)
         write_trial(self.store, record)
         counts.add(record.trial_id, record.mask, record.train_correct, record.test_correct)
+        if self.shards:
+            pair_shard.forward(self.shards, record.trial_id, record.mask, record.train_correct, record.test_correct)
         self.finish_times.append(time.time())
         return {"trial_id": record.trial_id, "counted": True, "trials": counts.trials}
 
@@ -112,10 +121,14 @@ class Accumulator:
         return self.view.mem_table(**kwargs)
 
     def pairs_table(self, **kwargs):
+        if self.shards:
+            return pair_shard.gather_pairs(self.shards, **kwargs)
         return self.view.pairs_table(**kwargs)
 
-    def influence_table(self, **kwargs):
-        return self.view.influence_table(**kwargs)
+    def influence_table(self, *, top: int = 10, **kwargs):
+        if self.shards:
+            return pair_shard.gather_influence(self.shards, top=top, **kwargs)
+        return self.view.influence_table(top=top, **kwargs)
 
     def status(self, **kwargs) -> dict:
         summary = self.view.status(**kwargs)
@@ -150,7 +163,7 @@ def _head_pin() -> dict:
     return {"node:__internal_head__": 0.001}
 
 
-def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, batch_size: int):
+def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, batch_size: int, pair_shards: int = 1):
     """Return the run's accumulator, starting it (and rebuilding from the log) when none is alive."""
     import ray
 
@@ -164,7 +177,7 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
         max_task_retries=-1,
         num_cpus=0,
         resources=_head_pin(),
-    ).remote(run_uri, with_pairs, batch_size)
+    ).remote(run_uri, with_pairs, batch_size, pair_shards)
     alive_id = ray.get(handle.run_id.remote())
     if alive_id != info.run_id:
         raise RaymemError(

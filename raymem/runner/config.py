@@ -49,6 +49,7 @@ class ExperimentConfig:
     max_attempts: int = 3              # tries per trial before it is reported failed
     pair_batch: int = 64               # trials buffered per pair-matrix update in the accumulator
     track_pairs: bool = True           # keep the n_train x n_test pair matrix (influence)
+    pair_shards: int = 1               # split the pair matrix by training rows over this many actors
     paper_epoch_seconds: float | None = None  # the paper's time per epoch (budgeting only)
     paper_gpus: float | None = None           # GPUs the paper used per trial for that time
 
@@ -65,7 +66,7 @@ class ExperimentConfig:
 
     # Fields that may change between invocations of the same run (everything else must match).
     RESUMABLE_FIELDS = ("trials", "cpus_per_trial", "gpus_per_trial", "nodes_per_trial", "max_attempts",
-                        "mixed_precision", "xla", "pair_batch", "paper_epoch_seconds", "paper_gpus")
+                        "mixed_precision", "xla", "pair_batch", "pair_shards", "paper_epoch_seconds", "paper_gpus")
 
 
 _CIFAR_RECIPE = dict(epochs=160, batch_size=512, base_lr=0.4, schedule="warmup_linear_decay",
@@ -118,7 +119,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         base_lr=0.7, schedule="warmup_piecewise",
         schedule_params={"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0},
         augment_pad=32, augment_flip=True, gpus_per_trial=8.0, cpus_per_trial=32.0,
-        track_pairs=True, pair_batch=16, paper_epoch_seconds=1800, paper_gpus=8,
+        # 1.28M x 50,000 float32 pair counts = 256 GB: 16 shards of 16 GB (on the head, see cluster.yaml)
+        track_pairs=True, pair_batch=16, pair_shards=16, paper_epoch_seconds=1800, paper_gpus=8,
     ),
 }
 
@@ -169,7 +171,7 @@ def validate_config(c: ExperimentConfig, source: str) -> None:
     def bad(key, why):
         raise RaymemError(f"config key {key}={getattr(c, key)!r} in {source} {why}.")
 
-    for key in ("trials", "epochs", "batch_size", "nodes_per_trial", "max_attempts", "pair_batch"):
+    for key in ("trials", "epochs", "batch_size", "nodes_per_trial", "max_attempts", "pair_batch", "pair_shards"):
         value = getattr(c, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             bad(key, "must be a positive integer")

@@ -54,6 +54,7 @@ def plan(config: ExperimentConfig) -> dict:
         "subset_ratio": config.subset_ratio,
         "per_trial": {"cpus": config.cpus_per_trial, "gpus": config.gpus_per_trial, "nodes": config.nodes_per_trial},
         "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks",
+        "pair_shards": config.pair_shards if config.track_pairs else 0,
         "estimated_gpu_hours": hours,
         "estimate_basis": "the paper's per-epoch time (supplement B)" if hours is not None else "no paper timing for this preset",
     }
@@ -128,7 +129,8 @@ def run_experiment(
     if started_here:
         cluster_connect.write_live_address(store, address)
     try:
-        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.track_pairs, batch_size=config.pair_batch)
+        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.track_pairs, batch_size=config.pair_batch,
+                                                pair_shards=config.pair_shards)
         ray.get(accumulator.reload_info.remote())
         done = set(ray.get(accumulator.done_trial_ids.remote()))
         missing = [k for k in range(config.trials) if k not in done]
