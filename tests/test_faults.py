@@ -21,6 +21,8 @@ from raymem.estimator.run_files import read_run_info
 from raymem.estimator.storage import RunStore
 from raymem.estimator.trial_log import iter_trials, trial_ids
 
+pytestmark = pytest.mark.slow  # starts Ray
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reliability.py"
 
 

@@ -17,6 +17,8 @@ from raymem.estimator.records import TrialRecord
 from raymem.estimator.run_files import new_run_info, write_run_info
 from raymem.estimator.storage import RunStore
 
+pytestmark = pytest.mark.slow  # starts Ray
+
 N, N_TEST, SUBSET = 50, 9, 35
 
 
