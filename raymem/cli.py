@@ -136,7 +136,9 @@ def pairs(
 
         export_pairs_npz(table, npz)
         typer.echo(f"wrote {table.num_rows} pairs to {npz} (the paper's layout)")
-    typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}")
+    certain = int((table.column("infl_lo").to_numpy() > 0).sum())
+    typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}; "
+               f"{certain} of them with an influence lower bound above 0 (delta={delta:g}): the rest may be noise")
     _print_table(table, limit=10)
 
 
