@@ -237,5 +237,6 @@ def stop(run: str, *, storage=None, address=None) -> bool:
         return False
     import ray
 
+    ray.get(actor.stop_shards.remote())  # detached pair shards would outlive their accumulator
     ray.kill(actor, no_restart=True)
     return True

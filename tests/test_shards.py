@@ -13,9 +13,11 @@ import pytest
 from raymem import api
 from raymem.actors import pair_shard
 from raymem.actors.accumulator import NAMESPACE, get_or_create_accumulator
+from raymem.errors import RaymemError
 from raymem.estimator.records import TrialRecord
-from raymem.estimator.run_files import new_run_info, write_run_info
+from raymem.estimator.run_files import new_run_info, write_labels, write_run_info
 from raymem.estimator.storage import RunStore
+from raymem.estimator.trial_log import trial_path
 
 pytestmark = pytest.mark.slow  # starts Ray
 
@@ -73,6 +75,11 @@ def test_sharded_accumulator_equals_unsharded_and_the_log_through_a_shard_crash(
                         config={"trials": 30}, fingerprint={}, source="ingest")
     one_dir = make_run(tmp_path / "one", info)
     three_dir = make_run(tmp_path / "three", dataclasses.replace(info, name="three"))
+    original = np.arange(N) % 3
+    flipped = original.copy()
+    flipped[:4] = (flipped[:4] + 1) % 3  # canaries: the memorized examples carry flipped labels
+    for run_dir in (one_dir, three_dir):
+        write_labels(RunStore.open(run_dir), flipped, np.zeros(N_TEST, np.int64), original)
     one = get_or_create_accumulator(info, one_dir, with_pairs=True, batch_size=4)
     three = get_or_create_accumulator(dataclasses.replace(info, name="three"), three_dir, with_pairs=True,
                                       batch_size=4, pair_shards=3)
@@ -87,17 +94,30 @@ def test_sharded_accumulator_equals_unsharded_and_the_log_through_a_shard_crash(
             shard = ray.get_actor("three.pairs-2-of-3", namespace=NAMESPACE)
             ray.kill(shard, no_restart=False)
     offline = api.offline_view(RunStore.open(three_dir))
-    for method, kwargs in (("pairs_table", {}), ("pairs_table", {"min_infl": 0.05, "min_mem": 0.0}),
-                           ("influence_table", {"test_index": 2, "top": 7}), ("mem_table", {}), ("status", {})):
+    reads = [("pairs_table", {}), ("pairs_table", {"min_infl": 0.05, "min_mem": 0.0}),
+             ("pairs_table", {"min_infl": -1.0, "min_mem": -1.0, "simultaneous": True}),  # every pair, in order
+             ("influence_table", {"test_index": 2, "top": 7}), ("influence_table", {"test_index": 5, "top": 80}),
+             ("mem_table", {}), ("status", {})]
+    reads += [("influence_table", {"test_index": j, "top": 3}) for j in range(N_TEST)]
+    for method, kwargs in reads:
         a = ray.get(getattr(one, method).remote(**kwargs))
         b = ray.get(getattr(three, method).remote(**kwargs))
         c = getattr(offline, method)(**kwargs)
         if method == "status":
-            for key in ("trials_done", "mem", "split_half"):
-                assert a[key] == b[key] == c[key]
+            assert b["canaries"]["count"] == 4
+            per_run = ("run", "source", "progress", "pairs_pending")  # names, where from, timings, buffers
+            assert {k: v for k, v in a.items() if k not in per_run} == {k: v for k, v in b.items() if k not in per_run}
+            assert {k: v for k, v in b.items() if k not in per_run} == {k: v for k, v in c.items() if k not in per_run}
             continue
         assert_same(a, b)
         assert_same(b, c)
+    assert ray.get(three.pairs_table.remote(min_infl=-1.0, min_mem=-1.0)).num_rows == N * N_TEST
+    # a shard's user error reaches the caller as the same one sentence the offline reader raises
+    with pytest.raises(RaymemError) as offline_error:
+        offline.influence_table(test_index=N_TEST)
+    with pytest.raises(RaymemError) as live_error:
+        ray.get(three.influence_table.remote(test_index=N_TEST))
+    assert str(live_error.value.cause) == str(offline_error.value)
     pairs = ray.get(three.pairs_table.remote())
     assert {(i, i) for i in range(4)} <= set(zip(pairs.column("train_index").to_pylist(), pairs.column("test_index").to_pylist()))
 
@@ -126,3 +146,72 @@ def test_restarted_accumulator_reconciles_shards_with_the_log(tmp_path, local_ra
     assert ray.get(shard.done_trial_ids.remote()) == list(range(6))
     assert_same(ray.get(acc.pairs_table.remote(min_infl=0.0, min_mem=0.0)),
                 api.offline_view(RunStore.open(run_dir)).pairs_table(min_infl=0.0, min_mem=0.0))
+
+
+def restart_and_wait(ray, handle, timeout_s: float = 60.0) -> dict:
+    """Kill an accumulator so that Ray restarts it; return describe() of the new process."""
+    old_pid = ray.get(handle.describe.remote())["pid"]
+    ray.kill(handle, no_restart=False)
+    deadline = time.monotonic() + timeout_s
+    while (described := ray.get(handle.describe.remote()))["pid"] == old_pid and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert described["pid"] != old_pid
+    return described
+
+
+def test_shards_recover_from_a_hard_kill_a_deleted_trial_file_and_an_old_run_of_the_same_name(tmp_path, local_ray):
+    ray = local_ray
+    # an old run named "reuse" whose shards outlive its accumulator (killed for good)
+    old = new_run_info(name="reuse", n_train=N, n_test=N_TEST, subset_size=SUBSET, seed=0,
+                       config={"trials": 4}, fingerprint={}, source="ingest")
+    old_dir = make_run(tmp_path / "old", old)
+    acc = get_or_create_accumulator(old, old_dir, with_pairs=True, batch_size=2, pair_shards=2)
+    for record in records(old.run_id, 4, seed=2):
+        ray.get(acc.absorb.remote(record))
+    ray.kill(acc, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # Ray releases the killed accumulator's name asynchronously
+        try:
+            ray.get_actor("reuse", namespace=NAMESPACE)
+            time.sleep(0.1)
+        except ValueError:
+            break
+    # a new run under the same name never uses the old run's shards
+    info = dataclasses.replace(new_run_info(name="reuse", n_train=N, n_test=N_TEST, subset_size=SUBSET, seed=0,
+                                            config={"trials": 8}, fingerprint={}, source="ingest"))
+    run_dir = make_run(tmp_path / "new", info)
+    acc = get_or_create_accumulator(info, run_dir, with_pairs=True, batch_size=2, pair_shards=2)
+    names = [pair_shard.shard_name("reuse", k, 2) for k in range(2)]
+    for name in names:
+        described = ray.get(ray.get_actor(name, namespace=NAMESPACE).describe.remote())
+        assert described["run_id"] == info.run_id and described["trials"] == 0
+    recs = records(info.run_id, 8, seed=3)
+    for k, record in enumerate(recs[:6]):
+        ray.get(acc.absorb.remote(record))
+        if k == 2:  # a shard killed for good: the next absorb starts it again, and it rebuilds from the log
+            ray.kill(ray.get_actor(names[1], namespace=NAMESPACE), no_restart=True)
+    # trial 1's file is deleted (as after a corruption) and the accumulator restarts: the shards drop it too
+    RunStore.open(run_dir).delete(trial_path(1))
+    assert restart_and_wait(ray, acc)["trials"] == 5
+    for record in recs[6:]:
+        ray.get(acc.absorb.remote(record))
+    offline = api.offline_view(RunStore.open(run_dir))
+    for name in names:
+        assert ray.get(ray.get_actor(name, namespace=NAMESPACE).done_trial_ids.remote()) == [0, 2, 3, 4, 5, 6, 7]
+    assert_same(ray.get(acc.pairs_table.remote(min_infl=-1.0, min_mem=-1.0)),
+                offline.pairs_table(min_infl=-1.0, min_mem=-1.0))
+    for j in range(N_TEST):
+        assert_same(ray.get(acc.influence_table.remote(test_index=j, top=6)), offline.influence_table(test_index=j, top=6))
+    # a live accumulator's layout is never changed behind the user's back
+    with pytest.raises(RaymemError, match="over 2 actor"):
+        get_or_create_accumulator(info, run_dir, with_pairs=True, batch_size=2, pair_shards=3)
+    shards = [ray.get_actor(name, namespace=NAMESPACE) for name in names]
+    assert ray.get(acc.stop_shards.remote()) == 2
+    for shard in shards:  # killed for good: not restarted
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(shard.describe.remote())
+    # a run on the head's disk whose shards cannot fit in the head's memory is refused, not left waiting forever
+    huge = new_run_info(name="huge", n_train=4, n_test=10**12, subset_size=3, seed=0,
+                        config={"trials": 1}, fingerprint={}, source="ingest")
+    with pytest.raises(RaymemError, match="shared storage"):
+        get_or_create_accumulator(huge, make_run(tmp_path / "huge", huge), with_pairs=True, batch_size=2, pair_shards=2)

@@ -5,6 +5,11 @@ counts, and only then acknowledges; a trial id already counted is acknowledged a
 being counted twice. On start (first time, or after a crash and restart by Ray) the actor
 rebuilds its counts from the log, so the log stays the source of truth. Reads are answered from
 the live counts through the same ``RunView`` the offline path uses.
+
+With ``pair_shards = S > 1`` (and pairs tracked) the pair matrix lives in S ``PairShard`` actors over
+equal slices of training rows (``raymem.actors.pair_shard``, whose docstring explains why no trial is
+lost or counted twice); this actor keeps every per-example count, forwards each absorbed trial to all
+shards after logging and counting it, and gathers pair and influence reads from them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from raymem.estimator.trial_log import write_trial
 from raymem.estimator.view import RunView
 
 NAMESPACE = "raymem"
+#: The resource only Ray's head node has.
+HEAD_RESOURCE = "node:__internal_head__"
 #: Completed trials kept for the throughput estimate.
 THROUGHPUT_WINDOW = 50
 
@@ -41,16 +48,19 @@ class Accumulator:
         self.info = read_run_info(self.store)
         labels = read_labels(self.store)
         self.train_labels, self.test_labels = (labels[0], labels[1]) if labels is not None else (None, None)
+        self.run_uri, self.batch_size = run_uri, batch_size
+        # With shards they hold the pair matrix and this actor every other count.
+        self.pair_shard_count = effective_pair_shards(with_pairs, pair_shards, self.info.n_train)
         started = time.perf_counter()
-        sharded = with_pairs and pair_shards > 1  # then the shards hold the pair matrix, this actor the rest
-        counts = counts_from_log(self.store, self.info, with_pairs=with_pairs and not sharded, batch_size=batch_size)
+        counts = counts_from_log(self.store, self.info, with_pairs=with_pairs and not self.pair_shard_count,
+                                 batch_size=batch_size)
         self.rebuild_seconds = time.perf_counter() - started
         self.rebuilt_trials = counts.trials
         self.view = RunView(self.info, counts, flipped_labels(self.store), source="actor")
-        self.shards = []
-        if sharded:
-            self.shards = pair_shard.start_shards(self.info, run_uri, pair_shards, batch_size, _head_pin())
-            pair_shard.reconcile(self.shards, self.store, counts.trial_ids)
+        self.shards: list = []
+        self._shards_in_doubt = bool(self.pair_shard_count)  # True until every shard holds exactly our trials
+        if self.pair_shard_count:
+            self._sync_shards()
         self.finish_times: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)
         self.duplicates = 0
         self.started_at = time.time()
@@ -69,7 +79,7 @@ class Accumulator:
             "rebuilt_trials": self.rebuilt_trials,
             "rebuild_seconds": self.rebuild_seconds,
             "duplicates": self.duplicates,
-            "pair_shards": len(self.shards),
+            "pair_shards": self.pair_shard_count,
         }
 
     def done_trial_ids(self) -> list[int]:
@@ -89,12 +99,15 @@ class Accumulator:
         counts = self.view.counts
         if record.run_id == self.info.run_id and record.trial_id in counts.trial_ids:
             self.duplicates += 1
+            if self._shards_in_doubt:  # likely the retry of a delivery whose forward failed: complete it
+                self._on_shards(lambda shards: None)
             return {"trial_id": record.trial_id, "counted": False, "trials": counts.trials}
         self._validate(record)
         write_trial(self.store, record)
         counts.add(record.trial_id, record.mask, record.train_correct, record.test_correct)
-        if self.shards:
-            pair_shard.forward(self.shards, record.trial_id, record.mask, record.train_correct, record.test_correct)
+        if self.pair_shard_count:
+            self._on_shards(lambda shards: pair_shard.forward(
+                shards, record.trial_id, record.mask, record.train_correct, record.test_correct))
         self.finish_times.append(time.time())
         return {"trial_id": record.trial_id, "counted": True, "trials": counts.trials}
 
@@ -121,14 +134,14 @@ class Accumulator:
         return self.view.mem_table(**kwargs)
 
     def pairs_table(self, **kwargs):
-        if self.shards:
-            return pair_shard.gather_pairs(self.shards, **kwargs)
+        if self.pair_shard_count:
+            return self._on_shards(lambda shards: pair_shard.gather_pairs(shards, **kwargs))
         return self.view.pairs_table(**kwargs)
 
-    def influence_table(self, *, top: int = 10, **kwargs):
-        if self.shards:
-            return pair_shard.gather_influence(self.shards, top=top, **kwargs)
-        return self.view.influence_table(top=top, **kwargs)
+    def influence_table(self, **kwargs):
+        if self.pair_shard_count:
+            return self._on_shards(lambda shards: pair_shard.gather_influence(shards, **kwargs))
+        return self.view.influence_table(**kwargs)
 
     def status(self, **kwargs) -> dict:
         summary = self.view.status(**kwargs)
@@ -137,7 +150,43 @@ class Accumulator:
 
     def flush(self) -> int:
         self.view.counts.flush()
+        if self.pair_shard_count:
+            self._on_shards(pair_shard.flush)
         return self.view.counts.trials
+
+    # ---- pair shards ---------------------------------------------------------------------
+    def _sync_shards(self) -> None:
+        """Get or start the shards and have each count exactly this actor's trials (missing ones from the log)."""
+        self.shards = pair_shard.start_shards(self.info, self.run_uri, self.pair_shard_count, self.batch_size,
+                                              _head_pin())
+        pair_shard.sync(self.shards, self.view.counts.trial_ids)
+        self._shards_in_doubt = False
+
+    def _on_shards(self, call):
+        """Return ``call(shards)``, syncing the shards first when an earlier call failed.
+
+        A shard that is gone for good is started again (it rebuilds from the log) and the call is
+        retried once; any failure leaves the shards in doubt, so they are synced before the next use.
+        """
+        import ray
+
+        try:
+            if self._shards_in_doubt:
+                self._sync_shards()
+            try:
+                return call(self.shards)
+            except ray.exceptions.RayActorError:
+                self._sync_shards()
+                return call(self.shards)
+        except BaseException:
+            self._shards_in_doubt = True
+            raise
+
+    def stop_shards(self) -> int:
+        """Kill the pair shards for good (call before killing this actor: they are detached); return how many."""
+        stopped = pair_shard.stop(self.shards, self.info)
+        self.shards, self._shards_in_doubt = [], bool(self.pair_shard_count)
+        return stopped
 
     def _progress(self, done: int, target: int) -> dict:
         times = list(self.finish_times)
@@ -158,15 +207,24 @@ def _format_seconds(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def effective_pair_shards(with_pairs: bool, pair_shards: int, n_train: int) -> int:
+    """Return how many shard actors hold the pair matrix: 0 (this actor holds it, or none is kept) or 2..n_train."""
+    shards = min(int(pair_shards), int(n_train))
+    return shards if with_pairs and shards > 1 else 0
+
+
 def _head_pin() -> dict:
     """Keep the accumulator on the head node (never on a spot GPU worker)."""
-    return {"node:__internal_head__": 0.001}
+    return {HEAD_RESOURCE: 0.001}
 
 
 def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, batch_size: int, pair_shards: int = 1):
     """Return the run's accumulator, starting it (and rebuilding from the log) when none is alive."""
     import ray
 
+    shards = effective_pair_shards(with_pairs, pair_shards, info.n_train)
+    if shards:
+        pair_shard.check_placement(info, run_uri, shards)
     actor_cls = ray.remote(Accumulator)
     handle = actor_cls.options(
         name=info.name,
@@ -183,6 +241,13 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
         raise RaymemError(
             f"an accumulator named {info.name!r} for another run ({alive_id}) is alive on this cluster; "
             "pick another --name or stop that run's accumulator."
+        )
+    live = ray.get(handle.describe.remote()).get("pair_shards", 0)  # 0: an accumulator from before sharding
+    if live != shards:
+        raise RaymemError(
+            f"the live accumulator of run {info.name} splits its pair matrix over {max(live, 1)} actor(s) but this "
+            f"invocation asks for {max(shards, 1)}; run `raymem stop {info.name}` first (its counts are rebuilt from "
+            "the log) or keep the old --pair-shards."
         )
     return handle
 

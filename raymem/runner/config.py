@@ -119,7 +119,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         base_lr=0.7, schedule="warmup_piecewise",
         schedule_params={"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0},
         augment_pad=32, augment_flip=True, gpus_per_trial=8.0, cpus_per_trial=32.0,
-        # 1.28M x 50,000 float32 pair counts = 256 GB: 16 shards of 16 GB (on the head, see cluster.yaml)
+        # 1.28M x 50,000 float32 pair counts = 256 GB: 16 shard actors of 16 GB, each placed by Ray on a node with
+        # the memory for it (gpu_8x nodes have it; the head has not), so use --storage s3://... for this preset
         track_pairs=True, pair_batch=16, pair_shards=16, paper_epoch_seconds=1800, paper_gpus=8,
     ),
 }
