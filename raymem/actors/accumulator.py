@@ -34,6 +34,11 @@ from raymem.estimator.view import RunView
 NAMESPACE = "raymem"
 #: The resource only Ray's head node has.
 HEAD_RESOURCE = "node:__internal_head__"
+#: How every raymem actor lives: named in raymem's namespace, outliving its driver, restarted by Ray
+#: after a crash with its queued calls replayed (so its methods must be idempotent), taking no CPU slot.
+DURABLE_ACTOR_OPTIONS = dict(
+    namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=0,
+)
 #: Completed trials kept for the throughput estimate.
 THROUGHPUT_WINDOW = 50
 
@@ -228,12 +233,7 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
     actor_cls = ray.remote(Accumulator)
     handle = actor_cls.options(
         name=info.name,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_task_retries=-1,
-        num_cpus=0,
+        **DURABLE_ACTOR_OPTIONS,
         resources=_head_pin(),
     ).remote(run_uri, with_pairs, batch_size, pair_shards)
     alive_id = ray.get(handle.run_id.remote())

@@ -142,7 +142,7 @@ def start_shards(info: RunInfo, run_uri: str, shards: int, batch_size: int, head
     """
     import ray
 
-    from raymem.actors.accumulator import NAMESPACE
+    from raymem.actors.accumulator import DURABLE_ACTOR_OPTIONS
 
     local_log = _is_local(run_uri)
     slices = shard_rows(info.n_train, shards)
@@ -151,12 +151,7 @@ def start_shards(info: RunInfo, run_uri: str, shards: int, batch_size: int, head
         start_row, stop_row = slices[k]
         return ray.remote(PairShard).options(
             name=shard_name(info.name, k, shards),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=-1,
-            num_cpus=0,
+            **DURABLE_ACTOR_OPTIONS,
             memory=shard_memory_bytes(stop_row - start_row, info.n_test),
             resources=head_resources if local_log else None,
         ).remote(run_uri, (start_row, stop_row), batch_size)
