@@ -1,12 +1,12 @@
-"""The `raymem` command: a thin Typer layer over raymem.api (and the runner and cluster modules)."""
+"""The `raymem` command: a thin Typer layer over :mod:`raymem.api`: parse arguments, call, format the result."""
 
 from __future__ import annotations
 
 import functools
 import json
-import os
+import math
 import time
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -18,11 +18,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: square brackets and backticks print as written
 )
 
 RunArg = typer.Argument(..., help="Run name (under --storage) or run directory / URI.")
-StorageOpt = typer.Option(None, "--storage", help="Storage root for run names [env RAYMEM_STORAGE, default ./runs].")
-AddressOpt = typer.Option(None, "--address", help="Ray cluster holding the run's live accumulator [env RAY_ADDRESS].")
+StorageOpt = typer.Option(None, "--storage", envvar="RAYMEM_STORAGE",
+                          help="Storage root for run names (local, s3:// or gs://); default ./runs.")
+AddressOpt = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster holding the run's live accumulator.")
+DataDirOpt = typer.Option(None, "--data-dir", envvar="RAYMEM_DATA_DIR", help="Prepared TensorFlow Datasets folder.")
 DeltaOpt = typer.Option(report.DEFAULT_DELTA, "--delta", help="Error bars hold with probability 1-delta.")
 SimultaneousOpt = typer.Option(False, "--simultaneous", help="Bands hold for all examples at once (delta / family size).")
 
@@ -35,11 +38,20 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except RaymemError as exc:
-            message = " ".join(str(exc).splitlines())  # always one line, even around a multi-line library message
+            message = " ".join(str(exc).split())  # always one line, even around a multi-line library message
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _finite(value: float, flag: str, *, low: float | None = None, high: float | None = None) -> float:
+    """Refuse NaN/inf and values outside [low, high] for a numeric flag."""
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f" in [{low:g}, {high:g}]" if low is not None and high is not None else (
+            f" >= {low:g}" if low is not None else "")
+        raise RaymemError(f"{flag} {value} is not a number{bounds}; pass a finite value{bounds}.")
+    return value
 
 
 def _print_table(table, limit: int = 20) -> None:
@@ -49,13 +61,13 @@ def _print_table(table, limit: int = 20) -> None:
         typer.echo(pl.from_arrow(table).head(limit))
 
 
-def _check_targets(**paths: Optional[str]) -> None:
+def _check_outputs(**paths: Optional[str]) -> None:
     """Check every output path (keyword = flag name) before any work, so a bad one writes nothing."""
-    from raymem import outputs
+    from raymem.estimator.files import check_output_path
 
     for flag, path in paths.items():
         if path:
-            outputs.check_target(path, f"--{flag}")
+            check_output_path(path, f"--{flag}")
 
 
 def _api():
@@ -74,10 +86,9 @@ def ingest(
     name: Optional[str] = typer.Option(None, "--name", help="Run name recorded in run.json (default: the folder name)."),
 ):
     """Make a run from external results (e.g. the paper's released checkpoints)."""
-    api = _api()
-    arrays = [api.load_bool_npy(p, w) for p, w in ((masks, "--masks"), (train_correct, "--train-correct"), (test_correct, "--test-correct"))]
-    info = api.ingest(run_dir, *arrays, name=name)
-    typer.echo(f"ingested {arrays[0].shape[0]} trials into {run_dir}: n_train={info.n_train} n_test={info.n_test} subset_size={info.subset_size}")
+    info = _api().ingest_files(run_dir, masks, train_correct, test_correct, name=name)
+    typer.echo(f"ingested {info.config['trials']} trials into {run_dir}: n_train={info.n_train} n_test={info.n_test} "
+               f"subset_size={info.subset_size}")
 
 
 @app.command()
@@ -91,10 +102,10 @@ def estimates(
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
-    """Memorization of every training example, with Chernoff (and Hoeffding) intervals."""
+    """Memorization of every training example, with its error bars."""
     from raymem import outputs
 
-    _check_targets(out=out, figure=figure)
+    _check_outputs(out=out, figure=figure)
     table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous)
     if out:
         outputs.write_parquet(table, out)
@@ -125,7 +136,9 @@ def pairs(
     """High-influence pairs (train example, test example), as selected in the paper."""
     from raymem import outputs
 
-    _check_targets(out=out, npz=npz)
+    _finite(min_infl, "--min-infl", low=-1, high=1)
+    _finite(min_mem, "--min-mem", low=-1, high=1)
+    _check_outputs(out=out, npz=npz)
     table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
                          delta=delta, simultaneous=simultaneous)
     if out:
@@ -157,7 +170,7 @@ def influence(
     """The training examples with the largest influence on one test example."""
     from raymem import outputs
 
-    _check_targets(out=out)
+    _check_outputs(out=out)
     table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta, simultaneous=simultaneous)
     if out:
         outputs.write_parquet(table, out)
@@ -199,24 +212,36 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     watch: bool = typer.Option(False, "--watch", help="Refresh until the run reaches its target."),
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
-    target_halfwidth: float = typer.Option(report.DEFAULT_TARGET_HALFWIDTH, "--target-halfwidth"),
+    target_halfwidth: float = typer.Option(report.DEFAULT_TARGET_HALFWIDTH, "--target-halfwidth",
+                                           help="Half-width at which the run would be precise enough."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
     """Trials counted, error-bar widths, certified examples, split-half consistency, trials still needed."""
-    while True:
-        s = _api().status(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous,
-                          target_halfwidth=target_halfwidth)
-        text = json.dumps(s, indent=2) if as_json else format_status(s)
-        if watch and not as_json:
-            typer.echo("\033[2J\033[H" + time.strftime("%H:%M:%S ") + text)
-        else:
-            typer.echo(text)
-        if not watch or s["trials_done"] >= s["trials_target"]:
-            return
-        time.sleep(interval)
+    _finite(target_halfwidth, "--target-halfwidth", low=1e-9, high=2)
+    _finite(interval, "--interval", low=0.1, high=86400)
+
+    def read() -> dict:
+        return _api().status(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous,
+                             target_halfwidth=target_halfwidth)
+
+    if not watch or as_json:
+        s = read()
+        typer.echo(json.dumps(s, indent=2) if as_json else format_status(s))
+        return
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(console=Console(), auto_refresh=False) as live:
+        while True:
+            s = read()
+            live.update(Text(time.strftime("%H:%M:%S ") + format_status(s)), refresh=True)
+            if s["trials_done"] >= s["trials_target"]:
+                return
+            time.sleep(interval)
 
 
 @app.command()
@@ -233,7 +258,9 @@ def compare(
     """Consistency of two estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Fig. C.2)."""
     from raymem import outputs
 
-    _check_targets(out=out, figure=figure)
+    _finite(min_infl, "--min-infl", low=-1, high=1)
+    _finite(min_mem, "--min-mem", low=-1, high=1)
+    _check_outputs(out=out, figure=figure)
     result = _api().compare(run, other, storage=storage, min_infl=min_infl, min_mem=min_mem)
     if isinstance(result, dict):
         typer.echo(json.dumps(result, indent=2))
@@ -254,14 +281,12 @@ def features(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the data set's preset."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     base_lr: Optional[float] = typer.Option(None, "--lr"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Prepared TFDS data [env RAYMEM_DATA_DIR]."),
+    data_dir: Optional[str] = DataDirOpt,
     seed: int = typer.Option(0, "--seed"),
 ):
     """Train one model on the full training set and save its penultimate-layer features (for `cifar100-linear`)."""
-    from raymem.runner.features import compute_features
-
-    summary = compute_features(dataset, model=model, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
-                               data_dir=data_dir, out=out, seed=seed)
+    summary = _api().features(dataset, out, model=model, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
+                              data_dir=data_dir, seed=seed)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -279,15 +304,42 @@ def stop(
         typer.echo(f"no live accumulator of {run} was reachable; nothing to stop.")
 
 
+def format_plan(p: dict) -> str:
+    """The dry-run plan as a short two-column table."""
+    r = p["recipe"]
+    schedule = r["schedule"] + (f" {json.dumps(r['schedule_params'])}" if r["schedule_params"] else "")
+    augment = ", ".join(filter(None, [f"pad-crop {r['augment_pad']}" if r["augment_pad"] else "",
+                                      "flip" if r["augment_flip"] else ""])) or "none"
+    per = p["per_trial"]
+    hours = p["estimated_gpu_hours"]
+    rows = [
+        ("data", f"{p['dataset']}, {p['subset_ratio']:g} of the training set per trial"),
+        ("model", p["model"]),
+        ("trials", f"{p['trials']:,}"),
+        ("recipe", f"{r['epochs']} epochs, batch {r['batch_size']}, SGD momentum {r['momentum']:g}, base LR {r['base_lr']:g}"),
+        ("schedule", schedule),
+        ("augment", augment),
+        ("per trial", f"{per['cpus']:g} CPU, {per['gpus']:g} GPU" + (f" x {per['nodes']} nodes" if per["nodes"] > 1 else "")),
+        ("executor", p["executor"]),
+        ("pair shards", str(p["pair_shards"])),
+        ("GPU-hours", "unknown" if hours is None else f"{hours:,.0f}"),
+        ("based on", p["estimate_basis"]),
+        ("run dir", p["run_dir"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"plan for preset {p['preset']} (nothing started):"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+
+
 @app.command()
 @user_errors
 def run(
     experiment: str = typer.Argument(..., help="Preset name (see `raymem presets`) or a .yaml/.toml experiment file."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Trials the run should hold (raise it to extend a run)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name [default: the preset name]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name; default: the preset's name."),
     storage: Optional[str] = StorageOpt,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address [env RAY_ADDRESS; none: start a local Ray]."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Prepared TFDS data [env RAYMEM_DATA_DIR]."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS",
+                                          help="Ray cluster address; none: start a local Ray."),
+    data_dir: Optional[str] = DataDirOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     base_lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
@@ -301,35 +353,27 @@ def run(
     nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per trial before it is reported failed."),
     pair_shards: Optional[int] = typer.Option(None, "--pair-shards", help="Split the pair matrix over this many actors (ImageNet: 16)."),
+    settings: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the GPU-hour estimate; start nothing."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
 ):
     """Train the run's missing trials on Ray (a local Ray when no cluster is given)."""
-    from raymem import api
-    from raymem.runner.config import resolve_config
-
+    api = _api()
     overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
                      subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
                      gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
                      pair_shards=pair_shards)
-    config = resolve_config(experiment, overrides)
-    name = name or config.preset
+    config = api.load_config(experiment, overrides, settings)  # checked before anything starts
     if dry_run:
-        from raymem.runner.run import plan
-
-        typer.echo(json.dumps(plan(config), indent=2))
+        shown = api.plan(config, name=name, storage=storage)
+        typer.echo(json.dumps(shown, indent=2) if as_json else format_plan(shown))
         return
-    from raymem.runner.cluster_connect import keep_on_loopback
-
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        keep_on_loopback()  # the local Ray started for this run listens on 127.0.0.1 only
-    from raymem.runner.run import run_experiment
-
-    result = run_experiment(config, name=name, run_uri=api.run_uri(name, storage), address=address, data_dir=data_dir,
-                            num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet)
-    typer.echo(f"run {name}: {result.trials_done}/{result.trials_target} trials in the log "
+    result = api.run(config, name=name, storage=storage, address=address, data_dir=data_dir,
+                     num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet)
+    typer.echo(f"run {result.name}: {result.trials_done}/{result.trials_target} trials in the log "
                f"({len(result.trained_now)} trained now, {len(result.retried)} retried, {len(result.failed)} failed) "
                f"in {result.wall_seconds:.1f}s; data in {result.run_uri}")
     for k, why in sorted(result.failed.items()):
@@ -341,17 +385,17 @@ def run(
 @app.command()
 def presets(markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (as in the README).")):
     """List the presets: data set, model, recipe, resources per trial and the GPU-hours of 2,000 trials."""
-    from raymem.runner.config import presets_table
-
-    rows = presets_table()
+    rows = _api().presets()
+    header = list(rows[0])
+    table = [header] + [[row[key] for key in header] for row in rows]
     if markdown:
-        typer.echo("| " + " | ".join(rows[0]) + " |")
-        typer.echo("|" + "---|" * len(rows[0]))
-        for row in rows[1:]:
+        typer.echo("| " + " | ".join(header) + " |")
+        typer.echo("|" + "---|" * len(header))
+        for row in table[1:]:
             typer.echo("| " + " | ".join(row) + " |")
         return
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
@@ -359,24 +403,18 @@ def presets(markdown: bool = typer.Option(False, "--markdown", help="Print a Mar
 @user_errors
 def up(
     cluster_yaml: Optional[str] = typer.Argument(None, help="Ray cluster-launcher YAML (e.g. the repository's cluster.yaml)."),
-    local: bool = typer.Option(False, "--local", help="Start a Ray head on this machine instead (127.0.0.1, token auth on)."),
+    local: bool = typer.Option(False, "--local", help="Start a Ray head on this machine instead (loopback only, token auth on)."),
     port: int = typer.Option(6379, "--port", help="GCS port of a --local head."),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs a --local head advertises."),
     no_restart: bool = typer.Option(False, "--no-restart", help="Update without restarting Ray on the nodes."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ):
     """Start or update a cluster with Ray's launcher (validated first), or a local head with --local."""
-    from raymem import cluster
-
+    result = _api().up(cluster_yaml, local=local, port=port, num_gpus=num_gpus, no_restart=no_restart, yes=yes)
     if local:
-        info = cluster.start_local_head(port=port, num_gpus=num_gpus)
-        typer.echo(f"local Ray head at {info['address']}; run trials on it with "
-                   f"`RAY_AUTH_MODE=token raymem run digits --address {info['address']}`")
-        return
-    if not cluster_yaml:
-        raise RaymemError("give a cluster YAML (e.g. `raymem up cluster.yaml`) or --local.")
-    result = cluster.up(cluster_yaml, no_restart=no_restart, yes=yes)
-    if result.get("launched"):
+        typer.echo(f"local Ray head at {result['address']}; run trials on it with "
+                   f"`RAY_AUTH_MODE=token raymem run digits --address {result['address']}`")
+    elif result.get("launched"):
         typer.echo(f"cluster {result['cluster_name']} is up (head {result.get('head_ip', '?')}); "
                    f"`ray attach {cluster_yaml}` then `raymem run <preset>` on the head.")
     else:
@@ -391,19 +429,12 @@ def down(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ):
     """Tear down a cluster started by `raymem up` (validated first), or the --local head."""
-    from raymem import cluster
-
-    if local:
-        cluster.stop_local_head()
-        typer.echo("local Ray head stopped.")
-        return
-    if not cluster_yaml:
-        raise RaymemError("give the cluster YAML to tear down (e.g. `raymem down cluster.yaml`) or --local.")
-    cluster.down(cluster_yaml, yes=yes)
-    typer.echo(f"cluster from {cluster_yaml} torn down.")
+    _api().down(cluster_yaml, local=local, yes=yes)
+    typer.echo("local Ray head stopped." if local else f"cluster from {cluster_yaml} torn down.")
 
 
 def main() -> None:
+    """Entry point of the `raymem` command."""
     app()
 
 

@@ -33,27 +33,27 @@ from typing import Any
 import jsonschema
 import yaml
 
+from raymem.connection import (
+    AUTH_MODE_ENV,
+    AUTH_MODE_TOKEN,
+    AUTH_TOKEN_PATH_ENV,
+    LOOPBACK_IP,
+    SINGLE_MACHINE_ENV,
+    auth_token_path,
+)
 from raymem.errors import RaymemError
 
-# Custom resources that cluster.yaml and the local head advertise. Pin the accumulator
-# with `resources={HEAD_RESOURCE: 0.001}`; avoid (or prefer) spot nodes with SPOT_RESOURCE.
-HEAD_RESOURCE = "raymem_head"
+# Custom resource cluster.yaml gives spot workers: avoid (or prefer) them with it. (The
+# accumulator is pinned to the head with Ray's own head resource, connection.HEAD_RESOURCE.)
 SPOT_RESOURCE = "spot"
 
-# The local head: loopback only, token authentication on.
-LOCAL_NODE_IP = "127.0.0.1"
 DEFAULT_HEAD_PORT = 6379
 DEFAULT_CLIENT_SERVER_PORT = 10001
-AUTH_MODE_ENV_VAR = "RAY_AUTH_MODE"
-AUTH_MODE_TOKEN = "token"
-# The environment of the local head AND of every driver that connects to it. Ray 2.60
-# rewrites 127.0.0.1 to the machine's outward IP (in `ray start --node-ip-address` and in
-# `ray.init`) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which makes Ray use the loopback
-# address and refuse other nodes: exactly a single-machine cluster. Set it before
-# `import ray` (Ray reads it at import time).
+# The environment of the local head AND of every driver that connects to it: token auth on, and
+# loopback only (Ray rewrites 127.0.0.1 to the machine's outward IP otherwise; see connection.py).
 LOCAL_HEAD_ENV = {
-    AUTH_MODE_ENV_VAR: AUTH_MODE_TOKEN,
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    AUTH_MODE_ENV: AUTH_MODE_TOKEN,
+    SINGLE_MACHINE_ENV: "0",
 }
 
 _LOCAL_HEAD_STATE_FILE = "raymem_local_head.json"
@@ -335,12 +335,6 @@ def _confirm(question: str) -> bool:
 # --------------------------------------------------------------------------- auth token
 
 
-def auth_token_path() -> Path:
-    """Return where Ray reads the auth token from: $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
-    custom = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    return Path(custom) if custom else Path.home() / ".ray" / "auth_token"
-
-
 def ensure_auth_token() -> Path:
     """Make sure this machine has a Ray auth token, creating one if needed.
 
@@ -349,10 +343,10 @@ def ensure_auth_token() -> Path:
     """
     if os.environ.get("RAY_AUTH_TOKEN") or auth_token_path().is_file():
         return auth_token_path()
-    if os.environ.get("RAY_AUTH_TOKEN_PATH"):  # Ray generates tokens only at the default path
+    if os.environ.get(AUTH_TOKEN_PATH_ENV):  # Ray generates tokens only at the default path
         raise RaymemError(
-            f"RAY_AUTH_TOKEN_PATH names {auth_token_path()}, which does not exist; put the "
-            "cluster's token there or unset RAY_AUTH_TOKEN_PATH."
+            f"{AUTH_TOKEN_PATH_ENV} names {auth_token_path()}, which does not exist; put the "
+            f"cluster's token there or unset {AUTH_TOKEN_PATH_ENV}."
         )
     completed = subprocess.run(
         _ray_cli("get-auth-token", "--generate"),
@@ -389,8 +383,8 @@ def start_local_head(
     """Start a Ray head on this machine, bound to 127.0.0.1, with token auth on.
 
     Runs `ray start --head --block` as a detached subprocess (it keeps running after
-    this process exits) and waits until Ray reports it started. The head advertises
-    the custom resource HEAD_RESOURCE, like the cloud head in cluster.yaml. Its
+    this process exits) and waits until Ray reports it started. Like every Ray head it
+    has Ray's head resource, which pins raymem's accumulator (connection.HEAD_RESOURCE). Its
     process id is recorded in `<temp_dir>/raymem_local_head.json` for
     `stop_local_head`. `temp_dir` defaults to Ray's (/tmp/ray or $RAY_TMPDIR); keep it
     short, Ray puts socket paths under it.
@@ -414,19 +408,18 @@ def start_local_head(
     token_path = ensure_auth_token()
     temp_dir.mkdir(parents=True, exist_ok=True)
     log_path = temp_dir / _LOCAL_HEAD_LOG_FILE
-    address = f"{LOCAL_NODE_IP}:{port}"
+    address = f"{LOOPBACK_IP}:{port}"
 
     command = _ray_cli(
         "start",
         "--head",
         "--block",
-        f"--node-ip-address={LOCAL_NODE_IP}",
+        f"--node-ip-address={LOOPBACK_IP}",
         f"--port={port}",
         f"--ray-client-server-port={client_server_port}",
         f"--temp-dir={temp_dir}",
         f"--include-dashboard={'true' if dashboard else 'false'}",
-        f"--dashboard-host={LOCAL_NODE_IP}",
-        f"--resources={json.dumps({HEAD_RESOURCE: 1})}",
+        f"--dashboard-host={LOOPBACK_IP}",
         "--disable-usage-stats",
     )
     if num_gpus is not None:
@@ -454,11 +447,11 @@ def start_local_head(
     state_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
     return {
         **state,
-        "node_ip": LOCAL_NODE_IP,
+        "node_ip": LOOPBACK_IP,
         "port": port,
         "auth_mode": AUTH_MODE_TOKEN,
         "token_path": str(token_path),
-        "dashboard_url": f"http://{LOCAL_NODE_IP}:8265" if dashboard else None,
+        "dashboard_url": f"http://{LOOPBACK_IP}:8265" if dashboard else None,
         "driver_env": dict(LOCAL_HEAD_ENV),
     }
 

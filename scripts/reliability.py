@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from raymem import api
-from raymem.actors.accumulator import NAMESPACE, get_or_create_accumulator
+from raymem.estimator import replay
+from raymem.actors.accumulator import get_or_create_accumulator
+from raymem.connection import NAMESPACE
 from raymem.estimator.records import TrialRecord
 from raymem.estimator.run_files import read_run_info
 from raymem.estimator.storage import RunStore
@@ -204,7 +206,7 @@ def audit(run_dir: str, name: str, trials_asked: int) -> dict:
     ids = trial_ids(store)
     handle = accumulator_handle(name)
     described = ray.get(handle.describe.remote())
-    offline = api.offline_view(store)
+    offline = replay.offline_view(store)
     mem_equal = ray.get(handle.mem_table.remote()).equals(offline.mem_table())
     infl_equal = ray.get(handle.influence_table.remote(test_index=0, top=20)).equals(offline.influence_table(0, top=20))
     return {
@@ -344,7 +346,7 @@ def bad_deliveries(cluster, workdir: str | Path, trials: int = 2) -> Outcome:
     store = RunStore.open(run_dir)
     data = load_dataset(config.dataset)
     info, train_labels = prepare_run(config, store, name, data)
-    handle = get_or_create_accumulator(info, run_dir, with_pairs=True, batch_size=config.pair_batch)
+    handle = get_or_create_accumulator(info, run_dir, with_pairs=True, batch_size=config.estimator.pair_batch)
     acks = {}
     for k in range(trials):
         record = _record(info, train_labels, data.y_test, k)

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from raymem import api
+from raymem.estimator import replay
 from raymem.cli import app
 from raymem.estimator import report
 from raymem.estimator.counts import Counts
@@ -95,7 +96,7 @@ def test_ingest_writes_a_run_that_reads_back_the_same_counts(run_dir, direct):
     assert (run_dir / "run.json").is_file()
     assert len(list((run_dir / "trials").glob("trial-*.parquet"))) == T
     store = api.open_store(str(run_dir))
-    rebuilt = api.counts_from_log(store, api.read_run_info(store))
+    rebuilt = replay.counts_from_log(store, api.read_run_info(store))
     for name in ("n_in", "in_hits", "total_hits", "test_hits"):
         np.testing.assert_array_equal(getattr(rebuilt.all, name), getattr(direct.all, name))
     np.testing.assert_array_equal(rebuilt.pairs_ready(), direct.pairs_ready())

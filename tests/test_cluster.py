@@ -23,6 +23,7 @@ import yaml
 import ray.autoscaler.sdk
 
 from raymem import cluster
+from raymem.connection import HEAD_RESOURCE
 from raymem.errors import RaymemError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,13 +99,14 @@ def test_repository_cluster_yaml_describes_the_intended_cluster():
     node_types = config["available_node_types"]
 
     head = node_types[config["head_node_type"]]
-    assert head["resources"][cluster.HEAD_RESOURCE] == 1
     assert head["resources"]["GPU"] == 0
+    # The accumulator is pinned with Ray's own head resource, which no cluster file declares.
+    assert HEAD_RESOURCE.startswith("node:") and HEAD_RESOURCE in Path(cluster.__file__).parents[1].joinpath(
+        "cluster.yaml").read_text()
     assert node_types["gpu_8x"]["resources"]["GPU"] == 8
     assert node_types["gpu_1x"]["resources"]["GPU"] == 1
     for name, node_type in node_types.items():
         if name != config["head_node_type"]:
-            assert cluster.HEAD_RESOURCE not in node_type["resources"]
             assert node_type["max_workers"] <= config["max_workers"]
         on_spot = node_type["node_config"].get("InstanceMarketOptions", {}).get(
             "MarketType") == "spot"
@@ -386,7 +388,7 @@ def test_local_head_binds_loopback_with_token_auth_and_stops(monkeypatch):
                        if key not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
         environment.update(info["driver_env"])
         driver = subprocess.run(
-            [sys.executable, "-c", _DRIVER, info["address"], cluster.HEAD_RESOURCE],
+            [sys.executable, "-c", _DRIVER, info["address"], HEAD_RESOURCE],
             env=environment, capture_output=True, text=True, timeout=90)
         assert driver.returncode == 0, driver.stderr[-2000:]
         seen = json.loads(driver.stdout.strip().splitlines()[-1])

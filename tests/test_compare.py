@@ -79,11 +79,15 @@ def test_released_pairs_errors(tmp_path):
     with pytest.raises(RaymemError, match="does not exist"):
         compare.load_pairs_npz(tmp_path / "missing.npz")
     np.savez(tmp_path / "nokeys.npz", tr_idx=np.arange(3))
-    with pytest.raises(RaymemError, match="lacks tt_idx"):
+    with pytest.raises(RaymemError, match="lacks .tt_idx."):
         compare.load_pairs_npz(tmp_path / "nokeys.npz")
     np.savez(tmp_path / "obj.npz", tr_idx=np.array([object()]), tt_idx=np.arange(1), infl=np.ones(1), mem=np.ones(1))
-    with pytest.raises(RaymemError, match="not a plain .npz"):
+    with pytest.raises(RaymemError, match="Python objects"):
         compare.load_pairs_npz(tmp_path / "obj.npz")
+    # float indices are refused, never truncated to integers
+    np.savez(tmp_path / "float.npz", tr_idx=np.array([1.7]), tt_idx=np.arange(1), infl=np.ones(1), mem=np.ones(1))
+    with pytest.raises(RaymemError, match="not integer indices"):
+        compare.load_pairs_npz(tmp_path / "float.npz")
     big = {"tr_idx": np.array([10_000]), "tt_idx": np.array([0]), "infl": np.ones(1), "mem": np.ones(1)}
     with pytest.raises(RaymemError, match="beyond this run"):
         compare.compare_with_released(counts, big)

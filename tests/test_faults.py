@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from raymem import api
+from raymem.estimator import replay
 from raymem.errors import RaymemError
 from raymem.estimator.run_files import read_run_info
 from raymem.estimator.storage import RunStore
@@ -55,9 +56,9 @@ def assert_each_trial_counted_once(run_dir: str, name: str, trials: int) -> list
     assert ray.get(handle.describe.remote())["trials"] == trials
     live = ray.get(handle.mem_table.remote())
     info = read_run_info(store)
-    offline = api.counts_from_log(store, info)
+    offline = replay.counts_from_log(store, info)
     assert offline.trials == trials
-    assert live.equals(api.offline_view(store).mem_table())
+    assert live.equals(replay.offline_view(store).mem_table())
     # brute force: a trial counted twice (or not at all) would show in these sums
     masks = np.array([r.mask for r in records])
     correct = np.array([r.train_correct for r in records])

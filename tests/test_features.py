@@ -43,13 +43,13 @@ def test_digits_features_load_as_npz_and_train_a_linear_model(tmp_path):
 def test_features_config_uses_the_preset_recipe_of_the_data_set():
     config = features.features_config("cifar100")
     recipe = PRESETS["cifar100"]
-    assert (config.model, config.epochs, config.batch_size, config.base_lr, config.augment_pad) == \
-        ("resnet50", recipe.epochs, recipe.batch_size, recipe.base_lr, recipe.augment_pad)
-    assert features.features_config("cifar100", model="densenet100").batch_size == \
-        PRESETS["cifar100-densenet100"].batch_size  # the recipe of the preset with that model
+    assert (config.model, config.recipe.epochs, config.recipe.batch_size, config.recipe.base_lr, config.recipe.augment_pad) == \
+        ("resnet50", recipe.recipe.epochs, recipe.recipe.batch_size, recipe.recipe.base_lr, recipe.recipe.augment_pad)
+    assert features.features_config("cifar100", model="densenet100").recipe.batch_size == \
+        PRESETS["cifar100-densenet100"].recipe.batch_size  # the recipe of the preset with that model
     overridden = features.features_config("imagenet2012", epochs=3, batch_size=64, base_lr=0.1)
-    assert (overridden.epochs, overridden.batch_size, overridden.base_lr) == (3, 64, 0.1)
-    assert overridden.schedule == PRESETS["imagenet"].schedule
+    assert (overridden.recipe.epochs, overridden.recipe.batch_size, overridden.recipe.base_lr) == (3, 64, 0.1)
+    assert overridden.recipe.schedule == PRESETS["imagenet"].recipe.schedule
 
 
 def test_bad_inputs_fail_before_training(tmp_path):
@@ -62,19 +62,22 @@ def test_bad_inputs_fail_before_training(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_npz_is_replaced_atomically(tmp_path, monkeypatch):
+def test_outputs_are_replaced_atomically(tmp_path, monkeypatch):
+    """The one atomic writer (used for features, tables, figures): a failed write leaves the old file whole."""
+    from raymem.estimator.files import write_atomic
+
     path = str(tmp_path / "f.npz")
     first = {"x_train": np.ones((2, 3), np.float32), "y_train": np.array([0, 1])}
-    features.write_npz_atomically(path, first)
+    write_atomic(path, lambda buffer: np.savez(buffer, **first))
     with np.load(path) as stored:
         np.testing.assert_array_equal(stored["x_train"], first["x_train"])
 
-    def fails(*args, **kwargs):
+    def fails(buffer):
+        buffer.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez", fails)
     with pytest.raises(OSError):
-        features.write_npz_atomically(path, {"x_train": np.zeros((5, 3), np.float32)})
+        write_atomic(path, fails)
     assert os.listdir(tmp_path) == ["f.npz"]  # the old file is intact and no temp file is left
     with np.load(path) as stored:
         np.testing.assert_array_equal(stored["x_train"], first["x_train"])

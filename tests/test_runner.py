@@ -69,10 +69,33 @@ def test_run_trains_every_trial_once_and_learns(tmp_path):
     assert canaries["recall"] > 0.5
 
 
-def test_injected_failure_is_retried_and_counted_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAYMEM_FAIL_TRIALS_ONCE", "1,2")
+def _ray_failing_first_attempts(trial_ids):
+    """Start a local Ray whose workers raise on the first attempt of ``trial_ids`` (a worker setup hook,
+    so the production trial path carries no test hook)."""
+    import ray
+
+    failing = set(trial_ids)
+
+    def hook():
+        import raymem.runner.trial as trial
+
+        original = trial.build_record
+
+        def build_record(config, run, data, trial_id, attempt, *args, **kwargs):
+            if trial_id in failing and attempt == 1:
+                raise RuntimeError(f"injected failure of trial {trial_id} (attempt {attempt})")
+            return original(config, run, data, trial_id, attempt, *args, **kwargs)
+
+        trial.build_record = build_record
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="raymem",
+             runtime_env={"worker_process_setup_hook": hook})
+
+
+def test_injected_failure_is_retried_and_counted_once(tmp_path):
+    _ray_failing_first_attempts({1, 2})
     run_dir = tmp_path / "retry"
-    result = run_experiment(tiny(), name="retry", run_uri=str(run_dir), num_cpus=2, progress=False)
+    result = run_experiment(tiny(), name="retry", run_uri=str(run_dir), progress=False)
     assert sorted(result.retried) == [1, 2]
     assert not result.failed
     assert log_ids(run_dir) == [0, 1, 2, 3]
@@ -80,10 +103,10 @@ def test_injected_failure_is_retried_and_counted_once(tmp_path, monkeypatch):
     assert attempts == {0: 1, 1: 2, 2: 2, 3: 1}
 
 
-def test_failure_after_max_attempts_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAYMEM_FAIL_TRIALS_ONCE", "0")
+def test_failure_after_max_attempts_is_reported(tmp_path):
+    _ray_failing_first_attempts({0})
     run_dir = tmp_path / "fail"
-    result = run_experiment(tiny(trials=2, max_attempts=1), name="fail", run_uri=str(run_dir), num_cpus=2, progress=False)
+    result = run_experiment(tiny(trials=2, max_attempts=1), name="fail", run_uri=str(run_dir), progress=False)
     assert list(result.failed) == [0] and "injected failure" in result.failed[0]
     assert log_ids(run_dir) == [1]
 
@@ -198,7 +221,7 @@ def test_multi_node_trial_runs_a_worker_group_of_two_with_tf_keras(tmp_path):
 def test_stop_kills_the_live_accumulator_and_readers_fall_back_to_the_log(tmp_path):
     import ray
 
-    from raymem.actors.accumulator import NAMESPACE
+    from raymem.connection import NAMESPACE
 
     run_dir = tmp_path / "stopme"
     run_experiment(tiny(trials=2), name="stopme", run_uri=str(run_dir), num_cpus=2, progress=False, shutdown=False)

@@ -11,8 +11,10 @@ import pyarrow as pa
 import pytest
 
 from raymem import api
+from raymem.estimator import replay
 from raymem.actors import pair_shard
-from raymem.actors.accumulator import NAMESPACE, get_or_create_accumulator
+from raymem.actors.accumulator import get_or_create_accumulator
+from raymem.connection import NAMESPACE
 from raymem.errors import RaymemError
 from raymem.estimator.records import TrialRecord
 from raymem.estimator.run_files import new_run_info, write_labels, write_run_info
@@ -93,7 +95,7 @@ def test_sharded_accumulator_equals_unsharded_and_the_log_through_a_shard_crash(
         if k == 12:  # a shard dies; Ray restarts it and it rebuilds its rows from the log
             shard = ray.get_actor("three.pairs-2-of-3", namespace=NAMESPACE)
             ray.kill(shard, no_restart=False)
-    offline = api.offline_view(RunStore.open(three_dir))
+    offline = replay.offline_view(RunStore.open(three_dir))
     reads = [("pairs_table", {}), ("pairs_table", {"min_infl": 0.05, "min_mem": 0.0}),
              ("pairs_table", {"min_infl": -1.0, "min_mem": -1.0, "simultaneous": True}),  # every pair, in order
              ("influence_table", {"test_index": 2, "top": 7}), ("influence_table", {"test_index": 5, "top": 80}),
@@ -145,7 +147,7 @@ def test_restarted_accumulator_reconciles_shards_with_the_log(tmp_path, local_ra
     shard = ray.get_actor("rec.pairs-1-of-2", namespace=NAMESPACE)
     assert ray.get(shard.done_trial_ids.remote()) == list(range(6))
     assert_same(ray.get(acc.pairs_table.remote(min_infl=0.0, min_mem=0.0)),
-                api.offline_view(RunStore.open(run_dir)).pairs_table(min_infl=0.0, min_mem=0.0))
+                replay.offline_view(RunStore.open(run_dir)).pairs_table(min_infl=0.0, min_mem=0.0))
 
 
 def restart_and_wait(ray, handle, timeout_s: float = 60.0) -> dict:
@@ -195,7 +197,7 @@ def test_shards_recover_from_a_hard_kill_a_deleted_trial_file_and_an_old_run_of_
     assert restart_and_wait(ray, acc)["trials"] == 5
     for record in recs[6:]:
         ray.get(acc.absorb.remote(record))
-    offline = api.offline_view(RunStore.open(run_dir))
+    offline = replay.offline_view(RunStore.open(run_dir))
     for name in names:
         assert ray.get(ray.get_actor(name, namespace=NAMESPACE).done_trial_ids.remote()) == [0, 2, 3, 4, 5, 6, 7]
     assert_same(ray.get(acc.pairs_table.remote(min_infl=-1.0, min_mem=-1.0)),

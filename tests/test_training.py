@@ -69,7 +69,7 @@ def test_streaming_pipeline_reads_only_the_subset_with_the_run_labels(tfds, mock
 def test_streaming_pipeline_augments_with_pad_crop_and_flip(tfds, mocked_imagenet):
     data, mask = mocked_imagenet, _mask()
     config = _imagenet_config()
-    assert config.augment_pad == 32 and config.augment_flip  # the paper's ImageNet augmentation
+    assert config.recipe.augment_pad == 32 and config.recipe.augment_flip  # the paper's ImageNet augmentation
     images = _images_in_index_order(tfds, data, "train")
     batches = list(tfds.as_numpy(training.train_pipeline(config, data, mask, seed=3)))
     augmented = np.concatenate([image for image, _ in batches])

@@ -22,23 +22,15 @@ from collections import deque
 import numpy as np
 
 from raymem.actors import pair_shard
+from raymem.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
 from raymem.errors import RaymemError
-from raymem.estimator import report
 from raymem.estimator.records import TrialRecord, validate_record
+from raymem.estimator.replay import counts_from_log, flipped_labels
 from raymem.estimator.run_files import RunInfo, read_labels, read_run_info
 from raymem.estimator.storage import RunStore
 from raymem.estimator.subsets import subset_mask
 from raymem.estimator.trial_log import write_trial
 from raymem.estimator.view import RunView
-
-NAMESPACE = "raymem"
-#: The resource only Ray's head node has.
-HEAD_RESOURCE = "node:__internal_head__"
-#: How every raymem actor lives: named in raymem's namespace, outliving its driver, restarted by Ray
-#: after a crash with its queued calls replayed (so its methods must be idempotent), taking no CPU slot.
-DURABLE_ACTOR_OPTIONS = dict(
-    namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=0,
-)
 #: Completed trials kept for the throughput estimate.
 THROUGHPUT_WINDOW = 50
 
@@ -47,8 +39,6 @@ class Accumulator:
     """Holds one run's counts; see the module docstring for the protocol."""
 
     def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64, pair_shards: int = 1):
-        from raymem.api import counts_from_log, flipped_labels
-
         self.store = RunStore.open(run_uri)
         self.info = read_run_info(self.store)
         labels = read_labels(self.store)
@@ -163,7 +153,7 @@ class Accumulator:
     def _sync_shards(self) -> None:
         """Get or start the shards and have each count exactly this actor's trials (missing ones from the log)."""
         self.shards = pair_shard.start_shards(self.info, self.run_uri, self.pair_shard_count, self.batch_size,
-                                              _head_pin())
+                                              head_pin())
         pair_shard.sync(self.shards, self.view.counts.trial_ids)
         self._shards_in_doubt = False
 
@@ -218,11 +208,6 @@ def effective_pair_shards(with_pairs: bool, pair_shards: int, n_train: int) -> i
     return shards if with_pairs and shards > 1 else 0
 
 
-def _head_pin() -> dict:
-    """Keep the accumulator on the head node (never on a spot GPU worker)."""
-    return {HEAD_RESOURCE: 0.001}
-
-
 def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, batch_size: int, pair_shards: int = 1):
     """Return the run's accumulator, starting it (and rebuilding from the log) when none is alive."""
     import ray
@@ -234,7 +219,7 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
     handle = actor_cls.options(
         name=info.name,
         **DURABLE_ACTOR_OPTIONS,
-        resources=_head_pin(),
+        resources=head_pin(),
     ).remote(run_uri, with_pairs, batch_size, pair_shards)
     alive_id = ray.get(handle.run_id.remote())
     if alive_id != info.run_id:
@@ -255,8 +240,6 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
 def find_accumulator(info: RunInfo, address: str, *, connect_timeout_s: float = 2.0):
     """Return the live accumulator of ``info`` on the cluster at ``address``, or None."""
     import ray
-
-    from raymem.runner.cluster_connect import connect, reachable
 
     if not ray.is_initialized():
         if not reachable(address, timeout_s=connect_timeout_s):

@@ -36,8 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from raymem.connection import DURABLE_ACTOR_OPTIONS, HEAD_RESOURCE, NAMESPACE
 from raymem.errors import RaymemError
 from raymem.estimator import report
+from raymem.estimator.replay import counts_from_log
 from raymem.estimator.run_files import RunInfo, read_run_info
 from raymem.estimator.storage import RunStore
 from raymem.estimator.trial_log import iter_trials
@@ -62,8 +64,6 @@ class PairShard:
 
     def rebuild(self) -> int:
         """Recount this shard's rows from the whole trial log; return the trials counted."""
-        from raymem.api import counts_from_log
-
         self.counts = counts_from_log(self.store, self.info, with_pairs=True, rows=self.rows,
                                       batch_size=self.batch_size)
         return self.counts.trials
@@ -142,7 +142,6 @@ def start_shards(info: RunInfo, run_uri: str, shards: int, batch_size: int, head
     """
     import ray
 
-    from raymem.actors.accumulator import DURABLE_ACTOR_OPTIONS
 
     local_log = _is_local(run_uri)
     slices = shard_rows(info.n_train, shards)
@@ -174,7 +173,6 @@ def check_placement(info: RunInfo, run_uri: str, shards: int) -> None:
     """Raise RaymemError when a run on the head's disk has shards too big for the head (they would wait forever)."""
     import ray
 
-    from raymem.actors.accumulator import HEAD_RESOURCE
 
     if not _is_local(run_uri):
         return
@@ -206,7 +204,6 @@ def _kill_and_wait(handle, name: str) -> None:
     """Kill a shard for good and wait until Ray releases its name."""
     import ray
 
-    from raymem.actors.accumulator import NAMESPACE
 
     ray.kill(handle, no_restart=True)
     deadline = time.monotonic() + NAME_RELEASE_TIMEOUT_S

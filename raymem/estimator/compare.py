@@ -8,8 +8,6 @@ far the run's own estimates lie from the released values on the released pairs. 
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pyarrow as pa
 from raymem.errors import RaymemError
 from raymem.estimator import formulas, selection
 from raymem.estimator.counts import Counts
+from raymem.estimator.files import load_npz, require_integer_indices, write_atomic
 
 PAIRS_NPZ_KEYS = ("tr_idx", "tt_idx", "infl", "mem")
 #: Thresholds of the paper's consistency plots (Fig. C.2).
@@ -59,18 +58,13 @@ def compare_runs(a: Counts, b: Counts, *, min_mem: float = formulas.PAPER_MIN_ME
 
 
 def load_pairs_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Read released pairs (``tr_idx, tt_idx, infl, mem``) without pickle; RaymemError naming what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise RaymemError(f"pairs file {path} does not exist; pass a .npz with arrays {', '.join(PAIRS_NPZ_KEYS)}.")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in PAIRS_NPZ_KEYS if k not in z.files]
-            if missing:
-                raise RaymemError(f"pairs file {path} lacks {', '.join(missing)}; it needs {', '.join(PAIRS_NPZ_KEYS)}.")
-            data = {k: np.asarray(z[k]) for k in PAIRS_NPZ_KEYS}
-    except (ValueError, OSError) as exc:
-        raise RaymemError(f"pairs file {path} is not a plain .npz ({exc}); write it with numpy.savez.") from None
+    """Read released pairs (``tr_idx, tt_idx, infl, mem``) without pickle; RaymemError naming what is wrong.
+
+    The indices must be integers (float indices are refused, never truncated).
+    """
+    data = load_npz(path, "pairs file", PAIRS_NPZ_KEYS)
+    for key in ("tr_idx", "tt_idx"):
+        data[key] = require_integer_indices(data[key], f"array {key} of pairs file {path}")
     n = len(data["tr_idx"])
     if any(v.shape != (n,) for v in data.values()):
         raise RaymemError(f"pairs file {path} has arrays of different lengths; each must hold one value per pair.")
@@ -80,7 +74,7 @@ def load_pairs_npz(path: str | Path) -> dict[str, np.ndarray]:
 def compare_with_released(counts: Counts, released: dict[str, np.ndarray], *, min_infl: float = formulas.PAPER_MIN_INFL,
                           min_mem: float = formulas.PAPER_MIN_MEM, source: str = "pairs file") -> dict:
     """Jaccard of the run's pair set with the released one, and the run's estimates on the released pairs."""
-    tr, tt = released["tr_idx"].astype(np.int64), released["tt_idx"].astype(np.int64)
+    tr, tt = released["tr_idx"], released["tt_idx"]
     if tr.size and (tr.min() < 0 or tr.max() >= counts.n_train or tt.min() < 0 or tt.max() >= counts.n_test):
         raise RaymemError(
             f"{source} indexes examples beyond this run's {counts.n_train} training / {counts.n_test} test examples; "
@@ -105,19 +99,10 @@ def compare_with_released(counts: Counts, released: dict[str, np.ndarray], *, mi
     }
 
 
-def export_pairs_npz(pairs: pa.Table, out: str | Path) -> Path:
+def export_pairs_npz(pairs: pa.Table, out: str | Path) -> str:
     """Write a pairs table in the paper's released layout (``tr_idx, tt_idx, infl, mem``), atomically."""
-    out = Path(out)
-    if not out.parent.exists():
-        raise RaymemError(f"--npz {out}: the folder {out.parent} does not exist; create it first.")
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez(tmp,
-                 tr_idx=pairs.column("train_index").to_numpy().astype(np.int64),
-                 tt_idx=pairs.column("test_index").to_numpy().astype(np.int64),
-                 infl=pairs.column("infl").to_numpy().astype(np.float64),
-                 mem=pairs.column("mem").to_numpy().astype(np.float64))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    arrays = dict(tr_idx=pairs.column("train_index").to_numpy().astype(np.int64),
+                  tt_idx=pairs.column("test_index").to_numpy().astype(np.int64),
+                  infl=pairs.column("infl").to_numpy().astype(np.float64),
+                  mem=pairs.column("mem").to_numpy().astype(np.float64))
+    return write_atomic(out, lambda buffer: np.savez(buffer, **arrays), "--npz")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raymem.errors import RaymemError
+from raymem.estimator.files import load_npz
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -425,32 +426,7 @@ def _array_dataset(name: str, raw: dict[str, np.ndarray], where: dict[str, str])
 
 def _load_npz(name: str, path: str) -> ArrayDataset:
     """Returns the data set in an .npz file with arrays x_train, y_train, x_test, y_test."""
-    if not os.path.isfile(path):
-        raise RaymemError(
-            f"The npz data set file {path!r} does not exist; pass {NPZ_PREFIX}/path/to/file.npz of a file "
-            f"saved with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
-        )
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise RaymemError(
-            f"{path} is not a readable .npz file ({error}); save it with numpy.savez(path, x_train=..., "
-            f"y_train=..., x_test=..., y_test=...)."
-        ) from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise RaymemError(f"{path} holds a single array, not an .npz archive; save it with numpy.savez(path, "
-                          f"x_train=..., y_train=..., x_test=..., y_test=...).")
-    raw = {}
-    with archive:
-        for key in _NPZ_KEYS:
-            if key not in archive.files:
-                raise RaymemError(f"{path} has no array {key!r} (it has {sorted(archive.files)}); "
-                                  f"save x_train, y_train, x_test and y_test in it.")
-            try:
-                raw[key] = archive[key]
-            except ValueError as error:  # object arrays need pickle, which is refused
-                raise RaymemError(f"Array {key!r} in {path} holds Python objects, which raymem does not "
-                                  f"unpickle; save it as a numeric array.") from error
+    raw = load_npz(path, f"the npz data set file ({NPZ_PREFIX}FILE)", _NPZ_KEYS)
     return _array_dataset(name, raw, {key: f"array {key!r} in {path}" for key in _NPZ_KEYS})
 
 

@@ -10,15 +10,13 @@ e.g. for the ``cifar100-linear`` preset.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tempfile
 import time
 
 import numpy as np
 
 from raymem.errors import RaymemError
-from raymem.runner.config import PRESETS, ExperimentConfig, validate_config
+from raymem.estimator.files import check_output_path, write_atomic
+from raymem.runner.config import PRESETS, ExperimentConfig, with_overrides
 
 
 def features_config(dataset_name: str, *, model: str = "resnet50", epochs: int | None = None,
@@ -35,39 +33,9 @@ def features_config(dataset_name: str, *, model: str = "resnet50", epochs: int |
         raise RaymemError(f"No preset trains on data set {dataset_name!r}, so it has no recipe for features; "
                           f"use one of {', '.join(known)}.")
     base = next((preset for preset in matching if preset.model == model), matching[0])
-    overrides = {"epochs": epochs, "batch_size": batch_size, "base_lr": base_lr}
-    config = dataclasses.replace(base, model=model, seed=seed, flip_labels=0.0,
-                                 **{key: value for key, value in overrides.items() if value is not None})
-    validate_config(config, f"raymem features {dataset_name}")
-    return config
-
-
-def _checked_out_path(out: str) -> str:
-    """Returns ``out`` as an absolute path after checking its directory exists and is writable."""
-    path = os.path.abspath(os.fspath(out))
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise RaymemError(f"Cannot write features to {out}: directory {directory} does not exist or is not "
-                          f"writable; create it or pass another --out.")
-    if os.path.isdir(path):
-        raise RaymemError(f"Cannot write features to {out}: it is a directory; pass a file name such as {out}/features.npz.")
-    return path
-
-
-def write_npz_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to the .npz file ``path`` (no pickled objects) through a temp file renamed into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp_path = tempfile.mkstemp(prefix=".features-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
+    overrides = {"model": model, "seed": seed, "flip_labels": 0.0, "epochs": epochs, "batch_size": batch_size,
+                 "base_lr": base_lr}
+    return with_overrides(base, overrides, f"raymem features {dataset_name}")
 
 
 def _default_strategy():
@@ -102,7 +70,7 @@ def compute_features(
     from raymem.runner.training import predict_outputs, release_session, split_inputs, train_model
 
     started = time.perf_counter()
-    path = _checked_out_path(out)
+    path = check_output_path(out, "--out")
     config = features_config(dataset_name, model=model, epochs=epochs, batch_size=batch_size,
                              base_lr=base_lr, seed=seed)
     data = load_dataset(dataset_name, data_dir)
@@ -115,14 +83,14 @@ def compute_features(
         arrays[f"x_{split}"] = np.asarray(features, dtype=np.float32)
         arrays[f"y_{split}"] = np.asarray(labels, dtype=np.int64)
         accuracy[split] = float(np.mean(np.argmax(logits, axis=-1) == labels))
-    write_npz_atomically(path, arrays)
+    write_atomic(path, lambda buffer: np.savez(buffer, **arrays), "--out")
     release_session()
     return {
         "out": path,
         "dataset": dataset_name,
         "model": config.model,
         "preset": config.preset,
-        "epochs": config.epochs,
+        "epochs": config.recipe.epochs,
         "x_train_shape": list(arrays["x_train"].shape),
         "x_test_shape": list(arrays["x_test"].shape),
         "feature_dim": int(arrays["x_train"].shape[1]),

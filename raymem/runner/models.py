@@ -17,6 +17,7 @@ from typing import Callable  # noqa: E402
 from raymem.runner.keras_backend import keras, layers  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
+from raymem.runner.catalog import MODEL_INPUT_RANK, MODEL_NAMES  # noqa: E402
 
 PENULTIMATE = "penultimate"
 LOGITS = "logits"
@@ -211,24 +212,22 @@ def _small_cnn(input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes, name=LOGITS)(x), name="small_cnn")
 
 
-# name -> (builder, rank of one input example: 3 for images (H, W, C), 1 for feature vectors)
-_BUILDERS: dict[str, tuple[Callable, int]] = {
-    "resnet50": (_resnet50, 3),
-    "resnet18": (_resnet18, 3),
-    "inception": (_inception, 3),
-    "densenet100": (_densenet100, 3),
-    "linear": (_linear, 1),
-    "small_cnn": (_small_cnn, 3),
+# catalog name -> builder (the names and their input ranks are defined once, in catalog)
+_BUILDERS: dict[str, Callable] = {
+    "resnet50": _resnet50,
+    "resnet18": _resnet18,
+    "inception": _inception,
+    "densenet100": _densenet100,
+    "linear": _linear,
+    "small_cnn": _small_cnn,
 }
-
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """Return the uncompiled model ``name`` mapping inputs of ``input_shape`` to ``num_classes`` logits."""
     if name not in _BUILDERS:
         raise RaymemError(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
-    builder, rank = _BUILDERS[name]
+    builder, rank = _BUILDERS[name], MODEL_INPUT_RANK[name]
     input_shape = tuple(int(size) for size in input_shape)
     if len(input_shape) != rank or min(input_shape) < 1:
         expected = "(height, width, channels)" if rank == 3 else "(feature_dim,)"

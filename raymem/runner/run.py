@@ -42,21 +42,30 @@ class RunResult:
 
 
 def plan(config: ExperimentConfig) -> dict:
-    """What a run would do, without starting anything (``--dry-run``)."""
+    """What a run of ``config`` would do, without starting anything (``--dry-run``).
+
+    Returns:
+        ``preset, dataset, model, trials, subset_ratio, recipe (dict), per_trial (cpus, gpus, nodes),
+        executor, pair_shards, estimated_gpu_hours, estimate_basis``.
+    """
     hours = gpu_hours(config)
+    r, budget = config.resources, config.budget
+    basis = "no paper timing for this preset"
+    if hours is not None:
+        basis = (f"{config.trials:,} trials x {config.recipe.epochs} epochs x {budget.paper_epoch_seconds:g} s/epoch "
+                 f"x {budget.paper_gpus:g} GPU (the paper's P100 timing, supplement B)")
     return {
         "preset": config.preset,
         "dataset": config.dataset,
         "model": config.model,
         "trials": config.trials,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
         "subset_ratio": config.subset_ratio,
-        "per_trial": {"cpus": config.cpus_per_trial, "gpus": config.gpus_per_trial, "nodes": config.nodes_per_trial},
+        "recipe": config.recipe.model_dump(mode="json"),
+        "per_trial": {"cpus": r.cpus_per_trial, "gpus": r.gpus_per_trial, "nodes": r.nodes_per_trial},
         "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks",
-        "pair_shards": config.pair_shards if config.track_pairs else 0,
+        "pair_shards": config.estimator.pair_shards if config.estimator.track_pairs else 0,
         "estimated_gpu_hours": hours,
-        "estimate_basis": "the paper's per-epoch time (supplement B)" if hours is not None else "no paper timing for this preset",
+        "estimate_basis": basis,
     }
 
 
@@ -74,7 +83,7 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
             )
         compare_for_resume(info.config, config, name)
         if info.config.get("trials") != config.trials:
-            info = dataclasses.replace(info, config={**info.config, **config.to_dict()})
+            info = dataclasses.replace(info, config=config.to_dict())
             write_run_info(store, info)
         train_labels, _, _ = read_labels(store)
         return info, train_labels
@@ -94,10 +103,10 @@ def cluster_capacity(config: ExperimentConfig) -> int:
 
     total = ray.cluster_resources()
     fits = []
-    if config.gpus_per_trial > 0:
-        fits.append(total.get("GPU", 0) // (config.gpus_per_trial * config.nodes_per_trial))
-    if config.cpus_per_trial > 0:
-        fits.append(total.get("CPU", 0) // (config.cpus_per_trial * config.nodes_per_trial))
+    if config.resources.gpus_per_trial > 0:
+        fits.append(total.get("GPU", 0) // (config.resources.gpus_per_trial * config.resources.nodes_per_trial))
+    if config.resources.cpus_per_trial > 0:
+        fits.append(total.get("CPU", 0) // (config.resources.cpus_per_trial * config.resources.nodes_per_trial))
     return int(min(fits)) if fits else 1
 
 
@@ -129,8 +138,8 @@ def run_experiment(
     if started_here:
         cluster_connect.write_live_address(store, address)
     try:
-        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.track_pairs, batch_size=config.pair_batch,
-                                                pair_shards=config.pair_shards)
+        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.estimator.track_pairs, batch_size=config.estimator.pair_batch,
+                                                pair_shards=config.estimator.pair_shards)
         ray.get(accumulator.reload_info.remote())
         done = set(ray.get(accumulator.done_trial_ids.remote()))
         missing = [k for k in range(config.trials) if k not in done]
@@ -139,26 +148,25 @@ def run_experiment(
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
-        config_dict = config.to_dict()
         if config.uses_train_group:
             storage_path = tempfile.mkdtemp(prefix="raymem-train-")
             options = {"num_cpus": 0, "max_retries": 0}
-            if config.nodes_per_trial > 1:
+            if config.resources.nodes_per_trial > 1:
                 # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
                 # inherit this runtime environment) build with tf-keras (see keras_backend).
                 options["runtime_env"] = {"env_vars": {LEGACY_KERAS_ENV: "1"}}
             task = ray.remote(run_big_trial).options(**options)
 
             def submit(k, attempt):
-                return task.remote(config_dict, run, [payload], accumulator, k, attempt, storage_path)
+                return task.remote(config, run, [payload], accumulator, k, attempt, storage_path)
         else:
             # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).
             task = ray.remote(max_calls=0)(run_small_trial).options(
-                num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0,
+                num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0,
             )
 
             def submit(k, attempt):
-                return task.remote(config_dict, run, payload, accumulator, k, attempt)
+                return task.remote(config, run, payload, accumulator, k, attempt)
 
         result = RunResult(name, store.uri, config.trials, len(done))
         bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
@@ -202,7 +210,7 @@ def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResu
                 result.trained_now.append(k)
                 bar.advance(done=1)
             except Exception as exc:  # a trial's error or its worker/node dying: try again elsewhere
-                if attempts[k] < config.max_attempts:
+                if attempts[k] < config.resources.max_attempts:
                     result.retried[k] = attempts[k]
                     queue.appendleft(k)
                     bar.advance(retried=1)

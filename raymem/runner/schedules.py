@@ -16,13 +16,7 @@ from raymem.runner.keras_backend import keras, ops  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
 
-# Schedule kind -> the options make_schedule passes on to it.
-SCHEDULE_OPTIONS = {
-    "warmup_piecewise": ("warmup_epochs", "decay_epochs", "decay_factor"),
-    "warmup_linear_decay": ("warmup_fraction",),
-    "constant": (),
-}
-SCHEDULE_KINDS = tuple(SCHEDULE_OPTIONS)
+from raymem.runner.catalog import SCHEDULE_KINDS, SCHEDULE_OPTIONS  # noqa: E402  (the schedule names, defined once)
 
 # Paper defaults for make_schedule's optional parameters.
 DEFAULT_WARMUP_EPOCHS = 15  # ImageNet

@@ -15,7 +15,7 @@ Both kinds of data set train the same way:
 In both, ``data.y_train`` holds the run's training labels (canaries flipped) and the model trains
 on those, never on the labels stored in the files. The config's augmentation (random crop after
 zero padding by ``augment_pad`` pixels, random flips) is applied to image inputs. Batches hold the
-GLOBAL batch size ``config.batch_size``: under a ``tf.distribute.MirroredStrategy`` each batch is
+GLOBAL batch size ``config.recipe.batch_size``: under a ``tf.distribute.MirroredStrategy`` each batch is
 split across the replicas (ImageNet: 896 over 8 GPUs = 112 per GPU), so the learning-rate schedule
 is the paper's whatever the number of GPUs.
 """
@@ -66,7 +66,7 @@ def _flag(value: str) -> bool:
 
 def accelerator_settings(config: ExperimentConfig) -> dict:
     """Returns {"mixed_precision": bool, "xla": bool}: the config's auto|on|off flags resolved on this process."""
-    return {"mixed_precision": _flag(config.mixed_precision), "xla": _flag(config.xla)}
+    return {"mixed_precision": _flag(config.recipe.mixed_precision), "xla": _flag(config.recipe.xla)}
 
 
 def _augmented_batches(config: ExperimentConfig, pairs, input_rank: int, global_batch: int):
@@ -75,14 +75,14 @@ def _augmented_batches(config: ExperimentConfig, pairs, input_rank: int, global_
 
     from raymem.runner.augment import make_augment_fn
 
-    if input_rank == 3 and (config.augment_pad or config.augment_flip):
-        pairs = pairs.map(make_augment_fn(config.augment_pad, config.augment_flip), num_parallel_calls=tf.data.AUTOTUNE)
+    if input_rank == 3 and (config.recipe.augment_pad or config.recipe.augment_flip):
+        pairs = pairs.map(make_augment_fn(config.recipe.augment_pad, config.recipe.augment_flip), num_parallel_calls=tf.data.AUTOTUNE)
     return pairs.batch(global_batch).prefetch(tf.data.AUTOTUNE)
 
 
 def train_pipeline(config: ExperimentConfig, data, mask: np.ndarray, seed: int):
     """Returns the tf.data.Dataset one epoch of training reads: batches of (inputs, run labels) of the
-    examples where ``mask`` is True, reshuffled every epoch, augmented, of ``config.batch_size`` (global)."""
+    examples where ``mask`` is True, reshuffled every epoch, augmented, of ``config.recipe.batch_size`` (global)."""
     import tensorflow as tf
 
     if isinstance(data, StreamingDataset):
@@ -90,7 +90,7 @@ def train_pipeline(config: ExperimentConfig, data, mask: np.ndarray, seed: int):
     else:
         x, y = data.x_train[mask], data.y_train[mask]
         pairs = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return _augmented_batches(config, pairs, len(data.input_shape), config.batch_size)
+    return _augmented_batches(config, pairs, len(data.input_shape), config.recipe.batch_size)
 
 
 def split_inputs(data, split: str):
@@ -135,23 +135,23 @@ def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, str
     settings = accelerator_settings(config)
     keras.mixed_precision.set_global_policy("mixed_float16" if settings["mixed_precision"] else "float32")
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    steps_per_epoch = max(1, math.ceil(int(np.count_nonzero(mask)) / config.batch_size))
+    steps_per_epoch = max(1, math.ceil(int(np.count_nonzero(mask)) / config.recipe.batch_size))
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
         model = build_model(config.model, tuple(data.input_shape), data.num_classes)
-        schedule = make_schedule(config.schedule, config.base_lr, config.epochs, steps_per_epoch, **config.schedule_params)
+        schedule = make_schedule(config.recipe.schedule, config.recipe.base_lr, config.recipe.epochs, steps_per_epoch, **config.recipe.schedule_params)
         model.compile(
-            optimizer=make_optimizer(schedule, momentum=config.momentum),
+            optimizer=make_optimizer(schedule, momentum=config.recipe.momentum),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             jit_compile=settings["xla"],
         )
-    history = model.fit(train_pipeline(config, data, mask, seed), epochs=config.epochs, verbose=0, shuffle=False)
+    history = model.fit(train_pipeline(config, data, mask, seed), epochs=config.recipe.epochs, verbose=0, shuffle=False)
     metadata = {
         "train_seconds": time.perf_counter() - started,
-        "epochs": config.epochs,
+        "epochs": config.recipe.epochs,
         "replicas": replicas,
-        "global_batch": config.batch_size,
+        "global_batch": config.recipe.batch_size,
         "final_loss": float(history.history["loss"][-1]),
         **settings,
         "streaming": isinstance(data, StreamingDataset),

@@ -17,20 +17,6 @@ from raymem.estimator.records import TrialRecord
 from raymem.estimator.subsets import subset_mask, trial_seed
 from raymem.runner.config import ExperimentConfig
 
-#: Test hook: comma-separated trial ids that raise on their first attempt (retry tests).
-FAIL_ONCE_ENV = "RAYMEM_FAIL_TRIALS_ONCE"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised on purpose by the retry test hook."""
-
-
-def _maybe_inject_failure(trial_id: int, attempt: int) -> None:
-    ids = {int(x) for x in os.environ.get(FAIL_ONCE_ENV, "").split(",") if x.strip()}
-    if trial_id in ids and attempt == 1:
-        raise InjectedFailure(f"injected failure of trial {trial_id} (attempt {attempt})")
-
-
 def _placement() -> dict:
     import ray
 
@@ -59,9 +45,8 @@ def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attem
     from raymem.runner.training import limit_tf_threads, train_and_predict
 
     started = time.time()
-    _maybe_inject_failure(trial_id, attempt)
     mask, seed = trial_subset(run, trial_id)
-    limit_tf_threads(config.cpus_per_trial)
+    limit_tf_threads(config.resources.cpus_per_trial)
     train_pred, test_pred, metadata = train_and_predict(
         config, data, mask, seed, strategy=strategy, predict_on_local_copy=predict_on_local_copy)
     metadata.update(_placement())
@@ -74,11 +59,10 @@ def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attem
     )
 
 
-def run_small_trial(config_dict: dict, run: dict, data, accumulator, trial_id: int, attempt: int) -> dict:
+def run_small_trial(config: ExperimentConfig, run: dict, data, accumulator, trial_id: int, attempt: int) -> dict:
     """Ray task body for a small trial: train, send the record, return the accumulator's ack."""
     import ray
 
-    config = ExperimentConfig(**config_dict)
     record = build_record(config, run, data, trial_id, attempt)
     return ray.get(accumulator.absorb.remote(record))
 
@@ -95,7 +79,7 @@ def _train_group_worker(loop_config: dict) -> None:
     import tensorflow as tf
 
     ctx = ray.train.get_context()
-    config = ExperimentConfig(**loop_config["config"])
+    config: ExperimentConfig = loop_config["config"]
     (data,) = loop_config["data"]  # boxed in a list so Ray hands the ObjectRef through unresolved
     data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     run, trial_id, attempt = loop_config["run"], loop_config["trial_id"], loop_config["attempt"]
@@ -109,32 +93,30 @@ def _train_group_worker(loop_config: dict) -> None:
     else:
         from raymem.runner.training import limit_tf_threads, release_session, train_model
 
-        _maybe_inject_failure(trial_id, attempt)
         mask, seed = trial_subset(run, trial_id)
-        limit_tf_threads(config.cpus_per_trial)
+        limit_tf_threads(config.resources.cpus_per_trial)
         train_model(config, data, mask, seed, strategy=strategy)
         release_session()
     ray.train.report({"ack_trial_id": ack.get("trial_id", -1), "counted": bool(ack.get("counted", False)),
                       "world_size": world, "rank": rank})
 
 
-def run_big_trial(config_dict: dict, run: dict, data_box: list, accumulator, trial_id: int, attempt: int, storage_path: str) -> dict:
+def run_big_trial(config: ExperimentConfig, run: dict, data_box: list, accumulator, trial_id: int, attempt: int, storage_path: str) -> dict:
     """Ray task body for a big trial: one Ray Train worker group per trial, waiting for its GPUs."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    config = ExperimentConfig(**config_dict)
-    gpus = config.gpus_per_trial
+    gpus = config.resources.gpus_per_trial
     trainer = TensorflowTrainer(
         train_loop_per_worker=_train_group_worker,
         train_loop_config={
-            "config": config_dict, "run": run, "data": data_box,
+            "config": config, "run": run, "data": data_box,
             "accumulator": accumulator, "trial_id": trial_id, "attempt": attempt,
         },
         scaling_config=ScalingConfig(
-            num_workers=config.nodes_per_trial,
+            num_workers=config.resources.nodes_per_trial,
             use_gpu=gpus > 0,
-            resources_per_worker={"CPU": config.cpus_per_trial, **({"GPU": gpus} if gpus > 0 else {})},
+            resources_per_worker={"CPU": config.resources.cpus_per_trial, **({"GPU": gpus} if gpus > 0 else {})},
         ),
         run_config=RunConfig(name=f"{run['name']}-trial{trial_id}-a{attempt}", storage_path=storage_path),
     )
