@@ -126,7 +126,7 @@ def run_experiment(
     import ray
 
     from raymem.actors.accumulator import get_or_create_accumulator
-    from raymem.runner import cluster_connect
+    from raymem import connection
     from raymem.runner.datasets import load_dataset
     from raymem.runner.trial import run_big_trial, run_small_trial
 
@@ -134,9 +134,9 @@ def run_experiment(
     data = load_dataset(config.dataset, data_dir)
     store = RunStore.open(run_uri)
     info, train_labels = prepare_run(config, store, name, data)
-    address, started_here = cluster_connect.connect_or_start(address, num_cpus, num_gpus)
+    address, started_here = connection.connect_or_start(address, num_cpus, num_gpus)
     if started_here:
-        cluster_connect.write_live_address(store, address)
+        connection.write_live_address(store, address)
     try:
         accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.estimator.track_pairs, batch_size=config.estimator.pair_batch,
                                                 pair_shards=config.estimator.pair_shards)
@@ -177,7 +177,7 @@ def run_experiment(
         return result
     finally:
         if started_here:
-            cluster_connect.clear_live_address(store)
+            connection.clear_live_address(store)
             if shutdown:
                 ray.shutdown()
 
