@@ -72,13 +72,19 @@ DEFAULT_SUBSET_RATIO = 0.7
 
 @dataclass(frozen=True)
 class Plan:
-    """The run's plan, to which the anytime mixture is tuned: planned trials T* and subset ratio m / n."""
+    """The run's plan, to which the anytime mixture is tuned: planned trials T* and subset ratio m / n.
+
+    budget: the level ln(1/delta) the mixture is tuned to; None tunes it to each call's own delta. The
+    readers fix it to the user's nominal delta, so that a simultaneous band (delta / N) uses the same
+    mixture as the per-example bars, only a higher threshold, and is nested around them.
+    """
 
     trials: int = DEFAULT_PLANNED_TRIALS
     ratio: float = DEFAULT_SUBSET_RATIO
+    budget: float | None = None
 
     @classmethod
-    def of(cls, planned_trials=None, subset_ratio=None) -> "Plan":
+    def of(cls, planned_trials=None, subset_ratio=None, budget=None) -> "Plan":
         trials = DEFAULT_PLANNED_TRIALS if planned_trials is None else planned_trials
         ratio = DEFAULT_SUBSET_RATIO if subset_ratio is None else subset_ratio
         try:
@@ -90,7 +96,7 @@ class Plan:
             raise RaymemError(f"the planned number of trials must be at least 1 (got {trials}); check --trials.")
         if not 0.0 < ratio < 1.0:
             raise RaymemError(f"the subset ratio must lie strictly between 0 and 1 (got {ratio}); check --ratio.")
-        return cls(trials, ratio)
+        return cls(trials, ratio, None if budget is None else float(budget))
 
 
 # ---- tuning --------------------------------------------------------------------------------------
@@ -133,8 +139,10 @@ def mixture_ratio(budget: float) -> float:
 
 
 def mixture_sizes(plan: Plan, budget: float) -> tuple[float, float]:
-    """Return (c_in, c_out): the anytime mixture's pseudo-samples for the in- and the out-term."""
-    x = mixture_ratio(budget)
+    """Return (c_in, c_out): the anytime mixture's pseudo-samples for the in- and the out-term.
+
+    Tuned to plan.budget when the plan fixes one, else to `budget` (the call's own ln(1/delta))."""
+    x = mixture_ratio(plan.budget if plan.budget is not None else budget)
     return x * plan.ratio * plan.trials, x * (1.0 - plan.ratio) * plan.trials
 
 
@@ -180,14 +188,18 @@ def _side_bounds(u: np.ndarray, q: np.ndarray, levels: np.ndarray, far_end: floa
     terms, g = u.shape
     w = np.minimum.accumulate(u[:, ::-1], axis=1)[:, ::-1]  # nondecreasing outwards
     w = np.where(np.isnan(w), np.inf, w)
-    w = np.minimum(w, 1e12)
-    span = 4e12
-    offsets = np.arange(terms, dtype=np.float64)[:, None] * span
-    flat = (w + offsets).ravel()
-    idx = np.searchsorted(flat, (levels[None, :] + offsets).ravel(), side="left").reshape(terms, -1)
-    idx -= np.arange(terms)[:, None] * g
+    # First index k with w[k] >= level (g when none): a binary search per (term, level), exact.
+    lo = np.zeros((terms, levels.size), dtype=np.int64)
+    hi = np.full((terms, levels.size), g, dtype=np.int64)
+    target = np.broadcast_to(levels[None, :], lo.shape)
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        below = np.take_along_axis(w, np.minimum(mid, g - 1), axis=1) < target
+        moving = lo < hi
+        lo = np.where(moving & below, mid + 1, lo)
+        hi = np.where(moving & ~below, mid, hi)
     q_ext = np.concatenate([q, np.full((terms, 1), far_end)], axis=1)
-    return np.take_along_axis(q_ext, idx, axis=1)
+    return np.take_along_axis(q_ext, lo, axis=1)
 
 
 def _anytime_terms(hits, n, c: float, top_level: float):
@@ -209,43 +221,53 @@ def _anytime_terms(hits, n, c: float, top_level: float):
 
 @dataclass
 class _Ladder:
-    """Bounds of one kind of term at levels U_0 + j h, j = 0..J: lo, hi (distinct terms, J + 1)."""
+    """Bounds of one kind of term at the global levels (first + k) h, k = 0..K: lo, hi (distinct terms, K + 1).
+
+    floor: per distinct term, a level index at or below the term's smallest evidence (its ladder's
+    useful bottom); inverse: entry -> distinct term.
+    """
 
     lo: np.ndarray
     hi: np.ndarray
-    inverse: np.ndarray  # entry -> distinct term
+    floor: np.ndarray
+    inverse: np.ndarray
+
+
+#: Margin (nats) between a term's smallest evidence seen on its grid and its ladder's floor.
+FLOOR_MARGIN = 0.5
+#: Levels below a term's floor the anytime ladder still provides (its floor may be the pair's base).
+GRID_EXTRA_LEVELS = 6.0
 
 
 def _anytime_ladders(h_in, n_in, h_out, n_out, c_in, c_out, top_budget: float):
-    """Ladders of both terms for the anytime method, and the base level U_0 they share."""
-    terms = []
+    """Ladders of both terms for the anytime method, on one global level grid; and its first index."""
+    terms, grids = [], []
+    first = 0
     for hits, n, c in ((h_in, n_in, c_in), (h_out, n_out, c_out)):
         s, m, inverse = _unique_terms(hits, n)
-        terms.append((s, m, inverse, c))
-    # First pass at the MLE fixes a base level below every term's minimum (with a margin for the grid).
-    grids = []
-    u_floor = 0.0
-    for s, m, inverse, c in terms:
-        low, high, u_min = _anytime_terms(s, m, c, top_budget + 6.0)
+        low, high, u_min = _anytime_terms(s, m, c, top_budget + GRID_EXTRA_LEVELS)
+        floor = np.floor((u_min - FLOOR_MARGIN) / LEVEL_STEP).astype(np.int64)
+        floor = np.minimum(floor, 0)
+        terms.append((inverse, floor))
         grids.append((low, high))
-        if u_min.size:
-            u_floor = min(u_floor, float(np.min(u_min)))
-    base = math.floor((u_floor - 0.5) / LEVEL_STEP) * LEVEL_STEP
-    steps = int(math.ceil((top_budget + LEVEL_STEP - 2.0 * base) / LEVEL_STEP - 1e-9))
-    levels = base + LEVEL_STEP * np.arange(steps + 1)
+        if floor.size:
+            first = min(first, int(floor.min()))
+    # The highest level a pair needs: base + j0 with base >= first.
+    last = _budget_steps(top_budget, first * LEVEL_STEP) + first
+    levels = LEVEL_STEP * np.arange(first, last + 1)
     ladders = []
-    for (s, m, inverse, c), ((q_lo, u_lo), (q_hi, u_hi)) in zip(terms, grids):
+    for (inverse, floor), ((q_lo, u_lo), (q_hi, u_hi)) in zip(terms, grids):
         lo = _side_bounds(u_lo, q_lo, levels, 0.0)
         hi = _side_bounds(u_hi, q_hi, levels, 1.0)
         lo = np.where(lo <= GRID_EDGE * 1.5, 0.0, lo)
         hi = np.where(hi >= 1.0 - GRID_EDGE * 1.5, 1.0, hi)
-        ladders.append(_Ladder(lo, hi, inverse))
-    return ladders, base
+        ladders.append(_Ladder(lo, hi, floor, inverse))
+    return ladders, first
 
 
 def _fixed_ladders(h_in, n_in, h_out, n_out, top_budget: float):
-    """Ladders of both terms for the fixed method: exact one-sided Clopper-Pearson bounds at e^-U_j."""
-    steps = int(math.ceil((top_budget + LEVEL_STEP) / LEVEL_STEP - 1e-9))
+    """Ladders of both terms for the fixed method: exact one-sided Clopper-Pearson bounds at e^-(k h)."""
+    steps = _budget_steps(top_budget, 0.0)
     levels = LEVEL_STEP * np.arange(steps + 1)
     alphas = np.exp(-levels)[None, :]
     ladders = []
@@ -258,24 +280,37 @@ def _fixed_ladders(h_in, n_in, h_out, n_out, top_budget: float):
             hi = np.where(s < m, betaincinv(s + 1.0, np.maximum(m - s, 1e-300), 1.0 - alphas), 1.0)
         lo = np.where(np.isnan(lo), 0.0, lo)
         hi = np.where(np.isnan(hi), 1.0, hi)
-        ladders.append(_Ladder(np.broadcast_to(lo, (lo.shape[0], levels.size)).copy(),
-                               np.broadcast_to(hi, (hi.shape[0], levels.size)).copy(), inverse))
-    return ladders, 0.0
+        ladders.append(_Ladder(lo, hi, np.zeros(lo.shape[0], dtype=np.int64), inverse))
+    return ladders, 0
 
 
-def _staircase(lower_a: np.ndarray, upper_b: np.ndarray, j0: np.ndarray | int) -> np.ndarray:
-    """min over j = 0..j0 of lower_a[:, j] - upper_b[:, j0 - j] (rows: entries)."""
+def _staircase(lower_a: np.ndarray, upper_b: np.ndarray, base: np.ndarray, j0) -> np.ndarray:
+    """Per row: min over j = 0..j0 of lower_a[base + j] - upper_b[base + j0 - j] (column indexes of the ladders)."""
     rows, width = lower_a.shape
     j = np.arange(width)[None, :]
+    base = np.asarray(base)[:, None]
     j0 = np.broadcast_to(np.asarray(j0), (rows,))[:, None]
-    partner = j0 - j
-    valid = (partner >= 0) & (partner < width) & (j <= j0)
-    values = lower_a - np.take_along_axis(upper_b, np.clip(partner, 0, width - 1), axis=1)
-    return np.min(np.where(valid, values, np.inf), axis=1)
+    a_idx = base + j
+    b_idx = base + j0 - j
+    valid = (j <= j0) & (a_idx < width) & (b_idx >= 0) & (b_idx < width)
+    a_val = np.take_along_axis(lower_a, np.clip(a_idx, 0, width - 1), axis=1)
+    b_val = np.take_along_axis(upper_b, np.clip(b_idx, 0, width - 1), axis=1)
+    return np.min(np.where(valid, a_val - b_val, np.inf), axis=1)
 
 
-def _budget_steps(budget: float, base: float) -> int:
-    return int(math.ceil((budget + LEVEL_STEP - 2.0 * base) / LEVEL_STEP - 1e-9))
+def _budget_steps(budget: float, base) -> np.ndarray | int:
+    """j0 = ceil((L + h - 2 U_0) / h): boxes j = 0..j0 cover u1 + u2 < L when both u >= U_0."""
+    steps = np.ceil((budget + LEVEL_STEP - 2.0 * np.asarray(base, dtype=np.float64)) / LEVEL_STEP - 1e-9).astype(np.int64)
+    return int(steps) if steps.ndim == 0 else steps
+
+
+def _pair_view(ladders, first: int):
+    """Per entry: its two terms' ladders (gathered) and its base column (the lower floor of its two terms)."""
+    a, b = ladders
+    fa, fb = a.floor[a.inverse], b.floor[b.inverse]
+    base_level = np.minimum(fa, fb)           # level index of U_0 for this pair
+    base_col = base_level - first             # its column in the ladders
+    return (a.lo[a.inverse], a.hi[a.inverse], b.lo[b.inverse], b.hi[b.inverse]), base_level, base_col
 
 
 def _as_counts(h_in, n_in, h_out, n_out):
@@ -296,70 +331,67 @@ def difference_interval(h_in, n_in, h_out, n_out, delta: float, method: str, pla
     if method == "anytime":
         budget = math.log(1.0 / delta)
         c_in, c_out = mixture_sizes(plan or Plan(), budget)
-        (a, b), base = _anytime_ladders(h1, n1, h2, n2, c_in, c_out, budget)
+        ladders, first = _anytime_ladders(h1, n1, h2, n2, c_in, c_out, budget)
     elif method == "fixed":
         budget = fisher_budget(delta / 2.0)
-        (a, b), base = _fixed_ladders(h1, n1, h2, n2, budget)
+        ladders, first = _fixed_ladders(h1, n1, h2, n2, budget)
     else:
         raise ValueError(method)
-    j0 = _budget_steps(budget, base)
-    lo1, hi1 = a.lo[a.inverse], a.hi[a.inverse]
-    lo2, hi2 = b.lo[b.inverse], b.hi[b.inverse]
-    lower = _staircase(lo1, hi2, j0)
-    upper = -_staircase(-hi1, -lo2, j0)
+    (lo1, hi1, lo2, hi2), base_level, base_col = _pair_view(ladders, first)
+    j0 = _budget_steps(budget, base_level * LEVEL_STEP)
+    lower = _staircase(lo1, hi2, base_col, j0)
+    upper = -_staircase(-hi1, -lo2, base_col, j0)
     lower = np.clip(lower, -1.0, 1.0)
     upper = np.clip(upper, -1.0, 1.0)
     return lower.reshape(shape), upper.reshape(shape)
 
 
 def lower_pvalue(h_in, n_in, h_out, n_out, threshold: float, method: str, plan: Plan | None = None,
-                 budget_for_tuning: float | None = None, p_max: float = 1.0):
+                 budget_for_tuning: float | None = None, p_max: float = 1.0, p_floor: float = 1e-30):
     """Return a valid one-sided p-value for H0: q_in - q_out <= threshold, per entry.
 
-    p = the level of the largest region (on the ladder) whose projection's lower end stays above the
+    p = the level of the largest region on the ladder whose projection's lower end stays above the
     threshold: every null point then lies outside a region that holds with probability >= 1 - p.
-    anytime: p = e^-L (so 1 / p is an e-value, valid at any stopping time: Benjamini-Hochberg on these
+    anytime: p = e^-L, so 1 / p is an e-value, valid at any stopping time (Benjamini-Hochberg on these
     p-values is the e-BH procedure, valid under any dependence); fixed: p = e^-L (1 + L) (Fisher).
-    Entries whose p-value exceeds p_max are reported as 1 (they are never needed above p_max).
+    p-values above p_max are reported as 1, and p-values below p_floor as p_floor (rounding up keeps a
+    p-value valid). budget_for_tuning: the L to which the anytime mixture is tuned (default ln(1/p_max)).
     """
     shape, (h1, n1, h2, n2) = _as_counts(h_in, n_in, h_out, n_out)
     if h1.size == 0:
         return np.ones(shape)
-    p_max = float(p_max)
+    p_max, p_floor = float(p_max), min(float(p_floor), float(p_max))
     if method == "anytime":
         tuning = budget_for_tuning if budget_for_tuning is not None else math.log(1.0 / min(p_max, 0.5))
         c_in, c_out = mixture_sizes(plan or Plan(), tuning)
-        min_budget = math.log(1.0 / p_max)
-        top = max(min_budget, 60.0)
-        (a, b), base = _anytime_ladders(h1, n1, h2, n2, c_in, c_out, top)
+        min_budget, top = math.log(1.0 / p_max), math.log(1.0 / p_floor)
+        ladders, first = _anytime_ladders(h1, n1, h2, n2, c_in, c_out, top)
         to_level = lambda budget: np.exp(-budget)  # noqa: E731
     elif method == "fixed":
         min_budget = fisher_budget(p_max) if p_max < 1.0 else 0.0
-        top = max(min_budget, 60.0)
-        (a, b), base = _fixed_ladders(h1, n1, h2, n2, top)
+        top = fisher_budget(p_floor)
+        ladders, first = _fixed_ladders(h1, n1, h2, n2, top)
         to_level = fisher_level
     else:
         raise ValueError(method)
-    lo1 = a.lo[a.inverse]
-    hi2 = b.hi[b.inverse]
+    (lo1, _, _, hi2), base_level, base_col = _pair_view(ladders, first)
     width = lo1.shape[1]
-    # LB(j0) is nonincreasing in j0; find the largest j0 (budget L = 2 U_0 + (j0 - 1) h) with LB > threshold.
-    j_min = max(_budget_steps(min_budget, base), 0)
-    good = _staircase(lo1, hi2, j_min) > threshold
-    best = np.full(h1.size, -1, dtype=np.int64)
-    lo_j = np.full(h1.size, j_min, dtype=np.int64)
-    hi_j = np.full(h1.size, width - 1, dtype=np.int64)
-    best[good] = j_min
-    top_ok = good & (_staircase(lo1, hi2, width - 1) > threshold)
-    best[top_ok] = width - 1
+    # LB(j0) is nonincreasing in j0 (the boxes grow); find the largest j0 with LB(j0) > threshold.
+    # With boxes j = 0..j0 the region covered is u1 + u2 < L(j0) = 2 U_0 + (j0 - 1) h.
+    j_max = width - 1 - base_col
+    j_min = np.minimum(np.maximum(_budget_steps(min_budget, base_level * LEVEL_STEP), 0), j_max)
+    good = _staircase(lo1, hi2, base_col, j_min) > threshold
+    top_ok = good & (_staircase(lo1, hi2, base_col, j_max) > threshold)
+    lo_j, hi_j = j_min.copy(), j_max.copy()
     active = good & ~top_ok
     while np.any(active & (hi_j - lo_j > 1)):
         mid = (lo_j + hi_j) // 2
-        ok = _staircase(lo1, hi2, mid) > threshold
+        ok = _staircase(lo1, hi2, base_col, mid) > threshold
         lo_j = np.where(active & ok, mid, lo_j)
         hi_j = np.where(active & ~ok, mid, hi_j)
-    best[active] = lo_j[active]
-    budget = 2.0 * base + (best - 1) * LEVEL_STEP
-    p = np.where(best >= 0, np.minimum(to_level(budget), 1.0), 1.0)
-    p = np.where(p <= p_max, p, 1.0)
+    best = np.where(top_ok, j_max, lo_j)
+    budget = 2.0 * base_level * LEVEL_STEP + (best - 1) * LEVEL_STEP
+    p = np.minimum(to_level(budget), 1.0)
+    p = np.maximum(p, p_floor)
+    p = np.where(good & (p <= p_max), p, 1.0)
     return p.reshape(shape)
