@@ -57,11 +57,11 @@ from scipy.special import betaincinv, gammaln
 from raymem.errors import RaymemError
 
 #: Spacing h of the ladder of levels (in nats): the staircase covers the region u1 + u2 < L + h.
-LEVEL_STEP = 0.2
-#: Grid resolution of the anytime bounds, in units of the term's (prior-inflated) standard error.
-GRID_STEP_Z = 0.06
+LEVEL_STEP = 0.25
+#: Evenly spaced grid points per side of the anytime bounds, out to the farthest level (~0.1 standard error apart).
+GRID_POINTS = 72
 #: Points of the geometric tail that carries the anytime grid from its last z-step to q = 0 (or 1).
-GRID_TAIL = 24
+GRID_TAIL = 12
 #: Smallest distance from 0 and 1 at which the anytime mixture is evaluated.
 GRID_EDGE = 1e-13
 #: The paper's run length: the anytime mixture is tuned to it when the run's plan is not known.
@@ -168,13 +168,19 @@ def _unique_terms(hits: np.ndarray, n: np.ndarray):
 
 
 def _grid(p_hat, n, c, top_level: float):
-    """Distances from p_hat (terms, G): fine z-steps out to the farthest level, then a geometric tail."""
+    """Distances from p_hat (terms, G): GRID_POINTS even steps out to the farthest level, then a geometric tail.
+
+    The farthest level sits about sqrt(2 (1 + c/n) U) standard errors out (Gaussian regime) or about
+    (1 + c/n) U / n away (near 0 or 1, where the binomial looks Poisson); the even steps reach the larger.
+    """
     nn = np.maximum(n, 1).astype(np.float64)
-    sigma = np.sqrt((p_hat * (1.0 - p_hat) + 1.0 / nn) / nn * (1.0 + c / nn))
-    z_max = math.sqrt(2.6 * max(top_level, 1.0)) + 1.5
-    z = np.arange(0.0, z_max + GRID_STEP_Z, GRID_STEP_Z)
-    near = sigma[:, None] * z[None, :]
-    tail = near[:, -1:] * np.geomspace(1.0, 1e15, GRID_TAIL)[None, 1:]
+    inflate = 1.0 + c / nn
+    top = max(top_level, 1.0)
+    gaussian = np.sqrt(p_hat * (1.0 - p_hat) / nn * inflate) * (math.sqrt(2.6 * top) + 1.5)
+    poisson = 1.3 * inflate * (top + 2.0) / nn
+    reach = np.minimum(np.maximum(gaussian, poisson), 1.0)
+    near = reach[:, None] * np.linspace(0.0, 1.0, GRID_POINTS)[None, :]
+    tail = reach[:, None] * np.geomspace(1.0, 1e15, GRID_TAIL)[None, 1:]
     return np.concatenate([near, tail], axis=1)
 
 
