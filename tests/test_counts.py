@@ -1,4 +1,4 @@
-"""Counts against brute-force recounts: batched pair updates, duplicates, merge, row slices, even/odd halves."""
+"""Counts against brute-force recounts: batched pair updates, duplicates, arrival order, row slices, even/odd halves."""
 
 from __future__ import annotations
 
@@ -74,51 +74,52 @@ def test_duplicate_trial_ids_are_counted_once(run, brute_counts):
     other = np.random.default_rng(99)
     for k in (0, 5, T - 1):  # same ids, different (and even wrong-looking) outcomes: ignored
         assert not counts.add(run.trial_ids[k], other.random(N) < 0.5, other.random(N) < 0.5, other.random(N_TEST) < 0.5)
-    assert counts.add_many(run.trial_ids[:4], run.masks[:4], run.train_correct[:4], run.test_correct[:4]) == 0
+    assert not any(counts.add(run.trial_ids[k], run.masks[k], run.train_correct[k], run.test_correct[k]) for k in range(4))
     assert_counts_equal(counts, brute_counts(run.masks, run.train_correct, run.test_correct))
 
 
-def test_add_many_counts_new_trials_and_skips_repeats_within_the_stack(run, brute_counts):
+def test_repeats_within_a_stream_are_skipped(run, brute_counts):
     counts = Counts.empty(N, N_TEST, batch_size=3)
-    idx = np.array([0, 1, 2, 1, 3, 0])
-    added = counts.add_many(run.trial_ids[idx], run.masks[idx], run.train_correct[idx], run.test_correct[idx])
-    assert added == 4
+    idx = [0, 1, 2, 1, 3, 0]
+    added = [counts.add(run.trial_ids[k], run.masks[k], run.train_correct[k], run.test_correct[k]) for k in idx]
+    assert added == [True, True, True, False, True, False]
     keep = np.isin(np.arange(T), [0, 1, 2, 3])
     assert_counts_equal(counts, brute_counts(run.masks, run.train_correct, run.test_correct, keep))
 
 
-def test_merge_of_disjoint_trial_sets_equals_counting_all(run, brute_counts):
-    first = np.arange(T) < 17
-    a = count_all(run, keep=first, batch_size=5)      # 17 trials: 2 still buffered
-    b = count_all(run, keep=~first, batch_size=64)    # 23 trials: all buffered
-    assert a.pending and b.pending
-    merged = a.merge(b)
-    assert_counts_equal(merged, brute_counts(run.masks, run.train_correct, run.test_correct))
-    assert merged.trial_ids == set(run.trial_ids.tolist())
+@pytest.mark.parametrize("seed", [0, 1])
+def test_any_arrival_order_gives_the_brute_force_counts(run, brute_counts, seed):
+    """Trials finish in any order (out-of-order workers): the counts are those of the set of trials."""
+    order = np.random.default_rng(seed).permutation(T)
+    counts = Counts.empty(N, N_TEST, batch_size=5)
+    for k in order:
+        assert counts.add(run.trial_ids[k], run.masks[k], run.train_correct[k], run.test_correct[k])
+    assert_counts_equal(counts, brute_counts(run.masks, run.train_correct, run.test_correct))
     even = run.trial_ids % 2 == 0
-    assert_vectors_equal(merged.even, brute_counts(run.masks, run.train_correct, run.test_correct, even))
-
-
-def test_merge_refuses_overlapping_trials_and_other_rows(run):
-    a = count_all(run, keep=np.arange(T) < 20)
-    b = count_all(run, keep=np.arange(T) >= 19)
-    with pytest.raises(ValueError, match="disjoint"):
-        a.merge(b)
-    with pytest.raises(ValueError, match="same rows"):
-        a.merge(count_all(run, keep=np.arange(T) >= 20, rows=(0, 10)))
+    assert_vectors_equal(counts.even, brute_counts(run.masks, run.train_correct, run.test_correct, even))
 
 
 @pytest.mark.parametrize("cuts", [(7, 19), (0, 30), (13, 13)])
-def test_concat_rows_of_slices_equals_the_full_count(run, brute_counts, cuts):
+def test_row_slices_together_hold_the_full_brute_force_count(run, brute_counts, cuts):
     a, b = cuts
-    slices = [(0, a), (a, b), (b, N)]
-    parts = [count_all(run, rows=s, batch_size=64) for s in slices]  # T < 64: every pair update still pending
-    assert all(p.pending == T for p in parts)
-    joined = Counts.concat_rows(parts[::-1])  # order of the parts does not matter
-    assert (joined.row_start, joined.row_stop) == (0, N)
     expected = brute_counts(run.masks, run.train_correct, run.test_correct)
-    assert_counts_equal(joined, expected)
-    assert_vectors_equal(joined.even, brute_counts(run.masks, run.train_correct, run.test_correct, run.trial_ids % 2 == 0))
+    even = brute_counts(run.masks, run.train_correct, run.test_correct, run.trial_ids % 2 == 0)
+    for start, stop in [(0, a), (a, b), (b, N)]:
+        part = count_all(run, rows=(start, stop), batch_size=64)  # T < 64: every pair update still pending
+        assert part.pending == T
+        assert_counts_equal(part, expected, rows=slice(start, stop))
+        assert_vectors_equal(part.even, even, rows=slice(start, stop))
+
+
+def test_memorization_of_counts_equals_the_formula(run, brute_counts):
+    counts = count_all(run)
+    c = brute_counts(run.masks, run.train_correct, run.test_correct)
+    for i in range(N):
+        inside = [bool(run.train_correct[k, i]) for k in range(T) if run.masks[k, i]]
+        outside = [bool(run.train_correct[k, i]) for k in range(T) if not run.masks[k, i]]
+        rate = lambda xs: sum(xs) / len(xs) if xs else 0.5  # noqa: E731
+        assert counts.all.memorization()[i] == pytest.approx(rate(inside) - rate(outside), abs=1e-12)
+    assert c["trials"] == T
 
 
 def test_a_row_slice_with_a_pending_buffer_counts_its_rows(run, brute_counts):
@@ -126,13 +127,6 @@ def test_a_row_slice_with_a_pending_buffer_counts_its_rows(run, brute_counts):
     assert counts.pending == 5
     expected = brute_counts(run.masks, run.train_correct, run.test_correct)
     assert_counts_equal(counts, expected, rows=slice(11, 23))
-
-
-def test_concat_rows_refuses_gaps_and_different_trials(run):
-    with pytest.raises(ValueError, match="adjacent"):
-        Counts.concat_rows([count_all(run, rows=(0, 10)), count_all(run, rows=(11, N))])
-    with pytest.raises(ValueError, match="same trials"):
-        Counts.concat_rows([count_all(run, rows=(0, 10)), count_all(run, rows=(10, N), keep=np.arange(T) > 0)])
 
 
 def test_even_and_odd_halves_equal_counting_them_separately(run, brute_counts):

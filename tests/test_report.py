@@ -63,11 +63,16 @@ def test_mem_table_equals_the_definition_per_example(run, brute_counts, simultan
     assert table["in_hits"] == c["in_hits"].tolist()
     assert table["out_hits"] == (c["total_hits"] - c["in_hits"]).tolist()
     d = DELTA / N if simultaneous else DELTA
-    for method, lo_col, hi_col in (("chernoff", "mem_lo", "mem_hi"), ("hoeffding", "mem_hoeffding_lo", "mem_hoeffding_hi")):
-        lo, hi = bounds.difference_interval(c["in_hits"], c["n_in"], c["total_hits"] - c["in_hits"], T - c["n_in"], d, method)
-        np.testing.assert_array_equal(table[lo_col], lo)
-        np.testing.assert_array_equal(table[hi_col], hi)
-    assert all(lo <= m <= hi for lo, m, hi in zip(table["mem_lo"], table["mem"], table["mem_hi"]))
+    chernoff = report.mem_table(count(run), delta=DELTA, simultaneous=simultaneous, method="chernoff").to_pydict()
+    plan = report.plan_of(delta=DELTA)
+    for method, got, lo_col, hi_col in (("anytime", table, "mem_lo", "mem_hi"), ("chernoff", chernoff, "mem_lo", "mem_hi"),
+                                        ("hoeffding", table, "mem_hoeffding_lo", "mem_hoeffding_hi")):
+        lo, hi = bounds.difference_interval(c["in_hits"], c["n_in"], c["total_hits"] - c["in_hits"], T - c["n_in"], d,
+                                            method, plan=plan)
+        np.testing.assert_array_equal(got[lo_col], lo)
+        np.testing.assert_array_equal(got[hi_col], hi)
+    for got in (table, chernoff):
+        assert all(lo <= m <= hi for lo, m, hi in zip(got["mem_lo"], got["mem"], got["mem_hi"]))
 
 
 def test_simultaneous_bands_are_wider_than_per_example_ones(run):
@@ -109,7 +114,8 @@ def test_pairs_table_equals_thresholding_the_full_influence_matrix(run, brute_co
     h = c["h_in"][rows, cols]
     assert table["n_in"] == c["n_in"][rows].tolist() and table["n_out"] == (T - c["n_in"][rows]).tolist()
     d = DELTA / (N * N_TEST) if simultaneous else DELTA
-    lo, hi = bounds.difference_interval(h, c["n_in"][rows], c["test_hits"][cols] - h, T - c["n_in"][rows], d)
+    lo, hi = bounds.difference_interval(h, c["n_in"][rows], c["test_hits"][cols] - h, T - c["n_in"][rows], d,
+                                        plan=report.plan_of(delta=DELTA))
     np.testing.assert_array_equal(table["infl_lo"], lo)
     np.testing.assert_array_equal(table["infl_hi"], hi)
 
@@ -138,7 +144,8 @@ def test_influence_table_top_k_equals_a_full_sort(run, brute_counts, test_index,
     np.testing.assert_allclose(table["mem"], [brute_mem(run.masks, run.train_correct, i) for i in order], atol=1e-12)
     c = brute_counts(run.masks, run.train_correct, run.test_correct)
     h = c["h_in"][order, test_index]
-    lo, hi = bounds.difference_interval(h, c["n_in"][order], c["test_hits"][test_index] - h, T - c["n_in"][order], DELTA)
+    lo, hi = bounds.difference_interval(h, c["n_in"][order], c["test_hits"][test_index] - h, T - c["n_in"][order], DELTA,
+                                        plan=report.plan_of(delta=DELTA))
     np.testing.assert_array_equal(table["infl_lo"], lo)
     np.testing.assert_array_equal(table["infl_hi"], hi)
 
@@ -179,7 +186,8 @@ def test_convergence_summary_fields_and_their_values(run):
     assert mem["estimated_above"] == sum(m >= 0.25 for m in table["mem"])
     assert mem["certified"] == sum(lo >= 0.25 for lo in table["mem_lo"])
     assert mem["certified"] <= mem["estimated_above"]
-    assert mem["trials_needed"] == bounds.trials_needed(T, np.median(half), report.DEFAULT_TARGET_HALFWIDTH) >= T
+    assert s["method"] == "anytime"
+    assert mem["more_trials_needed"] > 0  # 40 trials are far from a 0.1 half-width
     assert s["lemma21_rms_bound"] == bounds.lemma21_rms_bound(T, 21, N)
     even = run.trial_ids % 2 == 0
     for key, theta in (("0.25", 0.25), ("0.5", 0.5)):
@@ -196,7 +204,8 @@ def test_convergence_summary_fields_and_their_values(run):
 
 def test_convergence_summary_before_any_trial():
     s = report.convergence_summary(Counts.empty(5, 3), subset_size=3)
-    assert s["trials_done"] == 0 and s["mem"]["trials_needed"] is None
+    assert s["trials_done"] == 0 and s["mem"]["more_trials_needed"] is None
+    assert "pairs_fdr_0.1" not in s
     assert s["mem"]["certified"] == s["mem"]["estimated_above"] == 0
     assert s["split_half"]["mem"]["0.25"]["jaccard"] is None
 
@@ -259,7 +268,7 @@ def test_intervals_per_distinct_counts_equal_the_plain_ones(trials):
     hits_in[0, 1] = trials  # with trials = 2**22 the counts span more than an int64 key can pack
     n_out = trials - n_in
     hits_out = rng.integers(0, np.minimum(n_out, 60) + 1)
-    for method in ("chernoff", "hoeffding"):
+    for method in ("anytime", "fixed", "chernoff", "hoeffding"):
         got = report.difference_interval_per_distinct_counts(hits_in, n_in, hits_out, n_out, 0.01, method)
         expected = bounds.difference_interval(hits_in, n_in, hits_out, n_out, 0.01, method)
         for a, b in zip(got, expected):
@@ -285,10 +294,16 @@ def test_run_view_adds_canaries_and_run_facts(truth_run):
     view = RunView(info, count(truth_run, batch_size=64), flipped=flipped)
     table = view.mem_table()
     assert table.column("label_flipped").to_pylist() == flipped.tolist()
-    assert table.drop_columns(["label_flipped"]).equals(report.mem_table(view.counts))
+    plan = {"planned_trials": 500, "subset_ratio": truth_run.subset_size / 60}  # the run's plan tunes the anytime bars
+    assert (view.planned_trials, view.subset_ratio) == (500, truth_run.subset_size / 60)
+    assert table.drop_columns(["label_flipped"]).equals(report.mem_table(view.counts, **plan))
     s = view.status()
     assert (s["run"], s["run_id"], s["source"], s["trials_target"], s["trials_done"]) == ("truth", info.run_id, "log", 500, 400)
     assert s["canaries"] == report.canary_recall(np.array(table.column("mem").to_pylist()), flipped)
+    assert s["pairs_fdr_0.1"] == view.pairs_table(fdr=0.1).num_rows
     assert s["canaries"]["count"] == 3 and 0 < s["canaries"]["recall"] <= 1.0
-    assert view.pairs_table().equals(report.pairs_table(view.counts))
-    assert view.influence_table(4, top=3).equals(report.influence_table(view.counts, 4, top=3))
+    assert view.pairs_table().equals(report.pairs_table(view.counts, **plan))
+    assert view.influence_table(4, top=3).equals(report.influence_table(view.counts, 4, top=3, **plan))
+    assert s["method"] == "anytime" and s["planned_trials"] == 500
+    chernoff = view.status(method="chernoff", until_halfwidth=0.2, until_jaccard=0.5)
+    assert chernoff["method"] == "chernoff" and set(chernoff["stopping"]) == {"until_halfwidth", "until_jaccard", "all_met"}

@@ -1,12 +1,20 @@
-"""Error bars for the estimator's conditional terms and their differences.
+"""Error bars for the estimator's conditional terms and their differences, and the checks of their inputs.
 
-Each conditional term (e.g. P[correct | i in J]) is the mean of independent Bernoulli samples,
-one per trial that contains (or omits) i, so it gets a Chernoff interval in its KL form; a
-difference of two terms (memorization, influence) gets the interval [lo_in - hi_out,
-hi_in - lo_out] with the confidence split over the two terms (union bound). A Hoeffding
-interval and the paper's global bound (Lemma 2.1) are offered beside it.
+Each conditional term (e.g. P[correct | i in J]) is the mean of independent Bernoulli samples, one per
+trial that contains (or omits) i. A difference of two terms (memorization, influence) gets an interval
+by one of four methods (``INTERVAL_METHODS``):
 
-Everything here is vectorised: counts may be arrays of any (broadcastable) shape.
+- "anytime" (the default): a time-uniform confidence sequence, valid at every look however often one
+  looks and whenever one stops (a joint region for both terms from a beta-binomial mixture martingale
+  and Ville's inequality, projected onto the difference; see ``raymem.estimator.joint``).
+- "fixed": valid at one fixed, pre-planned trial count (exact binomial tails combined by Fisher's
+  method, projected onto the difference; ``raymem.estimator.joint``).
+- "chernoff": a KL-form Chernoff interval per term at delta / 2, [lo_in - hi_out, hi_in - lo_out]
+  (the method before issue 9, kept unchanged for comparison; valid at a fixed trial count).
+- "hoeffding": the same with Hoeffding intervals.
+
+The paper's global bound (Lemma 2.1) is offered beside them. Everything here is vectorised: counts may
+be arrays of any (broadcastable) shape.
 """
 
 from __future__ import annotations
@@ -16,22 +24,78 @@ import math
 import numpy as np
 
 from raymem.errors import RaymemError
+from raymem.estimator import joint
+from raymem.estimator.joint import Plan
 
 #: How far q is kept from 0 and 1 inside kl_bernoulli, so that logarithms stay finite.
 KL_Q_CLIP = 1e-15
 #: Bisection steps for the Chernoff interval: the bracket [0, 1] halves each step, so after
 #: 60 steps it is narrower than 1e-18 (well under the 1e-9 the interval needs).
 CHERNOFF_BISECTION_STEPS = 60
-#: The methods difference_interval accepts.
-INTERVAL_METHODS = ("chernoff", "hoeffding")
+#: The methods difference_interval accepts; the first is the default.
+INTERVAL_METHODS = ("anytime", "fixed", "chernoff", "hoeffding")
+DEFAULT_METHOD = "anytime"
+#: Methods whose bars hold at every look (the others hold at one fixed, pre-planned trial count).
+ANYTIME_METHODS = ("anytime",)
+
+
+def _number(value, flag: str, example: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RaymemError(f"{flag} must be a number (got {value!r}); pass e.g. {flag} {example}.") from None
 
 
 def check_delta(delta: float) -> float:
     """Return delta as a float after checking 0 < delta < 1 (RaymemError naming --delta otherwise)."""
-    delta = float(delta)
+    delta = _number(delta, "--delta", "0.05")
     if not 0.0 < delta < 1.0:
         raise RaymemError(f"--delta must lie strictly between 0 and 1 (got {delta}); pass e.g. --delta 0.05.")
     return delta
+
+
+def check_method(method: str) -> str:
+    """Return method after checking it is one of INTERVAL_METHODS (RaymemError naming --method and the choices)."""
+    if method not in INTERVAL_METHODS:
+        raise RaymemError(f"unknown interval method {method!r} for --method; use one of {', '.join(INTERVAL_METHODS)}.")
+    return method
+
+
+def check_threshold(value: float, flag: str, example: str = "0.15") -> float:
+    """Return a finite threshold in [-1, 1] (min_infl, min_mem, ...); RaymemError naming `flag` otherwise."""
+    value = _number(value, flag, example)
+    if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+        raise RaymemError(f"{flag} must be a finite number between -1 and 1 (got {value}); pass e.g. {flag} {example}.")
+    return value
+
+
+def check_target_halfwidth(value: float, flag: str = "--target-halfwidth") -> float:
+    """Return a half-width target in (0, 1] (finite); RaymemError naming `flag` otherwise."""
+    value = _number(value, flag, "0.1")
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise RaymemError(f"{flag} must be a half-width in (0, 1] (got {value}); pass e.g. {flag} 0.1.")
+    return value
+
+
+def check_until_halfwidth(value: float) -> float:
+    """Return the --until-halfwidth target in (0, 1]; RaymemError naming the flag otherwise."""
+    return check_target_halfwidth(value, "--until-halfwidth")
+
+
+def check_until_jaccard(value: float) -> float:
+    """Return the --until-jaccard target in (0, 1]; RaymemError naming the flag otherwise."""
+    value = _number(value, "--until-jaccard", "0.8")
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise RaymemError(f"--until-jaccard must be a Jaccard similarity in (0, 1] (got {value}); pass e.g. --until-jaccard 0.8.")
+    return value
+
+
+def check_fdr(value: float) -> float:
+    """Return the false discovery rate Q after checking 0 < Q < 1 (RaymemError naming --fdr otherwise)."""
+    value = _number(value, "--fdr", "0.1")
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise RaymemError(f"--fdr must lie strictly between 0 and 1 (got {value}); pass e.g. --fdr 0.1.")
+    return value
 
 
 def _counts(hits, n) -> tuple[np.ndarray, np.ndarray]:
@@ -109,16 +173,22 @@ def hoeffding_interval(hits, n, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def difference_interval(hits_in, n_in, hits_out, n_out, delta: float, method: str = "chernoff"):
+def difference_interval(hits_in, n_in, hits_out, n_out, delta: float, method: str = DEFAULT_METHOD,
+                        plan: Plan | None = None):
     """Return (lo, hi): confidence 1 - delta for rate_in - rate_out (memorization or influence).
 
-    Each term gets a two-sided interval at delta / 2 (so each side uses ln(4 / delta)); then
-    lo = lo_in - hi_out and hi = hi_in - lo_out, clipped to [-1, 1]. An empty term contributes [0, 1].
-    method: "chernoff" (KL form) or "hoeffding".
+    method "anytime" / "fixed": the projection of a joint region for both terms (``joint``); ``plan``
+    (planned trials and subset ratio) tunes the anytime mixture and is ignored by the others.
+    method "chernoff" / "hoeffding": each term gets a two-sided interval at delta / 2 (so each side
+    uses ln(4 / delta)); then lo = lo_in - hi_out and hi = hi_in - lo_out. An empty term contributes [0, 1].
+    Results are clipped to [-1, 1].
     """
     delta = check_delta(delta)
-    if method not in INTERVAL_METHODS:
-        raise RaymemError(f"unknown interval method {method!r}; use one of {', '.join(INTERVAL_METHODS)}.")
+    check_method(method)
+    if method in ("anytime", "fixed"):
+        _counts(hits_in, n_in)
+        _counts(hits_out, n_out)
+        return joint.difference_interval(hits_in, n_in, hits_out, n_out, delta, method, plan)
     interval = chernoff_interval if method == "chernoff" else hoeffding_interval
     lo_in, hi_in = interval(hits_in, n_in, delta / 2.0)
     lo_out, hi_out = interval(hits_out, n_out, delta / 2.0)
@@ -162,15 +232,16 @@ def lemma21_rms_bound(trials: int, subset_size: int, n_train: int) -> float:
 
 
 def trials_needed(trials_done: int, halfwidth: float, target_halfwidth: float) -> int:
-    """Return about how many trials in total bring `halfwidth` down to `target_halfwidth`.
+    """Return about how many trials in total bring `halfwidth` down to `target_halfwidth` (1/sqrt(t) scaling).
 
     An extrapolation, not a guarantee: interval half-widths shrink roughly as 1/sqrt(trials), so
-    the answer is ceil(t * (halfwidth / target)^2), and never less than trials_done.
+    the answer is ceil(t * (halfwidth / target)^2), and never less than trials_done. The status
+    reports ``more_trials_needed`` (additional trials, under the method in use) instead; see
+    ``raymem.estimator.stopping``.
     """
     trials_done = int(trials_done)
-    halfwidth, target_halfwidth = float(halfwidth), float(target_halfwidth)
-    if target_halfwidth <= 0.0:
-        raise RaymemError(f"the target half-width must be positive (got {target_halfwidth}); pass e.g. 0.05.")
+    halfwidth = float(halfwidth)
+    target_halfwidth = check_target_halfwidth(target_halfwidth)
     if trials_done < 1:
         raise RaymemError("the number of trials needed can only be extrapolated after at least one trial is done.")
     estimate = trials_done * (halfwidth / target_halfwidth) ** 2

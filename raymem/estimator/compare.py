@@ -25,8 +25,7 @@ INFL_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 
 def _mem(counts: Counts) -> np.ndarray:
-    v = counts.all
-    return formulas.memorization(v.in_hits, v.n_in, v.out_hits, v.n_out)
+    return counts.all.memorization()
 
 
 def _infl_rows(counts: Counts, rows: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raymem.errors import RaymemError
+from raymem.estimator import formulas
 
 #: float32 holds every integer below this exactly; counts must stay under it.
 MAX_EXACT_COUNT = 2**24
@@ -53,6 +54,10 @@ class VectorCounts:
     def out_hits(self) -> np.ndarray:
         return self.total_hits - self.in_hits
 
+    def memorization(self) -> np.ndarray:
+        """Return mem per row (float64): formulas.memorization of these counts, the one place it is formed."""
+        return formulas.memorization(self.in_hits, self.n_in, self.out_hits, self.n_out)
+
     def add(self, mask: np.ndarray, train_correct: np.ndarray, test_correct: np.ndarray) -> None:
         """Count one trial (mask and train_correct already sliced to this object's rows)."""
         self.trials += 1
@@ -60,15 +65,6 @@ class VectorCounts:
         self.in_hits += mask & train_correct
         self.total_hits += train_correct
         self.test_hits += test_correct
-
-    def plus(self, other: "VectorCounts") -> "VectorCounts":
-        return VectorCounts(
-            self.trials + other.trials,
-            self.n_in + other.n_in,
-            self.in_hits + other.in_hits,
-            self.total_hits + other.total_hits,
-            self.test_hits + other.test_hits,
-        )
 
     def minus(self, other: "VectorCounts") -> "VectorCounts":
         return VectorCounts(
@@ -180,12 +176,6 @@ class Counts:
                 self.flush()
         return True
 
-    def add_many(self, trial_ids, masks, train_correct, test_correct) -> int:
-        """Count a stack of trials (rows of each array); return how many were new."""
-        return sum(
-            self.add(k, m, c, d) for k, m, c, d in zip(trial_ids, masks, train_correct, test_correct)
-        )
-
     def flush(self) -> None:
         """Apply buffered pair updates as one matrix product per row chunk."""
         count = self._pending_count
@@ -200,55 +190,6 @@ class Counts:
             raise RaymemError("this run was counted without the pair matrix (influence); rebuild it with pairs enabled.")
         self.flush()
         return self.h_in
-
-    # ---- combining ---------------------------------------------------------------------
-    def merge(self, other: "Counts") -> "Counts":
-        """Return the counts of the union of two disjoint sets of trials over the same rows."""
-        if (self.n_train, self.n_test, self.row_start, self.row_stop) != (
-            other.n_train, other.n_test, other.row_start, other.row_stop
-        ):
-            raise ValueError("merge needs counts over the same rows of the same run")
-        overlap = self.trial_ids & other.trial_ids
-        if overlap:
-            raise ValueError(f"merge needs disjoint trials; both hold {sorted(overlap)[:5]}")
-        h_in = None
-        if self.h_in is not None and other.h_in is not None:
-            h_in = self.pairs_ready() + other.pairs_ready()
-        return Counts(
-            self.n_train, self.n_test, self.row_start, self.row_stop,
-            self.all.plus(other.all), self.even.plus(other.even), h_in, self.batch_size,
-            self.trial_ids | other.trial_ids,
-        )
-
-    @staticmethod
-    def concat_rows(parts: list["Counts"]) -> "Counts":
-        """Join counts of the same trials over adjacent row slices into one (e.g. gathered shards)."""
-        if not parts:
-            raise ValueError("concat_rows needs at least one part")
-        parts = sorted(parts, key=lambda c: (c.row_start, c.row_stop))  # an empty slice a:a goes before a:b
-        first = parts[0]
-        for a, b in zip(parts, parts[1:]):
-            if a.row_stop != b.row_start:
-                raise ValueError(f"row slices {a.row_start}:{a.row_stop} and {b.row_start}:{b.row_stop} are not adjacent")
-            if a.trial_ids != b.trial_ids:
-                raise ValueError("concat_rows needs slices that counted the same trials")
-
-        def join(vs: list[VectorCounts]) -> VectorCounts:
-            return VectorCounts(
-                vs[0].trials,
-                np.concatenate([v.n_in for v in vs]),
-                np.concatenate([v.in_hits for v in vs]),
-                np.concatenate([v.total_hits for v in vs]),
-                vs[0].test_hits.copy(),
-            )
-
-        with_pairs = all(p.h_in is not None for p in parts)
-        h_in = np.concatenate([p.pairs_ready() for p in parts]) if with_pairs else None
-        return Counts(
-            first.n_train, first.n_test, first.row_start, parts[-1].row_stop,
-            join([p.all for p in parts]), join([p.even for p in parts]), h_in, first.batch_size,
-            set(first.trial_ids),
-        )
 
 
 def add_outer_products(h_in: np.ndarray, masks: np.ndarray, correct: np.ndarray, chunk_rows: int = UPDATE_CHUNK_ROWS) -> None:

@@ -12,64 +12,57 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from raymem.estimator import bounds, formulas, selection
-from raymem.estimator.counts import Counts, VectorCounts
 from raymem.errors import RaymemError
+from raymem.estimator import bounds, formulas, selection, stopping
+from raymem.estimator import fdr as fdr_module
+from raymem.estimator.counts import Counts, VectorCounts
+from raymem.estimator.distinct import per_distinct
+from raymem.estimator.joint import Plan
 
 DEFAULT_DELTA = 0.05
+#: The interval method every reader uses unless told otherwise (valid at every look).
+DEFAULT_METHOD = bounds.DEFAULT_METHOD
 #: Half-width of the memorization interval a user typically wants before stopping.
 DEFAULT_TARGET_HALFWIDTH = 0.1
 #: Thresholds at which split-half consistency is reported (the paper's mem threshold among them).
 SPLIT_HALF_THRESHOLDS = (0.25, 0.5)
+#: The false discovery rate at which status counts the pairs that pass (key "pairs_fdr_0.1").
+STATUS_FDR = 0.1
 
 
-def _mem_of(v: VectorCounts) -> np.ndarray:
-    return formulas.memorization(v.in_hits, v.n_in, v.out_hits, v.n_out)
+def plan_of(planned_trials=None, subset_ratio=None, delta: float = DEFAULT_DELTA) -> Plan:
+    """The plan the anytime bars are tuned to: planned trials and subset ratio (defaults: the paper's 2000
+    trials at ratio 0.7) and the nominal delta (also for simultaneous bands, which then nest around the others)."""
+    return Plan.of(planned_trials, subset_ratio, math.log(1.0 / bounds.check_delta(delta)))
 
 
-#: Largest product of the count ranges for which a tuple of counts is packed into one int64 key.
-_MAX_PACKED_KEY = 2**62
+def difference_interval_per_distinct_counts(hits_in, n_in, hits_out, n_out, delta: float,
+                                            method: str = DEFAULT_METHOD, plan: Plan | None = None):
+    """Return bounds.difference_interval for every entry, evaluating it once per distinct tuple of counts."""
+    bounds.check_delta(delta)
+    bounds.check_method(method)
+    return per_distinct(lambda a, b, c, d: bounds.difference_interval(a, b, c, d, delta, method=method, plan=plan),
+                        hits_in, n_in, hits_out, n_out)
 
 
-def difference_interval_per_distinct_counts(hits_in, n_in, hits_out, n_out, delta: float, method: str = "chernoff"):
-    """Return bounds.difference_interval for every entry, evaluating it once per distinct tuple of counts.
-
-    Many examples and pairs share the same four counts (a run of t trials has at most ~t^3 distinct
-    tuples, in practice a few thousand), so this is the same result for a fraction of the bisection work.
-    """
-    columns = [np.asarray(c).ravel() for c in np.broadcast_arrays(hits_in, n_in, hits_out, n_out)]
-    if columns[0].size == 0 or not all(np.issubdtype(c.dtype, np.integer) for c in columns):
-        return bounds.difference_interval(hits_in, n_in, hits_out, n_out, delta, method=method)
-    shape = np.broadcast(hits_in, n_in, hits_out, n_out).shape
-    columns = [c.astype(np.int64) for c in columns]
-    lows = [int(c.min()) for c in columns]
-    spans = [int(c.max()) - low + 1 for c, low in zip(columns, lows)]
-    if math.prod(spans) < _MAX_PACKED_KEY:
-        key = np.zeros(columns[0].size, dtype=np.int64)
-        for c, low, span in zip(columns, lows, spans):
-            key = key * span + (c - low)
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    else:
-        _, first, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_index=True, return_inverse=True)
-    lo, hi = bounds.difference_interval(*(c[first] for c in columns), delta, method=method)
-    inverse = inverse.ravel()
-    return lo[inverse].reshape(shape), hi[inverse].reshape(shape)
-
-
-def mem_intervals(v: VectorCounts, delta: float, n_family: int, simultaneous: bool, method: str = "chernoff"):
+def mem_intervals(v: VectorCounts, delta: float, n_family: int, simultaneous: bool, method: str = DEFAULT_METHOD,
+                  plan: Plan | None = None):
     """Return (lo, hi) of the memorization difference for every row of ``v``."""
     d = bounds.family_delta(delta, n_family, simultaneous)
-    return difference_interval_per_distinct_counts(v.in_hits, v.n_in, v.out_hits, v.n_out, d, method=method)
+    return difference_interval_per_distinct_counts(v.in_hits, v.n_in, v.out_hits, v.n_out, d, method=method, plan=plan)
 
 
-def mem_table(counts: Counts, *, delta: float = DEFAULT_DELTA, simultaneous: bool = False) -> pa.Table:
-    """One row per training example: mem with Chernoff and Hoeffding intervals and its counts."""
+def mem_table(counts: Counts, *, delta: float = DEFAULT_DELTA, simultaneous: bool = False, method: str = DEFAULT_METHOD,
+              planned_trials: int | None = None, subset_ratio: float | None = None) -> pa.Table:
+    """One row per training example: mem, its interval by `method` (mem_lo, mem_hi), Hoeffding's beside it, its counts."""
+    bounds.check_method(method)
+    plan = plan_of(planned_trials, subset_ratio, delta)
     v = counts.all
-    lo, hi = mem_intervals(v, delta, counts.n_train, simultaneous)
+    lo, hi = mem_intervals(v, delta, counts.n_train, simultaneous, method=method, plan=plan)
     h_lo, h_hi = mem_intervals(v, delta, counts.n_train, simultaneous, method="hoeffding")
     return pa.table({
         "train_index": np.arange(counts.row_start, counts.row_stop, dtype=np.int64),
-        "mem": _mem_of(v),
+        "mem": v.memorization(),
         "mem_lo": lo,
         "mem_hi": hi,
         "mem_hoeffding_lo": h_lo,
@@ -83,8 +76,20 @@ def mem_table(counts: Counts, *, delta: float = DEFAULT_DELTA, simultaneous: boo
     })
 
 
-def _infl_intervals(h_in, n_in, n_out, test_hits, delta):
-    return difference_interval_per_distinct_counts(h_in, n_in, test_hits - h_in, n_out, delta)
+def _infl_intervals(h_in, n_in, n_out, test_hits, delta, method, plan):
+    return difference_interval_per_distinct_counts(h_in, n_in, test_hits - h_in, n_out, delta, method=method, plan=plan)
+
+
+def _fdr_selection(counts: Counts, found: dict, mem: np.ndarray, *, min_infl: float, min_mem: float, fdr: float,
+                   method: str, plan: Plan, n_hypotheses: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(kept mask over `found`, q-values of the kept ones, m) of the FDR step-up over the pair hypotheses."""
+    v = counts.all
+    m = int(n_hypotheses) if n_hypotheses is not None else int(np.count_nonzero(mem >= min_mem)) * counts.n_test
+    p = fdr_module.pair_pvalues(found["h_in"], found["n_in"], found["n_out"], v.test_hits[found["test_index"]], min_infl,
+                                method=method, fdr=fdr, n_hypotheses=m, plan=plan,
+                                tuning_family=counts.n_train * counts.n_test)
+    rejected, q = fdr_module.step_up(p, fdr, m, method)
+    return rejected, q[rejected], m
 
 
 def pairs_table(
@@ -94,20 +99,43 @@ def pairs_table(
     min_mem: float = formulas.PAPER_MIN_MEM,
     delta: float = DEFAULT_DELTA,
     simultaneous: bool = False,
+    method: str = DEFAULT_METHOD,
+    planned_trials: int | None = None,
+    subset_ratio: float | None = None,
+    fdr: float | None = None,
+    n_hypotheses: int | None = None,
 ) -> pa.Table:
-    """High-influence pairs (infl >= min_infl and mem >= min_mem) with intervals for each pair."""
+    """High-influence pairs (infl >= min_infl and mem >= min_mem) with an interval for each pair (by `method`).
+
+    With ``fdr=Q``: only the pairs whose influence exceeds min_infl at false discovery rate Q (among all pairs
+    whose training example has mem >= min_mem; see ``raymem.estimator.fdr``), with a ``q_value`` column.
+    n_hypotheses: the number of hypotheses m when this Counts holds only some rows (a shard): pass the
+    total over all shards (default: this Counts' rows passing the filter x test examples).
+    """
+    min_infl = bounds.check_threshold(min_infl, "--min-infl", "0.15")
+    min_mem = bounds.check_threshold(min_mem, "--min-mem", "0.25")
+    bounds.check_delta(delta)
+    bounds.check_method(method)
+    if fdr is not None:
+        fdr = bounds.check_fdr(fdr)
+    plan = plan_of(planned_trials, subset_ratio, delta)
     h_in = counts.pairs_ready()
     v = counts.all
-    mem = _mem_of(v)
+    mem = v.memorization()
     found = selection.high_influence_pairs(
         h_in, v.n_in, v.n_out, v.test_hits, mem,
         min_infl=min_infl, min_mem=min_mem, row_offset=counts.row_start,
     )
+    q_values = None
+    if fdr is not None:
+        kept, q_values, _ = _fdr_selection(counts, found, mem, min_infl=min_infl, min_mem=min_mem, fdr=fdr,
+                                           method=method, plan=plan, n_hypotheses=n_hypotheses)
+        found = {k: a[kept] for k, a in found.items()}
     rows = found["train_index"] - counts.row_start
     cols = found["test_index"]
     d = bounds.family_delta(delta, counts.n_train * counts.n_test, simultaneous)
-    lo, hi = _infl_intervals(found["h_in"], found["n_in"], found["n_out"], v.test_hits[cols], d)
-    return pa.table({
+    lo, hi = _infl_intervals(found["h_in"], found["n_in"], found["n_out"], v.test_hits[cols], d, method, plan)
+    columns = {
         "train_index": found["train_index"].astype(np.int64),
         "test_index": cols.astype(np.int64),
         "infl": found["infl"],
@@ -116,17 +144,37 @@ def pairs_table(
         "mem": mem[rows],
         "n_in": found["n_in"].astype(np.int64),
         "n_out": found["n_out"].astype(np.int64),
-    })
+    }
+    if q_values is not None:
+        columns["q_value"] = q_values.astype(np.float64)
+    return pa.table(columns)
+
+
+def pairs_passing_fdr(counts: Counts, fdr: float = STATUS_FDR, *, min_infl: float = formulas.PAPER_MIN_INFL,
+                      min_mem: float = formulas.PAPER_MIN_MEM, method: str = DEFAULT_METHOD,
+                      plan: Plan | None = None, n_hypotheses: int | None = None) -> int:
+    """How many pairs pass at false discovery rate `fdr` (what ``pairs --fdr`` would select)."""
+    fdr = bounds.check_fdr(fdr)
+    v = counts.all
+    mem = v.memorization()
+    found = selection.high_influence_pairs(counts.pairs_ready(), v.n_in, v.n_out, v.test_hits, mem,
+                                           min_infl=min_infl, min_mem=min_mem, row_offset=counts.row_start)
+    kept, _, _ = _fdr_selection(counts, found, mem, min_infl=min_infl, min_mem=min_mem, fdr=fdr, method=method,
+                                plan=plan or Plan(), n_hypotheses=n_hypotheses)
+    return int(np.count_nonzero(kept))
 
 
 def influence_table(
-    counts: Counts, test_index: int, *, top: int = 10, delta: float = DEFAULT_DELTA, simultaneous: bool = False
+    counts: Counts, test_index: int, *, top: int = 10, delta: float = DEFAULT_DELTA, simultaneous: bool = False,
+    method: str = DEFAULT_METHOD, planned_trials: int | None = None, subset_ratio: float | None = None,
 ) -> pa.Table:
     """The ``top`` training examples with the largest influence on test example ``test_index``."""
     if not 0 <= test_index < counts.n_test:
         raise RaymemError(f"--test-index {test_index} is outside the run's test set 0..{counts.n_test - 1}; pick one in range.")
     if top < 1:
         raise RaymemError(f"--top {top} must be at least 1.")
+    bounds.check_method(method)
+    plan = plan_of(planned_trials, subset_ratio, delta)
     h_in = counts.pairs_ready()
     v = counts.all
     found = selection.top_influencers(
@@ -134,7 +182,7 @@ def influence_table(
     )
     rows = found["train_index"] - counts.row_start
     d = bounds.family_delta(delta, counts.n_train * counts.n_test, simultaneous)
-    lo, hi = _infl_intervals(found["h_in"], v.n_in[rows], v.n_out[rows], v.test_hits[test_index], d)
+    lo, hi = _infl_intervals(found["h_in"], v.n_in[rows], v.n_out[rows], v.test_hits[test_index], d, method, plan)
     return pa.table({
         "rank": np.arange(1, len(rows) + 1, dtype=np.int64),
         "train_index": found["train_index"].astype(np.int64),
@@ -142,7 +190,7 @@ def influence_table(
         "infl": found["infl"],
         "infl_lo": lo,
         "infl_hi": hi,
-        "mem": _mem_of(v)[rows],
+        "mem": v.memorization()[rows],
     })
 
 
@@ -167,22 +215,65 @@ def convergence_summary(
     simultaneous: bool = False,
     certify_threshold: float = formulas.PAPER_MIN_MEM,
     target_halfwidth: float = DEFAULT_TARGET_HALFWIDTH,
+    method: str = DEFAULT_METHOD,
+    planned_trials: int | None = None,
+    until_halfwidth: float | None = None,
+    until_jaccard: float | None = None,
+    pairs_fdr: float | None = STATUS_FDR,
+    n_hypotheses: int | None = None,
 ) -> dict:
-    """Should the run stop? Error-bar widths, certified examples, split-half consistency, trials needed."""
+    """Should the run stop? Error-bar widths, certified examples, split-half consistency, more trials needed,
+    the stopping criteria given (each met or not, its value and target) and, when the counts hold the pair
+    matrix, how many pairs pass at false discovery rate ``pairs_fdr`` (key ``pairs_fdr_<Q>``).
+
+    The bars are the method's (default "anytime"); planned_trials tunes the anytime mixture (default: the
+    paper's 2000); until_halfwidth is judged on the anytime bars whatever the method shown.
+    """
+    bounds.check_delta(delta)
+    bounds.check_method(method)
+    target_halfwidth = bounds.check_target_halfwidth(target_halfwidth)
+    certify_threshold = bounds.check_threshold(certify_threshold, "--certify-threshold", "0.25")
+    if until_halfwidth is not None:
+        until_halfwidth = bounds.check_until_halfwidth(until_halfwidth)
+    if until_jaccard is not None:
+        until_jaccard = bounds.check_until_jaccard(until_jaccard)
+    if pairs_fdr is not None:
+        pairs_fdr = bounds.check_fdr(pairs_fdr)
+    ratio = subset_size / counts.n_train if 0 < subset_size < counts.n_train else None
+    plan = plan_of(planned_trials, ratio, delta)
     v = counts.all
-    lo, hi = mem_intervals(v, delta, counts.n_train, simultaneous)
+    lo, hi = mem_intervals(v, delta, counts.n_train, simultaneous, method=method, plan=plan)
     half = (hi - lo) / 2
-    mem = _mem_of(v)
+    mem = v.memorization()
     median_half = float(np.median(half)) if half.size else math.nan
     split = {}
+    even_mem, odd_mem = counts.even.memorization(), counts.odd.memorization()
     for theta in SPLIT_HALF_THRESHOLDS:
-        c = selection.jaccard_and_mean_difference(_mem_of(counts.even), _mem_of(counts.odd), theta)
+        c = selection.jaccard_and_mean_difference(even_mem, odd_mem, theta)
         split[f"{theta:g}"] = {k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in c.items()}
-    return {
+    more = None
+    if counts.trials:
+        more = stopping.more_trials_needed(v, target_halfwidth, delta=delta, method=method, n_family=counts.n_train,
+                                           simultaneous=simultaneous, plan=plan, current_median=median_half)
+    criteria = {}
+    if until_halfwidth is not None:
+        if method in bounds.ANYTIME_METHODS:
+            anytime_median = median_half
+        elif half.size:
+            a_lo, a_hi = mem_intervals(v, delta, counts.n_train, simultaneous, method="anytime", plan=plan)
+            anytime_median = float(np.median((a_hi - a_lo) / 2))
+        else:
+            anytime_median = math.nan
+        criteria["until_halfwidth"] = stopping.halfwidth_criterion(anytime_median, until_halfwidth)
+    if until_jaccard is not None:
+        criteria["until_jaccard"] = stopping.jaccard_criterion(counts, until_jaccard)
+    summary = {
         "trials_done": counts.trials,
         "n_train": counts.n_train,
         "n_test": counts.n_test,
         "subset_size": subset_size,
+        "method": method,
+        "planned_trials": plan.trials,
         "delta": delta,
         "simultaneous": simultaneous,
         "mem": {
@@ -192,8 +283,14 @@ def convergence_summary(
             "estimated_above": int(np.sum(mem >= certify_threshold)),
             "certified": int(np.sum(lo >= certify_threshold)),
             "target_halfwidth": target_halfwidth,
-            "trials_needed": bounds.trials_needed(counts.trials, median_half, target_halfwidth) if counts.trials else None,
+            "more_trials_needed": more,
         },
         "lemma21_rms_bound": bounds.lemma21_rms_bound(counts.trials, subset_size, counts.n_train),
         "split_half": {"mem": split},
     }
+    if criteria:
+        summary["stopping"] = {**criteria, "all_met": stopping.all_met(criteria)}
+    if pairs_fdr is not None and counts.h_in is not None and counts.trials:
+        summary[f"pairs_fdr_{pairs_fdr:g}"] = pairs_passing_fdr(counts, pairs_fdr, method=method, plan=plan,
+                                                                n_hypotheses=n_hypotheses)
+    return summary

@@ -1,7 +1,8 @@
 """A run's counts together with what the run knows (its info and labels): the one reader.
 
 The accumulator actor holds a ``RunView`` over its live counts; the offline path builds one from
-the trial log. Both answer through the same methods, so both give the same numbers.
+the trial log. Both answer through the same methods, so both give the same numbers. The anytime bars
+are tuned to the run's plan: its configured trial count (``info.config["trials"]``) and subset ratio.
 """
 
 from __future__ import annotations
@@ -23,8 +24,23 @@ class RunView:
     flipped: np.ndarray | None = None   # bool (n_train,): training labels flipped as canaries
     source: str = "log"                 # "log" (rebuilt offline) or "actor" (live)
 
-    def mem_table(self, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False) -> pa.Table:
-        table = report.mem_table(self.counts, delta=delta, simultaneous=simultaneous)
+    @property
+    def planned_trials(self) -> int | None:
+        """The run's planned trial count (its config's "trials"), to which the anytime bars are tuned."""
+        trials = self.info.config.get("trials") if isinstance(self.info.config, dict) else None
+        return int(trials) if isinstance(trials, (int, float)) and trials >= 1 else None
+
+    @property
+    def subset_ratio(self) -> float | None:
+        n, m = self.info.n_train, self.info.subset_size
+        return m / n if n and 0 < m < n else None
+
+    def _plan(self) -> dict:
+        return {"planned_trials": self.planned_trials, "subset_ratio": self.subset_ratio}
+
+    def mem_table(self, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
+                  method: str = report.DEFAULT_METHOD) -> pa.Table:
+        table = report.mem_table(self.counts, delta=delta, simultaneous=simultaneous, method=method, **self._plan())
         if self.flipped is not None:
             table = table.append_column("label_flipped", pa.array(self.flipped[self.counts.rows]))
         return table
@@ -35,19 +51,30 @@ class RunView:
         min_mem: float = formulas.PAPER_MIN_MEM,
         delta: float = report.DEFAULT_DELTA,
         simultaneous: bool = False,
+        method: str = report.DEFAULT_METHOD,
+        fdr: float | None = None,
+        n_hypotheses: int | None = None,
     ) -> pa.Table:
-        return report.pairs_table(self.counts, min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous)
+        return report.pairs_table(self.counts, min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous,
+                                  method=method, fdr=fdr, n_hypotheses=n_hypotheses, **self._plan())
 
     def influence_table(
-        self, test_index: int, top: int = 10, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False
+        self, test_index: int, top: int = 10, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
+        method: str = report.DEFAULT_METHOD,
     ) -> pa.Table:
-        return report.influence_table(self.counts, test_index, top=top, delta=delta, simultaneous=simultaneous)
+        return report.influence_table(self.counts, test_index, top=top, delta=delta, simultaneous=simultaneous,
+                                      method=method, **self._plan())
 
     def status(
         self,
         delta: float = report.DEFAULT_DELTA,
         simultaneous: bool = False,
         target_halfwidth: float = report.DEFAULT_TARGET_HALFWIDTH,
+        method: str = report.DEFAULT_METHOD,
+        until_halfwidth: float | None = None,
+        until_jaccard: float | None = None,
+        pairs_fdr: float | None = report.STATUS_FDR,
+        n_hypotheses: int | None = None,
     ) -> dict:
         summary = report.convergence_summary(
             self.counts,
@@ -55,6 +82,12 @@ class RunView:
             delta=delta,
             simultaneous=simultaneous,
             target_halfwidth=target_halfwidth,
+            method=method,
+            planned_trials=self.planned_trials,
+            until_halfwidth=until_halfwidth,
+            until_jaccard=until_jaccard,
+            pairs_fdr=pairs_fdr,
+            n_hypotheses=n_hypotheses,
         )
         summary = {
             "run": self.info.name,
@@ -65,8 +98,5 @@ class RunView:
             **summary,
         }
         if self.flipped is not None and self.counts.trials:
-            mem = formulas.memorization(
-                self.counts.all.in_hits, self.counts.all.n_in, self.counts.all.out_hits, self.counts.all.n_out
-            )
-            summary["canaries"] = report.canary_recall(mem, self.flipped[self.counts.rows])
+            summary["canaries"] = report.canary_recall(self.counts.all.memorization(), self.flipped[self.counts.rows])
         return summary
