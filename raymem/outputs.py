@@ -87,6 +87,18 @@ def consistency_figure(table: pa.Table, out: str | Path, title: str = "") -> Pat
     return _save_figure(fig, out, tmp)
 
 
+def save_figure(fig, out: str | Path) -> Path:
+    """Write matplotlib figure ``fig`` as a PNG to ``out`` atomically (temp file + rename); close it either way."""
+    try:
+        out, tmp = _atomic_target(out)
+    except Exception:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        raise
+    return _save_figure(fig, out, tmp)
+
+
 def _save_figure(fig, out: Path, tmp: Path) -> Path:
     """Write ``fig`` as a PNG to ``tmp`` then rename it to ``out``; close the figure either way."""
     import matplotlib.pyplot as plt
