@@ -61,7 +61,7 @@ def select_training_rows(train_index, infl, *, n_copies: int = N_COPIES, n_egs: 
     max_infl_of_train_selected their highest influence on a test example. Two choices the printed code
     leaves open: ties in the highest influence keep ascending training index (a stable sort), and
     with fewer than ``n_copies`` training examples (where the printed code would index from the end of
-    the list) positions are clipped to the list. Copies may repeat an example when few are selected,
+    the list) every base position is 0 and copies past the end repeat the last example. Copies may repeat an example when few are selected,
     exactly as the printed code does. No pairs: an empty list.
     """
     idx_train_selected, max_infl = max_influence_per_training_example(train_index, infl)
@@ -72,7 +72,7 @@ def select_training_rows(train_index, infl, *, n_copies: int = N_COPIES, n_egs: 
     if count == 0:
         return []
     idx_sort_selected = np.argsort(-max_infl, kind="stable")
-    base_idx = np.linspace(0, count - n_copies, n_egs).astype(int)
+    base_idx = np.linspace(0, max(count - n_copies, 0), n_egs).astype(int)
     copies = []
     for i_copy in range(n_copies):
         positions = np.clip(base_idx + i_copy, 0, count - 1)
