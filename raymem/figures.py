@@ -379,34 +379,37 @@ def _memorized_figure(out, shown, klass, class_size, above, images, train_labels
 
 def _influence_figure(out, examples: pa.Table, n_copies: int, k: int, train_images, test_images, train_labels,
                       original, flipped, class_names) -> None:
+    """One panel per copy, side by side (as the supplement prints one figure per copy): each panel has a
+    row per position, a training example then its ``k`` most influenced test examples."""
     plt = _pyplot()
     data = examples.to_pylist()
-    nrows = max(r["row"] for r in data) + 1 if data else 0
-    fig, axes = plt.subplots(nrows, 1 + k, figsize=(1.9 * (1 + k), 2.0 * nrows + 0.8), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
     by_row: dict[int, list[dict]] = {}
     for item in data:
         by_row.setdefault(item["row"], []).append(item)
-    for row, items in by_row.items():
+    per_copy = max(r["position"] for r in data) + 1 if data else 1
+    width_ratios = []
+    for c in range(n_copies):
+        width_ratios += [1.0] * (1 + k) + ([0.3] if c < n_copies - 1 else [])
+    fig = plt.figure(figsize=(1.75 * len(width_ratios), 2.0 * per_copy + 0.9))
+    grid = fig.add_gridspec(per_copy, len(width_ratios), width_ratios=width_ratios)
+    for row, items in sorted(by_row.items()):
         first = items[0]
-        i = first["train_index"]
-        ax = axes[row][0]
-        ax.axis("on")
+        i, column0 = first["train_index"], first["copy"] * (k + 2)
+        ax = fig.add_subplot(grid[first["position"], column0])
         _show(ax, train_images[i])
         caption, color = _train_caption(i, train_labels, original, flipped, class_names)
         ax.set_title(f"train {caption}\nmem {_interval(first['mem'], first['mem_lo'], first['mem_hi'])}",
                      fontsize=7, color=color)
-        ax.set_ylabel(f"row {row} (copy {first['copy'] + 1})", fontsize=7)
+        ax.set_ylabel(f"row {row}", fontsize=7)
         for item in items:
-            ax = axes[row][item["rank"]]
-            ax.axis("on")
+            ax = fig.add_subplot(grid[first["position"], column0 + item["rank"]])
             _show(ax, test_images[item["test_index"]])
             ax.set_title(f"test #{item['test_index']} {_name(item['test_label'], class_names)}\n"
                          f"infl {_interval(item['infl'], item['infl_lo'], item['infl_hi'])}", fontsize=7)
     fig.suptitle(
-        f"memorized training examples and their {k} most influenced test examples: {n_copies} copies of "
-        "evenly spaced examples by highest influence (supplement, section D)", fontsize=9)
+        f"memorized training examples (left of each panel) and their {k} most influenced test examples\n"
+        f"{n_copies} panels of {per_copy} training examples evenly spaced by highest influence (supplement, section D)",
+        fontsize=9)
     outputs.save_figure(fig, out)
 
 
@@ -418,7 +421,7 @@ def _histogram_figure(out, infl: np.ndarray, influenced_by: dict) -> None:
         ax.hist(infl, bins=np.linspace(low, 1.0, 35), color="#4c72b0")
         counts_text = " / ".join(str(v) for v in influenced_by.values())
         ks = " / ".join(str(k) for k in influenced_by)
-        ax.set_title(f"{infl.size} selected pairs; test examples influenced by {ks} "
+        ax.set_title(f"{infl.size} selected pairs\ntest examples influenced by {ks} "
                      f"training examples: {counts_text}", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no high-influence pairs selected", ha="center", va="center", transform=ax.transAxes)
