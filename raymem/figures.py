@@ -169,8 +169,8 @@ def paper_figures(
     mem: one row per training example (``report.mem_table``: train_index, mem, mem_lo, mem_hi, optional
     label_flipped). pairs: the selected pairs (``report.pairs_table``: train_index, test_index, infl,
     infl_lo, infl_hi, mem). train_labels / test_labels: the labels the run trained and tested with;
-    original_train_labels: before canary flips (default: train_labels, or from mem's label_flipped
-    nothing more than a mark). train_images / test_images: (n, H, W) or (n, H, W, C) arrays, or any
+    original_train_labels: the labels before canary flips (default: train_labels; a ``label_flipped``
+    column in mem marks flips too, without the original label). train_images / test_images: (n, H, W) or (n, H, W, C) arrays, or any
     sequence whose ``[i]`` is one image (only the shown images are read), or None when the run has none.
     counts: the run's counts; when given, each influence row shows the training example's most
     influenced test examples over all test examples (as the paper does), else only among ``pairs``.
