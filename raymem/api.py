@@ -93,7 +93,8 @@ def plan(experiment: str | ExperimentConfig, overrides: dict | None = None, sett
 
 def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, settings: list[str] | None = None,
         name: str | None = None, storage: str | None = None, address: str | None = None, data_dir: str | None = None,
-        num_cpus: int | None = None, num_gpus: float | None = None, progress: bool = True):
+        num_cpus: int | None = None, num_gpus: float | None = None, progress: bool = True,
+        until_halfwidth: float | None = None, until_jaccard: float | None = None):
     """Train the missing trials of a run on Ray and wait until each is counted.
 
     The config is checked before Ray starts or anything is written. With no ``address`` (and no
@@ -108,11 +109,16 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
         data_dir: prepared TensorFlow Datasets (default ``$RAYMEM_DATA_DIR``).
         num_cpus, num_gpus: size of a local Ray started here.
         progress: show a progress display on stderr.
+        until_halfwidth: stop submitting trials once the median anytime memorization half-width is at most this
+            (the trials in flight still finish and are counted; ``trials`` stays the cap).
+        until_jaccard: stop once the split-half Jaccard of even vs odd trials at mem >= 0.25 is at least this.
 
     Returns:
         A :class:`raymem.runner.run.RunResult` (trials done, trained now, retried, failed, wall time).
     """
     config = load_config(experiment, overrides, settings)
+    _check_reads(delta=report.DEFAULT_DELTA, method=report.DEFAULT_METHOD, until_halfwidth=until_halfwidth,
+                 until_jaccard=until_jaccard)
     name = name or config.preset
     uri = _new_run_dir(name, storage)  # a bad name is refused here, before anything starts
     if not (address or os.environ.get("RAY_ADDRESS")):
@@ -120,7 +126,8 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
     from raymem.runner.run import run_experiment
 
     return run_experiment(config, name=name, run_uri=uri, address=address, data_dir=data_dir,
-                          num_cpus=num_cpus, num_gpus=num_gpus, progress=progress)
+                          num_cpus=num_cpus, num_gpus=num_gpus, progress=progress,
+                          until_halfwidth=until_halfwidth, until_jaccard=until_jaccard)
 
 
 def features(dataset: str, out: str, *, model: str = "resnet50", epochs: int | None = None,
@@ -231,13 +238,13 @@ class LiveOrLog:
         self.actor = _find_live_accumulator(self.store, self.info, address)
         self._view = None if self.actor is not None else offline_view(self.store, with_pairs=with_pairs)
 
-    def call(self, method: str, **kwargs):
-        """Call the reader ``method`` (a :class:`RunView` method) on the live actor or the offline view."""
+    def call(self, reader: str, **kwargs):
+        """Call ``reader`` (a :class:`RunView` method name) on the live actor or the offline view."""
         if self.actor is not None:
             import ray
 
-            return ray.get(getattr(self.actor, method).remote(**kwargs))
-        return getattr(self._view, method)(**kwargs)
+            return ray.get(getattr(self.actor, reader).remote(**kwargs))
+        return getattr(self._view, reader)(**kwargs)
 
 
 def _find_live_accumulator(store: RunStore, info: RunInfo, address: str | None):
@@ -252,7 +259,8 @@ def _find_live_accumulator(store: RunStore, info: RunInfo, address: str | None):
     return find_accumulator(info, address)
 
 
-def estimates(run: str, *, storage=None, address=None, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False) -> pa.Table:
+def estimates(run: str, *, storage=None, address=None, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
+              method: str = report.DEFAULT_METHOD) -> pa.Table:
     """Memorization of every training example with its intervals and counts.
 
     Args:
@@ -261,50 +269,99 @@ def estimates(run: str, *, storage=None, address=None, delta: float = report.DEF
         address: Ray cluster holding the live accumulator (else ``RAY_ADDRESS`` or the run's live.json).
         delta: the bars hold with probability 1 - delta.
         simultaneous: the bars hold for all training examples at once.
+        method: ``anytime`` (valid at every look, the default), ``fixed`` (valid at one planned trial count),
+            ``chernoff`` or ``hoeffding`` (the earlier bars, for comparison).
 
     Returns:
         One row per training example: ``train_index, mem, mem_lo, mem_hi, ...`` (and ``label_flipped`` with canaries).
     """
-    return LiveOrLog(run, storage, address, with_pairs=False).call("mem_table", delta=delta, simultaneous=simultaneous)
+    _check_reads(delta=delta, method=method)
+    return LiveOrLog(run, storage, address, with_pairs=False).call("mem_table", delta=delta, simultaneous=simultaneous,
+                                                                   method=method)
 
 
 def pairs(
     run: str, *, storage=None, address=None,
     min_infl: float = formulas.PAPER_MIN_INFL, min_mem: float = formulas.PAPER_MIN_MEM,
-    delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
+    delta: float = report.DEFAULT_DELTA, simultaneous: bool = False, method: str = report.DEFAULT_METHOD,
+    fdr: float | None = None,
 ) -> pa.Table:
-    """High-influence pairs (infl >= min_infl, mem >= min_mem) with their intervals.
+    """High-influence pairs with their intervals.
+
+    Args:
+        min_infl, min_mem: the paper's selection (infl >= 0.15, mem >= 0.25 by default).
+        fdr: instead of the point estimates, select pairs with infl > min_infl at this false discovery rate
+            (among training examples with mem >= min_mem); adds a ``q_value`` column.
+        delta, simultaneous, method: as for :func:`estimates`.
 
     Returns:
-        One row per pair: ``train_index, test_index, infl, infl_lo, infl_hi, mem, n_in, n_out``.
+        One row per pair: ``train_index, test_index, infl, infl_lo, infl_hi, mem, n_in, n_out`` (+ ``q_value``).
     """
+    _check_reads(delta=delta, method=method, min_infl=min_infl, min_mem=min_mem, fdr=fdr)
     return LiveOrLog(run, storage, address).call(
-        "pairs_table", min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous
+        "pairs_table", min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous, method=method,
+        fdr=fdr,
     )
 
 
 def influence(run: str, test_index: int, *, storage=None, address=None, top: int = 10,
-              delta: float = report.DEFAULT_DELTA, simultaneous: bool = False) -> pa.Table:
+              delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
+              method: str = report.DEFAULT_METHOD) -> pa.Table:
     """The ``top`` training examples with the largest influence on test example ``test_index``.
 
     Returns:
         One row per influencer: ``rank, train_index, test_index, infl, infl_lo, infl_hi, mem``.
     """
+    _check_reads(delta=delta, method=method)
     return LiveOrLog(run, storage, address).call(
-        "influence_table", test_index=test_index, top=top, delta=delta, simultaneous=simultaneous
+        "influence_table", test_index=test_index, top=top, delta=delta, simultaneous=simultaneous, method=method
     )
 
 
 def status(run: str, *, storage=None, address=None, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
-           target_halfwidth: float = report.DEFAULT_TARGET_HALFWIDTH) -> dict:
-    """Trials counted and the convergence summary (error-bar widths, certified examples, split-half consistency).
+           target_halfwidth: float = report.DEFAULT_TARGET_HALFWIDTH, method: str = report.DEFAULT_METHOD,
+           until_halfwidth: float | None = None, until_jaccard: float | None = None,
+           pairs_fdr: float | None = report.STATUS_FDR) -> dict:
+    """Trials counted and the convergence summary.
+
+    Args:
+        target_halfwidth: the median memorization half-width to extrapolate ``more_trials_needed`` to.
+        until_halfwidth, until_jaccard: stopping criteria to report (met, value, target) under ``stopping``.
+        pairs_fdr: report how many pairs pass at this FDR (``pairs_fdr_0.1``; needs the pair matrix, so offline
+            reads load it); None skips it.
+        delta, simultaneous, method: as for :func:`estimates`.
 
     Returns:
-        A JSON-able dict; a live accumulator adds ``progress`` (throughput and ETA).
+        A JSON-able dict (``method``, error-bar widths, certified examples, split-half consistency, more trials
+        needed, canary recall); a live accumulator adds ``progress`` (throughput and ETA).
     """
-    return LiveOrLog(run, storage, address, with_pairs=False).call(
-        "status", delta=delta, simultaneous=simultaneous, target_halfwidth=target_halfwidth
+    _check_reads(delta=delta, method=method, target_halfwidth=target_halfwidth, until_halfwidth=until_halfwidth,
+                 until_jaccard=until_jaccard, fdr=pairs_fdr)
+    return LiveOrLog(run, storage, address, with_pairs=pairs_fdr is not None).call(
+        "status", delta=delta, simultaneous=simultaneous, target_halfwidth=target_halfwidth, method=method,
+        until_halfwidth=until_halfwidth, until_jaccard=until_jaccard, pairs_fdr=pairs_fdr,
     )
+
+
+def _check_reads(*, delta: float, method: str, min_infl=None, min_mem=None, fdr=None, target_halfwidth=None,
+                 until_halfwidth=None, until_jaccard=None) -> None:
+    """Refuse bad read options before any run is opened (each check names its flag)."""
+    from raymem.estimator import bounds
+
+    bounds.check_delta(delta)
+    bounds.check_method(method)
+    if min_infl is not None:
+        bounds.check_threshold(min_infl, "--min-infl")
+    if min_mem is not None:
+        bounds.check_threshold(min_mem, "--min-mem", "0.25")
+    if fdr is not None:
+        bounds.check_fdr(fdr)
+    if target_halfwidth is not None:
+        bounds.check_target_halfwidth(target_halfwidth)
+    if until_halfwidth is not None:
+        bounds.check_until_halfwidth(until_halfwidth)
+    if until_jaccard is not None:
+        bounds.check_until_jaccard(until_jaccard)
 
 
 def compare(run: str, other: str, *, storage=None, min_infl: float = formulas.PAPER_MIN_INFL,
@@ -319,8 +376,10 @@ def compare(run: str, other: str, *, storage=None, min_infl: float = formulas.PA
         Against a run: a table of consistency curves (Jaccard and mean |difference| per threshold, Fig. C.2).
         Against released pairs: a dict (pair counts, Jaccard, mean differences on the released pairs).
     """
-    from raymem.estimator import compare as comparing
+    from raymem.estimator import bounds, compare as comparing
 
+    bounds.check_threshold(min_infl, "--min-infl")
+    bounds.check_threshold(min_mem, "--min-mem", "0.25")
     counts = offline_view(open_store(run, storage)).counts
     if other.endswith(".npz"):
         released = comparing.load_pairs_npz(other)

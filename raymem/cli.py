@@ -28,6 +28,9 @@ AddressOpt = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray clu
 DataDirOpt = typer.Option(None, "--data-dir", envvar="RAYMEM_DATA_DIR", help="Prepared TensorFlow Datasets folder.")
 DeltaOpt = typer.Option(report.DEFAULT_DELTA, "--delta", help="Error bars hold with probability 1-delta.")
 SimultaneousOpt = typer.Option(False, "--simultaneous", help="Bands hold for all examples at once (delta / family size).")
+MethodOpt = typer.Option(report.DEFAULT_METHOD, "--method",
+                         help="Error bars: anytime (valid at every look; default), fixed (valid at one planned trial "
+                              "count, narrowest), chernoff or hoeffding (the earlier bars).")
 
 
 def user_errors(fn):
@@ -99,6 +102,7 @@ def estimates(
     figure: Optional[str] = typer.Option(None, "--figure", help="Write a PNG histogram of the estimates here."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
@@ -106,7 +110,7 @@ def estimates(
     from raymem import outputs
 
     _check_outputs(out=out, figure=figure)
-    table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous)
+    table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous, method=method)
     if out:
         outputs.write_parquet(table, out)
         typer.echo(f"wrote {table.num_rows} rows to {out}")
@@ -128,19 +132,20 @@ def pairs(
     min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem", help="Keep training examples with memorization at least this."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the pairs as Parquet here."),
     npz: Optional[str] = typer.Option(None, "--npz", help="Also write them in the paper's released layout (tr_idx, tt_idx, infl, mem)."),
+    fdr: Optional[float] = typer.Option(None, "--fdr", help="Select pairs with infl > --min-infl at this false discovery "
+                                                           "rate (adds q_value) instead of by the point estimates."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
-    """High-influence pairs (train example, test example), as selected in the paper."""
+    """High-influence pairs (train example, test example), as selected in the paper, or at a false discovery rate."""
     from raymem import outputs
 
-    _finite(min_infl, "--min-infl", low=-1, high=1)
-    _finite(min_mem, "--min-mem", low=-1, high=1)
     _check_outputs(out=out, npz=npz)
     table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
-                         delta=delta, simultaneous=simultaneous)
+                         delta=delta, simultaneous=simultaneous, method=method, fdr=fdr)
     if out:
         outputs.write_parquet(table, out)
         typer.echo(f"wrote {table.num_rows} pairs to {out}")
@@ -149,9 +154,14 @@ def pairs(
 
         export_pairs_npz(table, npz)
         typer.echo(f"wrote {table.num_rows} pairs to {npz} (the paper's layout)")
-    certain = int((table.column("infl_lo").to_numpy() > 0).sum())
-    typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}; "
-               f"{certain} of them with an influence lower bound above 0 (delta={delta:g}): the rest may be noise")
+    if fdr is not None:
+        typer.echo(f"{table.num_rows} pairs with infl > {min_infl:g} among mem >= {min_mem:g}, "
+                   f"at false discovery rate {fdr:g} ({method} p-values)")
+    else:
+        certain = int((table.column("infl_lo").to_numpy() > 0).sum())
+        typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}; "
+                   f"{certain} of them with an influence lower bound above 0 ({method}, delta={delta:g}): the rest may "
+                   f"be noise; --fdr 0.1 controls the false discoveries")
     _print_table(table, limit=10)
 
 
@@ -164,6 +174,7 @@ def influence(
     out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
@@ -171,7 +182,8 @@ def influence(
     from raymem import outputs
 
     _check_outputs(out=out)
-    table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta, simultaneous=simultaneous)
+    table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta,
+                             simultaneous=simultaneous, method=method)
     if out:
         outputs.write_parquet(table, out)
     _print_table(table, limit=top)
@@ -188,12 +200,19 @@ def format_status(s: dict) -> str:
         p = s["progress"]
         lines.append(f"  throughput {p.get('trials_per_hour', 0):.1f} trials/h, ETA {p.get('eta', '?')}")
     lines += [
-        f"  mem half-width (delta={s['delta']:g}{', simultaneous' if s['simultaneous'] else ''}): "
+        f"  mem half-width ({s.get('method', '?')}, delta={s['delta']:g}{', simultaneous' if s['simultaneous'] else ''}): "
         f"median {mem['median_halfwidth']:.3f}, max {mem['max_halfwidth']:.3f}",
         f"  mem >= {mem['certify_threshold']:g}: {mem['estimated_above']} estimated, {mem['certified']} certified (lower bound)",
-        f"  trials needed for median half-width {mem['target_halfwidth']:g}: {mem['trials_needed']}",
+        f"  more trials needed for median half-width {mem['target_halfwidth']:g}: {mem['more_trials_needed']}",
         f"  paper's Lemma 2.1 RMS bound: {s['lemma21_rms_bound']:.3f}",
     ]
+    fdr_keys = [k for k in s if k.startswith("pairs_fdr_")]
+    for key in fdr_keys:
+        lines.append(f"  pairs passing at false discovery rate {key.removeprefix('pairs_fdr_')}: {s[key]}")
+    for name, c in (s.get("stopping") or {}).items():
+        if isinstance(c, dict):
+            value = "n/a" if c.get("value") is None else f"{c['value']:.3f}"
+            lines.append(f"  stop --{name.replace('_', '-')} {c['target']:g}: {'met' if c['met'] else 'not yet'} (now {value})")
     for theta, c in s["split_half"]["mem"].items():
         j = "n/a" if c["jaccard"] is None else f"{c['jaccard']:.3f}"
         d = "n/a" if c["mean_abs_diff"] is None else f"{c['mean_abs_diff']:.3f}"
@@ -214,18 +233,22 @@ def status(
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
     target_halfwidth: float = typer.Option(report.DEFAULT_TARGET_HALFWIDTH, "--target-halfwidth",
                                            help="Half-width at which the run would be precise enough."),
+    until_halfwidth: Optional[float] = typer.Option(None, "--until-halfwidth", help="Show how far the run is from this median half-width."),
+    until_jaccard: Optional[float] = typer.Option(None, "--until-jaccard", help="Show how far the split-half Jaccard is from this."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
-    """Trials counted, error-bar widths, certified examples, split-half consistency, trials still needed."""
-    _finite(target_halfwidth, "--target-halfwidth", low=1e-9, high=2)
+    """Trials counted, error-bar widths, certified examples, split-half consistency, more trials needed."""
     _finite(interval, "--interval", low=0.1, high=86400)
 
     def read() -> dict:
+        # --watch skips the FDR pair count: each refresh would cost a full pairs read
         return _api().status(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous,
-                             target_halfwidth=target_halfwidth)
+                             target_halfwidth=target_halfwidth, method=method, until_halfwidth=until_halfwidth,
+                             until_jaccard=until_jaccard, **({"pairs_fdr": None} if watch else {}))
 
     if not watch or as_json:
         s = read()
@@ -258,8 +281,6 @@ def compare(
     """Consistency of two estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Fig. C.2)."""
     from raymem import outputs
 
-    _finite(min_infl, "--min-infl", low=-1, high=1)
-    _finite(min_mem, "--min-mem", low=-1, high=1)
     _check_outputs(out=out, figure=figure)
     result = _api().compare(run, other, storage=storage, min_infl=min_infl, min_mem=min_mem)
     if isinstance(result, dict):
@@ -353,6 +374,12 @@ def run(
     nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per trial before it is reported failed."),
     pair_shards: Optional[int] = typer.Option(None, "--pair-shards", help="Split the pair matrix over this many actors (ImageNet: 16)."),
+    until_halfwidth: Optional[float] = typer.Option(None, "--until-halfwidth",
+                                                    help="Stop submitting trials once the median anytime memorization "
+                                                         "half-width is at most this (--trials stays the cap)."),
+    until_jaccard: Optional[float] = typer.Option(None, "--until-jaccard",
+                                                  help="Stop submitting trials once the split-half Jaccard at mem >= 0.25 "
+                                                       "is at least this."),
     settings: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
@@ -372,10 +399,13 @@ def run(
         typer.echo(json.dumps(shown, indent=2) if as_json else format_plan(shown))
         return
     result = api.run(config, name=name, storage=storage, address=address, data_dir=data_dir,
-                     num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet)
+                     num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet,
+                     until_halfwidth=until_halfwidth, until_jaccard=until_jaccard)
     typer.echo(f"run {result.name}: {result.trials_done}/{result.trials_target} trials in the log "
                f"({len(result.trained_now)} trained now, {len(result.retried)} retried, {len(result.failed)} failed) "
                f"in {result.wall_seconds:.1f}s; data in {result.run_uri}")
+    if result.stopped_early:
+        typer.echo(f"stopped early: {result.stopped_early}")
     for k, why in sorted(result.failed.items()):
         typer.echo(f"  trial {k} failed: {why}", err=True)
     if result.failed:

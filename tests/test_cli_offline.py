@@ -22,6 +22,8 @@ from raymem.estimator.counts import Counts
 N, N_TEST, T = 30, 20, 40
 RAYMEM = Path(sys.executable).parent / "raymem"
 LOOSE_PAIRS = ["--min-infl", "0.1234", "--min-mem", "-0.0567"]
+#: What a run's anytime bars are tuned to: its planned trials and subset ratio (an ingested run plans what it holds).
+PLAN = dict(planned_trials=T, subset_ratio=round(0.7 * N) / N)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +60,9 @@ def run_dir(tmp_path, files) -> Path:
 def direct(sim) -> Counts:
     """The same trials counted straight from the arrays (no log, no CLI)."""
     counts = Counts.empty(N, N_TEST)
-    counts.add_many(np.arange(T), sim.masks, sim.train_correct, sim.test_correct)
+    for k in range(T):
+        counts.add(k, sim.masks[k], sim.train_correct[k], sim.test_correct[k])
+    counts.flush()
     return counts
 
 
@@ -109,7 +113,7 @@ def test_estimates_out_writes_the_library_table(run_dir, tmp_path, direct):
     frame = pl.read_parquet(out)
     assert {"train_index", "mem", "mem_lo", "mem_hi", "n_in", "n_out"} <= set(frame.columns)
     assert frame.height == N and frame["train_index"].to_list() == list(range(N))
-    assert_frame_equals_table(frame, report.mem_table(direct, delta=0.1))
+    assert_frame_equals_table(frame, report.mem_table(direct, delta=0.1, **PLAN))
     assert_frame_equals_table(frame, api.estimates(str(run_dir), delta=0.1))
     assert "top memorized" in result.stdout
 
@@ -126,7 +130,7 @@ def test_pairs_out_writes_the_library_pairs(run_dir, tmp_path, direct):
     result = invoke("pairs", str(run_dir), *LOOSE_PAIRS, "--simultaneous", "--out", str(out))
     assert result.exit_code == 0, result.output
     frame = pl.read_parquet(out)
-    expected = report.pairs_table(direct, min_infl=0.1234, min_mem=-0.0567, simultaneous=True)
+    expected = report.pairs_table(direct, min_infl=0.1234, min_mem=-0.0567, simultaneous=True, **PLAN)
     assert 0 < frame.height == expected.num_rows
     assert_frame_equals_table(frame, expected)
     assert f"{frame.height} pairs" in result.stdout
@@ -137,7 +141,7 @@ def test_influence_lists_the_top_influencers(run_dir, tmp_path, direct):
     result = invoke("influence", str(run_dir), "--test-index", "6", "--top", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     frame = pl.read_parquet(out)
-    assert_frame_equals_table(frame, report.influence_table(direct, 6, top=4))
+    assert_frame_equals_table(frame, report.influence_table(direct, 6, top=4, **PLAN))
     assert frame["train_index"].to_list()[0] == 4  # the planted pair (4, 6)
 
 
@@ -146,7 +150,7 @@ def test_status_json(run_dir, direct):
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)
     assert (s["trials_done"], s["n_train"], s["n_test"], s["source"]) == (T, N, N_TEST, "log")
-    expected = report.convergence_summary(direct, subset_size=s["subset_size"])
+    expected = report.convergence_summary(direct, subset_size=s["subset_size"], planned_trials=T)
     assert s["mem"]["median_halfwidth"] == pytest.approx(expected["mem"]["median_halfwidth"])
     assert s["mem"]["certified"] == expected["mem"]["certified"]
     text = invoke("status", str(run_dir))
@@ -291,6 +295,17 @@ BAD_READS = {
     "out is a folder": (["estimates", "{run}", "--out", "{folder}"], ["--out", "{folder}"]),
     "run missing": (["estimates", "{nothing}", "--out", "{out}"], ["{nothing}", "run.json"]),
     "not a run": (["status", "{folder}"], ["{folder}"]),
+    "target half-width nan": (["status", "{run}", "--target-halfwidth", "nan"], ["--target-halfwidth"]),
+    "target half-width zero": (["status", "{run}", "--target-halfwidth", "0"], ["--target-halfwidth"]),
+    "min infl nan": (["pairs", "{run}", "--min-infl", "nan", "--out", "{out}"], ["--min-infl"]),
+    "min mem nan": (["pairs", "{run}", "--min-mem", "nan", "--out", "{out}"], ["--min-mem"]),
+    "compare min infl nan": (["compare", "{run}", "{run}", "--min-infl", "nan", "--out", "{out}"], ["--min-infl"]),
+    "fdr zero": (["pairs", "{run}", "--fdr", "0", "--out", "{out}"], ["--fdr"]),
+    "fdr above one": (["pairs", "{run}", "--fdr", "1.5", "--out", "{out}"], ["--fdr"]),
+    "fdr nan": (["pairs", "{run}", "--fdr", "nan", "--out", "{out}"], ["--fdr"]),
+    "unknown method": (["estimates", "{run}", "--method", "bayes", "--out", "{out}"], ["--method", "anytime"]),
+    "until half-width negative": (["status", "{run}", "--until-halfwidth", "-1"], ["--until-halfwidth"]),
+    "until jaccard above one": (["status", "{run}", "--until-jaccard", "1.5"], ["--until-jaccard"]),
 }
 
 
@@ -306,3 +321,24 @@ def test_bad_read_arguments_exit_2_and_write_nothing(run_dir, tmp_path, case):
     assert_user_error(result, *map(fill, names))
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "nothing").exists() and not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("method", ["anytime", "fixed", "chernoff", "hoeffding"])
+def test_every_method_reads_and_status_names_it(run_dir, method):
+    result = invoke("status", str(run_dir), "--json", "--method", method, "--until-halfwidth", "0.5")
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["method"] == method and s["stopping"]["until_halfwidth"]["target"] == 0.5
+    assert "pairs_fdr_0.1" in s and s["mem"]["more_trials_needed"] is not None
+    table = api.estimates(str(run_dir), method=method)
+    half = (table.column("mem_hi").to_numpy() - table.column("mem_lo").to_numpy()) / 2
+    assert np.median(half) == pytest.approx(s["mem"]["median_halfwidth"])
+
+
+def test_pairs_fdr_adds_q_values_and_selects_fewer(run_dir):
+    loose = api.pairs(str(run_dir), min_infl=0.0, min_mem=0.0)
+    controlled = api.pairs(str(run_dir), min_infl=0.0, min_mem=0.0, fdr=0.1)
+    assert "q_value" in controlled.column_names and controlled.num_rows <= loose.num_rows
+    assert all(q <= 0.1 for q in controlled.column("q_value").to_pylist())
+    result = invoke("pairs", str(run_dir), "--fdr", "0.1", "--min-infl", "0", "--min-mem", "0")
+    assert result.exit_code == 0 and "false discovery rate 0.1" in result.output

@@ -24,6 +24,7 @@ import numpy as np
 from raymem.actors import pair_shard
 from raymem.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
 from raymem.errors import RaymemError
+from raymem.estimator import formulas
 from raymem.estimator.records import TrialRecord, validate_record
 from raymem.estimator.replay import counts_from_log, flipped_labels
 from raymem.estimator.run_files import RunInfo, read_labels, read_run_info
@@ -130,11 +131,17 @@ class Accumulator:
 
     def pairs_table(self, **kwargs):
         if self.pair_shard_count:
+            # The shards answer with this run's plan; an FDR step runs in each shard over the hypotheses of
+            # all of them (valid under any dependence, slightly conservative against one step over all).
+            if kwargs.get("fdr") is not None:
+                kwargs["n_hypotheses"] = self.view.fdr_hypotheses(kwargs.get("min_mem", formulas.PAPER_MIN_MEM))
+            kwargs = {**self.view.plan_kwargs(), **kwargs}
             return self._on_shards(lambda shards: pair_shard.gather_pairs(shards, **kwargs))
         return self.view.pairs_table(**kwargs)
 
     def influence_table(self, **kwargs):
         if self.pair_shard_count:
+            kwargs = {**self.view.plan_kwargs(), **kwargs}
             return self._on_shards(lambda shards: pair_shard.gather_influence(shards, **kwargs))
         return self.view.influence_table(**kwargs)
 

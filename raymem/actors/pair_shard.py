@@ -108,10 +108,9 @@ class PairShard:
         """High-influence pairs among this shard's rows (``report.pairs_table``'s keywords)."""
         return report.pairs_table(self.counts, **kwargs)
 
-    def influence_table(self, test_index: int, top: int = 10, delta: float = report.DEFAULT_DELTA,
-                        simultaneous: bool = False) -> pa.Table:
-        """The ``top`` influencers of ``test_index`` among this shard's rows."""
-        return report.influence_table(self.counts, test_index, top=top, delta=delta, simultaneous=simultaneous)
+    def influence_table(self, test_index: int, top: int = 10, **kwargs) -> pa.Table:
+        """The ``top`` influencers of ``test_index`` among this shard's rows (``report.influence_table``'s keywords)."""
+        return report.influence_table(self.counts, test_index, top=top, **kwargs)
 
 
 # ---- the accumulator's side ------------------------------------------------------------------

@@ -94,30 +94,55 @@ def load_npy(path: str | Path, what: str, *, dtype=None, ndim: int | None = None
     return array
 
 
+class NpzArchive:
+    """An ``.npz`` archive opened without pickle, whose arrays are read one by one (``with NpzArchive(...) as z``).
+
+    Args:
+        path: the file.
+        what: how messages name it (e.g. ``pairs file``).
+        fix: what the user should do, ending the message of any problem (e.g. ``save it with numpy.savez(...)``).
+    """
+
+    def __init__(self, path: str | Path, what: str, fix: str):
+        self.path, self.what, self.fix = Path(path), what, fix
+        self._archive = _open_archive(self.path, what, fix)
+        if not isinstance(self._archive, np.lib.npyio.NpzFile):
+            raise RaymemError(f"{what} {self.path} holds a single array, not an .npz archive; {fix}.")
+        self.files = list(self._archive.files)
+
+    def __enter__(self) -> "NpzArchive":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._archive.close()
+
+    def require(self, *keys: str) -> None:
+        """RaymemError naming every missing key (and what the archive has)."""
+        missing = [k for k in keys if k not in self.files]
+        if missing:
+            raise RaymemError(f"{self.what} {self.path} lacks {', '.join(map(repr, missing))} "
+                              f"(it has {', '.join(sorted(self.files)) or 'nothing'}); {self.fix}.")
+
+    def array(self, key: str) -> np.ndarray:
+        """The array ``key``; RaymemError when it is missing or holds Python objects (never unpickled)."""
+        self.require(key)
+        try:
+            return np.asarray(self._archive[key])
+        except ValueError:  # object arrays need pickle, which is refused
+            raise RaymemError(f"array {key!r} in {self.what} {self.path} holds Python objects, which raymem does not "
+                              "unpickle; save it as a numeric array.") from None
+
+
 def load_npz(path: str | Path, what: str, keys: tuple[str, ...], *, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Load the arrays ``keys`` (and any of ``optional`` present) from an ``.npz`` archive without pickle.
 
     Raises:
         RaymemError: the file is missing or not an .npz, a key is missing, or an array holds Python objects.
     """
-    path = Path(path)
-    fix = f"save it with numpy.savez(path, {', '.join(f'{k}=...' for k in keys)})"
-    archive = _open_archive(path, what, fix)
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise RaymemError(f"{what} {path} holds a single array, not an .npz archive; {fix}.")
-    with archive:
-        missing = [k for k in keys if k not in archive.files]
-        if missing:
-            raise RaymemError(f"{what} {path} lacks {', '.join(map(repr, missing))} (it has {', '.join(sorted(archive.files)) or 'nothing'}); "
-                              f"it needs {', '.join(keys)}.")
-        arrays = {}
-        for key in (*keys, *(k for k in optional if k in archive.files)):
-            try:
-                arrays[key] = np.asarray(archive[key])
-            except ValueError:  # object arrays need pickle, which is refused
-                raise RaymemError(f"array {key!r} in {what} {path} holds Python objects, which raymem does not "
-                                  "unpickle; save it as a numeric array.") from None
-    return arrays
+    fix = f"it needs {', '.join(keys)}: save it with numpy.savez(path, {', '.join(f'{k}=...' for k in keys)})"
+    with NpzArchive(path, what, fix) as archive:
+        archive.require(*keys)
+        return {key: archive.array(key) for key in (*keys, *(k for k in optional if k in archive.files))}
 
 
 def _check_array(array: np.ndarray, name: str, dtype, ndim: int | None) -> None:

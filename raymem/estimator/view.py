@@ -35,12 +35,17 @@ class RunView:
         n, m = self.info.n_train, self.info.subset_size
         return m / n if n and 0 < m < n else None
 
-    def _plan(self) -> dict:
+    def plan_kwargs(self) -> dict:
+        """``planned_trials`` and ``subset_ratio``: what the anytime bars of this run are tuned to."""
         return {"planned_trials": self.planned_trials, "subset_ratio": self.subset_ratio}
+
+    def fdr_hypotheses(self, min_mem: float) -> int:
+        """How many pairs an FDR selection at ``min_mem`` tests: training rows with mem >= min_mem, times n_test."""
+        return int(np.count_nonzero(self.counts.all.memorization() >= min_mem)) * self.counts.n_test
 
     def mem_table(self, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
                   method: str = report.DEFAULT_METHOD) -> pa.Table:
-        table = report.mem_table(self.counts, delta=delta, simultaneous=simultaneous, method=method, **self._plan())
+        table = report.mem_table(self.counts, delta=delta, simultaneous=simultaneous, method=method, **self.plan_kwargs())
         if self.flipped is not None:
             table = table.append_column("label_flipped", pa.array(self.flipped[self.counts.rows]))
         return table
@@ -56,14 +61,14 @@ class RunView:
         n_hypotheses: int | None = None,
     ) -> pa.Table:
         return report.pairs_table(self.counts, min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous,
-                                  method=method, fdr=fdr, n_hypotheses=n_hypotheses, **self._plan())
+                                  method=method, fdr=fdr, n_hypotheses=n_hypotheses, **self.plan_kwargs())
 
     def influence_table(
         self, test_index: int, top: int = 10, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
         method: str = report.DEFAULT_METHOD,
     ) -> pa.Table:
         return report.influence_table(self.counts, test_index, top=top, delta=delta, simultaneous=simultaneous,
-                                      method=method, **self._plan())
+                                      method=method, **self.plan_kwargs())
 
     def status(
         self,

@@ -39,6 +39,7 @@ class RunResult:
     retried: dict[int, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
     max_in_flight: int = 0
+    stopped_early: str | None = None   # why no more trials were submitted before the budget (--until-*)
 
 
 def plan(config: ExperimentConfig) -> dict:
@@ -121,8 +122,15 @@ def run_experiment(
     num_gpus: float | None = None,
     progress: bool = True,
     shutdown: bool = True,
+    until_halfwidth: float | None = None,
+    until_jaccard: float | None = None,
 ) -> RunResult:
-    """Train the run's missing trials; return what happened. See the module docstring."""
+    """Train the run's missing trials; return what happened. See the module docstring.
+
+    With ``until_halfwidth`` / ``until_jaccard`` the driver asks the accumulator after each counted trial
+    whether the criteria are met (on the anytime bars, valid however often it asks) and then stops
+    submitting; the trials in flight finish and are counted.
+    """
     import ray
 
     from raymem.actors.accumulator import get_or_create_accumulator
@@ -170,7 +178,11 @@ def run_experiment(
 
         result = RunResult(name, store.uri, config.trials, len(done))
         bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
-        _drive(config, missing, submit, result, bar)
+        stop_check = None
+        if until_halfwidth is not None or until_jaccard is not None:
+            def stop_check() -> str | None:
+                return criteria_met(accumulator, until_halfwidth, until_jaccard)
+        _drive(config, missing, submit, result, bar, stop_check)
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
         result.wall_seconds = time.perf_counter() - started
@@ -182,8 +194,26 @@ def run_experiment(
                 ray.shutdown()
 
 
-def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResult, bar: Progress) -> None:
-    """Keep a window of trials in flight; retry failures up to max_attempts; record outcomes."""
+def criteria_met(accumulator, until_halfwidth: float | None, until_jaccard: float | None) -> str | None:
+    """Ask the accumulator whether every stopping criterion given is met; return why (a sentence) or None."""
+    import ray
+
+    status = ray.get(accumulator.status.remote(until_halfwidth=until_halfwidth, until_jaccard=until_jaccard,
+                                               pairs_fdr=None))
+    stopping = status.get("stopping") or {}
+    if not stopping.get("all_met"):
+        return None
+    met = [f"{name.replace('_', ' ')} {c['value']:.3f} (target {c['target']:g})"
+           for name, c in stopping.items() if isinstance(c, dict)]
+    return f"{', '.join(met)} after {status['trials_done']} trials"
+
+
+def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResult, bar: Progress,
+           stop_check=None) -> None:
+    """Keep a window of trials in flight; retry failures up to max_attempts; record outcomes.
+
+    ``stop_check()`` (optional) is called after trials are counted; a reason it returns stops submitting.
+    """
     import ray
 
     queue = deque(missing)
@@ -207,8 +237,6 @@ def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResu
             k = in_flight.pop(ref)
             try:
                 ray.get(ref)
-                result.trained_now.append(k)
-                bar.advance(done=1)
             except Exception as exc:  # a trial's error or its worker/node dying: try again elsewhere
                 if attempts[k] < config.resources.max_attempts:
                     result.retried[k] = attempts[k]
@@ -217,4 +245,11 @@ def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResu
                 else:
                     result.failed[k] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
                     bar.advance(failed=1)
+                continue
+            result.trained_now.append(k)
+            bar.advance(done=1)
+            if stop_check is not None and queue and result.stopped_early is None:
+                result.stopped_early = stop_check()
+                if result.stopped_early:
+                    queue.clear()  # the trials in flight still finish and are counted
         bar.show(running=min(len(in_flight), max(1, window // 2)))
