@@ -117,8 +117,7 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
         A :class:`raymem.runner.run.RunResult` (trials done, trained now, retried, failed, wall time).
     """
     config = load_config(experiment, overrides, settings)
-    _check_reads(delta=report.DEFAULT_DELTA, method=report.DEFAULT_METHOD, until_halfwidth=until_halfwidth,
-                 until_jaccard=until_jaccard)
+    check_stopping(until_halfwidth, until_jaccard)
     name = name or config.preset
     uri = _new_run_dir(name, storage)  # a bad name is refused here, before anything starts
     if not (address or os.environ.get("RAY_ADDRESS")):
@@ -343,6 +342,12 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
     )
 
 
+def check_stopping(until_halfwidth: float | None, until_jaccard: float | None) -> None:
+    """Refuse bad ``--until-halfwidth`` / ``--until-jaccard`` values (RaymemError naming the flag)."""
+    _check_reads(delta=report.DEFAULT_DELTA, method=report.DEFAULT_METHOD, until_halfwidth=until_halfwidth,
+                 until_jaccard=until_jaccard)
+
+
 def _check_reads(*, delta: float, method: str, min_infl=None, min_mem=None, fdr=None, target_halfwidth=None,
                  until_halfwidth=None, until_jaccard=None) -> None:
     """Refuse bad read options before any run is opened (each check names its flag)."""
@@ -404,6 +409,138 @@ def stop(run: str, *, storage=None, address=None) -> bool:
     ray.get(actor.stop_shards.remote())  # detached pair shards would outlive their accumulator
     ray.kill(actor, no_restart=True)
     return True
+
+
+# ---- the paper's outputs -------------------------------------------------------------------
+
+def figures(run: str, out_dir: str, *, klass: int | None = None, storage=None, data_dir: str | None = None,
+            method: str = report.DEFAULT_METHOD) -> dict:
+    """Draw the paper's figures of a run into ``out_dir`` (read from its trial log).
+
+    ``memorized.png`` (Fig. D.4), ``influence.png`` + ``influence-examples.parquet`` (Figs. D.5-D.9, rows chosen
+    by the supplement's non-cherry-picking rule), ``influence-hist.png`` (Fig. C.1) and ``convergence.png``.
+    Images come from the run's own data loader; a run without images (ingested, or a streamed data set)
+    gets the histogram and the convergence plot, and the summary says what was skipped and why.
+
+    Args:
+        klass: the class shown in memorized.png (default: the class with most examples at mem >= 0.25).
+        data_dir: prepared TensorFlow Datasets (default ``$RAYMEM_DATA_DIR``).
+
+    Returns:
+        ``{"out_dir", "written", "skipped": {name: reason}, "pairs", "influenced_by": {k: test examples}, ...}``.
+    """
+    from raymem import figures as paper_figures
+    from raymem.estimator.run_files import read_labels
+    from raymem.estimator.trial_log import iter_trials, trial_ids
+
+    _check_reads(delta=report.DEFAULT_DELTA, method=method)
+    paper_figures.check_out_dir(out_dir)
+    store = open_store(run, storage)
+    view = offline_view(store)
+    labels = read_labels(store)
+    train_images, test_images, skipped_images = _run_images(view.info, data_dir)
+    if labels is None:  # ingested without labels: one class, nothing to show by class
+        labels = (np.zeros(view.info.n_train, np.int64), np.zeros(view.info.n_test, np.int64), None)
+    summary = paper_figures.figures_for_counts(
+        out_dir, view.counts, train_labels=labels[0], test_labels=labels[1], original_train_labels=labels[2],
+        records=iter_trials(store), total=len(trial_ids(store)), train_images=train_images, test_images=test_images,
+        klass=klass, method=method, plan=view.plan_kwargs(),
+    )
+    if skipped_images:
+        summary.setdefault("images", skipped_images)
+    return summary
+
+
+def _run_images(info: RunInfo, data_dir: str | None):
+    """(train images, test images, why none) from the run's own data loader; images of in-memory sets only."""
+    dataset = info.config.get("dataset") if info.source == "runner" else None
+    if not dataset:
+        return None, None, "the run was ingested: raymem has no images for it"
+    from raymem.runner.datasets import ArrayDataset, load_dataset
+
+    data = load_dataset(dataset, data_dir)
+    if not isinstance(data, ArrayDataset) or data.x_train.ndim < 3:
+        return None, None, f"{dataset} has no images in memory (streamed data or feature vectors)"
+    return data.x_train, data.x_test, None
+
+
+def export(run: str, out: str, *, format: str = "fz", storage=None, index_map: str | None = None) -> str:
+    """Write a run's estimates in another tool's layout.
+
+    Args:
+        format: ``fz``: the layout Feldman & Zhang released (``tr_mem``, ``tr_labels``, ``tt_labels`` and per class c
+            ``infl_matrix_class{c}``, ``tr_classidx_{c}``, ``tt_classidx_{c}``).
+        index_map: a ``.npy`` (training) or ``.npz`` (``train``/``test``) map from the authors' order to tfds order.
+
+    Returns:
+        ``out``.
+    """
+    from raymem.estimator import fz_format
+    from raymem.estimator.files import check_output_path
+    from raymem.estimator.run_files import read_labels
+
+    if format != "fz":
+        raise RaymemError(f"--format {format!r} is not an export format; use --format fz.")
+    check_output_path(out, "--out")
+    train_map, test_map = fz_format.load_index_map(index_map) if index_map else (None, None)
+    store = open_store(run, storage)
+    labels = read_labels(store)
+    if labels is None:
+        raise RaymemError(f"run {run} has no labels.parquet, and the fz layout is per class; ingest it with labels "
+                          "or export its pairs with `raymem pairs --npz`.")
+    view = offline_view(store)
+    return str(fz_format.export_fz(view.counts, labels[0], labels[1], out, train_index_map=train_map,
+                                   test_index_map=test_map))
+
+
+INGEST_SOURCES = ("npy", "npz", "fz-aux")
+
+
+def ingest_from(run_dir: str, source: str, path: str, *, name: str | None = None, index_map: str | None = None) -> RunInfo:
+    """:func:`ingest` from another tool's files, read without pickle and checked before anything is written.
+
+    Args:
+        source: ``npz`` (one archive with ``trainset_mask``, ``trainset_correctness``, ``testset_correctness``) or
+            ``fz-aux`` (a folder of the authors' runs, one ``aux_arrays.npz`` per run).
+        index_map: as for :func:`export` (indices in the authors' order are mapped to tfds order).
+    """
+    from raymem.estimator import fz_format
+
+    train_map, test_map = fz_format.load_index_map(index_map) if index_map else (None, None)
+    if source == "npz":
+        arrays = fz_format.read_npz_trials(path, train_index_map=train_map, test_index_map=test_map)
+    elif source == "fz-aux":
+        arrays = fz_format.read_fz_aux(path, train_index_map=train_map, test_index_map=test_map)
+    else:
+        raise RaymemError(f"--from {source!r} is not a source; use --from npz FILE or --from fz-aux DIR "
+                          "(or --masks/--train-correct/--test-correct .npy files).")
+    return ingest(run_dir, *arrays, name=name)
+
+
+def compare_many(runs: list[str], *, reference: str | None = None, storage=None,
+                 min_mem: float = formulas.PAPER_MIN_MEM) -> tuple[str, dict, dict]:
+    """Consistency curves of several runs against a reference run (supplement Figs. C.2/C.3).
+
+    Returns:
+        ``(reference, {run: curve table}, {run: legend info (architecture, pairs, test_accuracy)})``; draw them with
+        ``raymem.figures.comparison_figure``.
+    """
+    from raymem import figures as paper_figures
+    from raymem.estimator import bounds, compare as comparing
+
+    bounds.check_threshold(min_mem, "--min-mem", "0.25")
+    reference = reference or runs[0]
+    if reference not in runs:
+        runs = [reference, *runs]
+    views = {name: offline_view(open_store(name, storage)) for name in runs}
+    legend = {}
+    for name, view in views.items():
+        legend[name] = {"architecture": view.info.config.get("model"),
+                        "pairs": view.pairs_table(min_mem=min_mem).num_rows,
+                        "test_accuracy": paper_figures.mean_test_accuracy(view.counts)}
+    curves = {name: comparing.compare_runs(views[reference].counts, view.counts, min_mem=min_mem)
+              for name, view in views.items() if name != reference}
+    return reference, curves, legend
 
 
 # ---- clusters ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import functools
 import json
 import math
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 
@@ -83,13 +83,26 @@ def _api():
 @user_errors
 def ingest(
     run_dir: str = typer.Argument(..., help="New run directory (local path or s3:// gs:// URI)."),
-    masks: str = typer.Option(..., "--masks", help="bool .npy (trials, n_train): example i in trial k's subset."),
-    train_correct: str = typer.Option(..., "--train-correct", help="bool .npy (trials, n_train): trial k correct on training example i."),
-    test_correct: str = typer.Option(..., "--test-correct", help="bool .npy (trials, n_test): trial k correct on test example j."),
+    masks: Optional[str] = typer.Option(None, "--masks", help="bool .npy (trials, n_train): example i in trial k's subset."),
+    train_correct: Optional[str] = typer.Option(None, "--train-correct", help="bool .npy (trials, n_train): trial k correct on training example i."),
+    test_correct: Optional[str] = typer.Option(None, "--test-correct", help="bool .npy (trials, n_test): trial k correct on test example j."),
+    source: Optional[Tuple[str, str]] = typer.Option(None, "--from", help="Instead of the .npy files: --from npz FILE (trainset_mask, "
+                                                                   "trainset_correctness, testset_correctness) or --from fz-aux DIR "
+                                                                   "(the authors' runs, one aux_arrays.npz each).", ),
+    index_map: Optional[str] = typer.Option(None, "--index-map", help="Map from the authors' example order to tfds order (.npy or .npz train/test)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name recorded in run.json (default: the folder name)."),
 ):
-    """Make a run from external results (e.g. the paper's released checkpoints)."""
-    info = _api().ingest_files(run_dir, masks, train_correct, test_correct, name=name)
+    """Make a run from external results (the authors' released runs, or any bool arrays)."""
+    api = _api()
+    if source and source[0] is not None:
+        if masks or train_correct or test_correct:
+            raise RaymemError("give either --from npz FILE / --from fz-aux DIR or the three .npy files "
+                              "--masks, --train-correct and --test-correct, not both.")
+        info = api.ingest_from(run_dir, source[0], source[1], name=name, index_map=index_map)
+    elif masks and train_correct and test_correct:
+        info = api.ingest_files(run_dir, masks, train_correct, test_correct, name=name)
+    else:
+        raise RaymemError("give --masks, --train-correct and --test-correct (.npy files), or --from npz FILE / --from fz-aux DIR.")
     typer.echo(f"ingested {info.config['trials']} trials into {run_dir}: n_train={info.n_train} n_test={info.n_test} "
                f"subset_size={info.subset_size}")
 
@@ -271,26 +284,78 @@ def status(
 @user_errors
 def compare(
     run: str = RunArg,
-    other: str = typer.Argument(..., help="Another run (name or directory), or released pairs as .npz (tr_idx, tt_idx, infl, mem)."),
+    others: List[str] = typer.Argument(..., help="Other runs (names or directories), or released pairs as .npz (tr_idx, tt_idx, infl, mem)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="With several runs: compare each with this one (default: the first)."),
     min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl"),
     min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem"),
     out: Optional[str] = typer.Option(None, "--out", help="Write the consistency table as Parquet here (run vs run)."),
-    figure: Optional[str] = typer.Option(None, "--figure", help="Write the consistency curves as a PNG (run vs run)."),
+    figure: Optional[str] = typer.Option(None, "--figure", help="Write the consistency curves as a PNG (runs vs the reference)."),
     storage: Optional[str] = StorageOpt,
 ):
-    """Consistency of two estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Fig. C.2)."""
+    """Consistency of estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Figs. C.2/C.3)."""
     from raymem import outputs
 
     _check_outputs(out=out, figure=figure)
-    result = _api().compare(run, other, storage=storage, min_infl=min_infl, min_mem=min_mem)
-    if isinstance(result, dict):
-        typer.echo(json.dumps(result, indent=2))
+    api = _api()
+    if len(others) == 1 and reference is None:
+        result = api.compare(run, others[0], storage=storage, min_infl=min_infl, min_mem=min_mem)
+        if isinstance(result, dict):
+            typer.echo(json.dumps(result, indent=2))
+            return
+        if out:
+            outputs.write_parquet(result, out)
+        if figure:
+            outputs.consistency_figure(result, figure, title=f"{run} vs {others[0]}")
+        _print_table(result, limit=40)
         return
+    import pyarrow as pa
+
+    from raymem import figures as paper_figures
+
+    ref, curves, legend = api.compare_many([run, *others], reference=reference, storage=storage, min_mem=min_mem)
+    table = pa.concat_tables([t.append_column("run", pa.array([name] * t.num_rows)) for name, t in curves.items()])
     if out:
-        outputs.write_parquet(result, out)
+        outputs.write_parquet(table, out)
     if figure:
-        outputs.consistency_figure(result, figure, title=f"{run} vs {other}")
-    _print_table(result, limit=40)
+        paper_figures.comparison_figure(ref, curves, figure, legend=legend)
+        typer.echo(f"wrote {figure}")
+    for name, info in legend.items():
+        typer.echo(paper_figures.legend_label(name, info) + (" (reference)" if name == ref else ""))
+    _print_table(table, limit=40)
+
+
+@app.command()
+@user_errors
+def figures(
+    run: str = RunArg,
+    out: str = typer.Option(..., "--out", help="Folder for the PNGs and influence-examples.parquet (created if its parent exists)."),
+    klass: Optional[int] = typer.Option(None, "--class", help="Class shown in memorized.png (default: most examples at mem >= 0.25)."),
+    method: str = MethodOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    storage: Optional[str] = StorageOpt,
+):
+    """The paper's figures of a run: memorized examples, influence rows, influence histogram, convergence."""
+    summary = _api().figures(run, out, klass=klass, storage=storage, data_dir=data_dir, method=method)
+    for name in summary["written"]:
+        typer.echo(f"wrote {out}/{name}")
+    for name, why in summary["skipped"].items():
+        typer.echo(f"skipped {name}: {why}")
+    counts = ", ".join(f"{n} by {k}" for k, n in sorted(summary.get("influenced_by", {}).items()))
+    typer.echo(f"{summary['pairs']} high-influence pairs; test examples influenced: {counts or 'none'}")
+
+
+@app.command()
+@user_errors
+def export(
+    run: str = RunArg,
+    out: str = typer.Option(..., "--out", help="The .npz file to write."),
+    format: str = typer.Option("fz", "--format", help="fz: the layout Feldman & Zhang released (tr_mem, per-class influence)."),
+    index_map: Optional[str] = typer.Option(None, "--index-map", help="Map from the authors' example order to tfds order (.npy or .npz train/test)."),
+    storage: Optional[str] = StorageOpt,
+):
+    """Write a run's estimates in the authors' released layout."""
+    written = _api().export(run, out, format=format, storage=storage, index_map=index_map)
+    typer.echo(f"wrote {written} ({format} layout)")
 
 
 @app.command()
@@ -394,6 +459,7 @@ def run(
                      gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
                      pair_shards=pair_shards)
     config = api.load_config(experiment, overrides, settings)  # checked before anything starts
+    api.check_stopping(until_halfwidth, until_jaccard)
     if dry_run:
         shown = api.plan(config, name=name, storage=storage)
         typer.echo(json.dumps(shown, indent=2) if as_json else format_plan(shown))

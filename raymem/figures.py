@@ -305,18 +305,24 @@ def figures_for_counts(
     simultaneous: bool = False,
     min_infl: float = formulas.PAPER_MIN_INFL,
     min_mem: float = formulas.PAPER_MIN_MEM,
+    method: str = report.DEFAULT_METHOD,
+    plan: Mapping | None = None,
 ) -> dict:
     """:func:`paper_figures` from a run's counts: builds the mem and pairs tables, replays ``records``
     (the trial log, e.g. ``trial_log.iter_trials(store)`` with ``total=len(trial_ids)``) for the
     convergence curve, and shows each training example's most influenced test examples over its whole row.
+
+    ``method`` and ``plan`` (``planned_trials``, ``subset_ratio``: ``RunView.plan_kwargs()``) give the
+    intervals shown the same values as ``raymem estimates`` / ``pairs``.
     """
     check_out_dir(out_dir)
-    mem = report.mem_table(counts, delta=delta, simultaneous=simultaneous)
+    bars = dict(delta=delta, simultaneous=simultaneous, method=method, **(plan or {}))
+    mem = report.mem_table(counts, **bars)
     train = _labels(train_labels, "train_labels")
     if original_train_labels is not None:
         flipped = train != _labels(original_train_labels, "original_train_labels")[: train.size]
         mem = mem.append_column("label_flipped", pa.array(flipped[counts.rows]))
-    pairs = report.pairs_table(counts, min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous)
+    pairs = report.pairs_table(counts, min_infl=min_infl, min_mem=min_mem, **bars)
     curve = None
     if records is not None:
         curve = convergence_curve(records, counts.n_train, counts.n_test, total=total, delta=delta,

@@ -342,3 +342,68 @@ def test_pairs_fdr_adds_q_values_and_selects_fewer(run_dir):
     assert all(q <= 0.1 for q in controlled.column("q_value").to_pylist())
     result = invoke("pairs", str(run_dir), "--fdr", "0.1", "--min-infl", "0", "--min-mem", "0")
     assert result.exit_code == 0 and "false discovery rate 0.1" in result.output
+
+
+def test_figures_of_an_ingested_run_say_what_they_skip(run_dir, tmp_path):
+    out = tmp_path / "figs"
+    result = invoke("figures", str(run_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in out.iterdir())
+    assert {"influence-hist.png", "convergence.png", "influence-examples.parquet"} <= set(written)
+    assert all((out / name).stat().st_size > 0 for name in written)
+    assert "skipped memorized.png" in result.stdout  # no images for an ingested run, and it says so
+
+
+def test_export_fz_then_compare_with_the_export_agrees(tmp_path, files, sim):
+    run_dir = tmp_path / "labelled"
+    api.ingest(str(run_dir), sim.masks, sim.train_correct, sim.test_correct,
+               train_labels=np.arange(N) % 3, test_labels=np.arange(N_TEST) % 3)
+    out = tmp_path / "fz.npz"
+    result = invoke("export", str(run_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    from raymem.estimator import fz_format, replay
+    from raymem.estimator.storage import RunStore
+
+    counts = replay.offline_view(RunStore.open(str(run_dir))).counts
+    same = fz_format.compare_with_fz(counts, fz_format.read_fz(out), min_infl=0.0, min_mem=0.0)
+    assert same["mem"]["jaccard"] == 1.0 and same["infl"]["jaccard"] in (1.0, None)
+
+
+def test_ingest_from_npz_layout_equals_ingest_from_npy_files(tmp_path, files, sim, run_dir):
+    archive = tmp_path / "heldout.npz"
+    np.savez(archive, trainset_mask=sim.masks, trainset_correctness=sim.train_correct, testset_correctness=sim.test_correct)
+    other = tmp_path / "from-npz"
+    result = invoke("ingest", str(other), "--from", "npz", str(archive))
+    assert result.exit_code == 0, result.output
+    assert api.estimates(str(other)).equals(api.estimates(str(run_dir)))
+
+
+def test_compare_several_runs_draws_one_curve_each(run_dir, tmp_path, files):
+    second = tmp_path / "second"
+    assert invoke("ingest", str(second), *ingest_args(files)).exit_code == 0
+    figure = tmp_path / "c.png"
+    result = invoke("compare", str(run_dir), str(second), str(run_dir), "--reference", str(run_dir), "--figure", str(figure))
+    assert result.exit_code == 0, result.output
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(reference)" in result.stdout
+
+
+BAD_PAPER_OUTPUTS = {
+    "unknown class": (["figures", "{run}", "--out", "{figs}", "--class", "7"], ["class 7"]),
+    "wrong format": (["export", "{run}", "--out", "{npz}", "--format", "csv"], ["--format", "fz"]),
+    "archive missing keys": (["ingest", "{new}", "--from", "npz", "{bad}"], ["'testset_correctness'"]),
+    "unknown source": (["ingest", "{new}", "--from", "hdf5", "{bad}"], ["--from"]),
+    "export needs labels": (["export", "{run}", "--out", "{npz}"], ["labels"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PAPER_OUTPUTS))
+def test_bad_paper_output_inputs_exit_2_and_write_nothing(run_dir, tmp_path, case):
+    args, names = BAD_PAPER_OUTPUTS[case]
+    np.savez(tmp_path / "bad.npz", trainset_mask=np.zeros((2, 3), bool), trainset_correctness=np.zeros((2, 3), bool))
+    where = {"run": run_dir, "figs": tmp_path / "figs", "npz": tmp_path / "out.npz", "new": tmp_path / "new",
+             "bad": tmp_path / "bad.npz"}
+    fill = lambda s: s.format(**where)  # noqa: E731
+    before = snapshot(tmp_path)
+    result = invoke(*map(fill, args))
+    assert_user_error(result, *map(fill, names))
+    assert snapshot(tmp_path) == before

@@ -121,6 +121,8 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     (["--set", "nope=1"], "unknown config key 'nope'"),
     (["--set", "epochs"], "is not KEY=VALUE"),
     (["--name", "../escape"], "not a valid run name"),
+    (["--until-halfwidth", "-1"], "--until-halfwidth"),
+    (["--until-jaccard", "nan"], "--until-jaccard"),
 ])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_cli_run_rejects_bad_config_before_ray_starts(tmp_path, monkeypatch, args, match, dry_run):

@@ -111,6 +111,19 @@ def test_failure_after_max_attempts_is_reported(tmp_path):
     assert log_ids(run_dir) == [1]
 
 
+def test_until_halfwidth_stops_early_and_the_log_holds_every_counted_trial(tmp_path):
+    run_dir = tmp_path / "until"
+    # digits examples are mostly right in and out of the subset, so the median anytime half-width (planned for
+    # 20 trials) falls to 0.8 after about 10 counted trials; the 2-3 trials in flight then finish and count
+    result = api.run(tiny(trials=20), name="until", storage=str(tmp_path), num_cpus=2, progress=False,
+                     until_halfwidth=0.8)
+    assert result.stopped_early and "halfwidth" in result.stopped_early
+    assert result.trials_done < 20 and not result.failed
+    assert log_ids(run_dir) == sorted(result.trained_now)  # every counted trial is in the log, nothing else
+    status = api.status(str(run_dir), until_halfwidth=0.8, pairs_fdr=None)
+    assert status["trials_done"] == result.trials_done and status["stopping"]["until_halfwidth"]["met"]
+
+
 def test_extend_and_refuse_other_config(tmp_path):
     run_dir = tmp_path / "ext"
     run_experiment(tiny(trials=2), name="ext", run_uri=str(run_dir), num_cpus=2, progress=False)
