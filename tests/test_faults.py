@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raymem import api
 from raymem.estimator import replay
 from raymem.errors import RaymemError
 from raymem.estimator.run_files import read_run_info

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymem import api
 from raymem.estimator import replay
 from raymem.actors import pair_shard
 from raymem.actors.accumulator import get_or_create_accumulator

@@ -178,11 +178,9 @@ def run_experiment(
 
         result = RunResult(name, store.uri, config.trials, len(done))
         bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
-        stop_check = None
-        if until_halfwidth is not None or until_jaccard is not None:
-            def stop_check() -> str | None:
-                return criteria_met(accumulator, until_halfwidth, until_jaccard)
-        _drive(config, missing, submit, result, bar, stop_check)
+        stopping = until_halfwidth is not None or until_jaccard is not None
+        _drive(config, missing, submit, result, bar,
+               (lambda: criteria_met(accumulator, until_halfwidth, until_jaccard)) if stopping else None)
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
         result.wall_seconds = time.perf_counter() - started
