@@ -43,15 +43,18 @@ class VectorCounts:
 
     @classmethod
     def zeros(cls, rows: int, n_test: int) -> "VectorCounts":
+        """Return all-zero counts for ``rows`` training and ``n_test`` test examples."""
         z = lambda k: np.zeros(k, dtype=np.int64)  # noqa: E731
         return cls(0, z(rows), z(rows), z(rows), z(n_test))
 
     @property
     def n_out(self) -> np.ndarray:
+        """Trials whose subset left each training example out: ``trials - n_in``."""
         return self.trials - self.n_in
 
     @property
     def out_hits(self) -> np.ndarray:
+        """Trials that left each example out and were right on it: ``total_hits - in_hits``."""
         return self.total_hits - self.in_hits
 
     def memorization(self) -> np.ndarray:
@@ -67,6 +70,7 @@ class VectorCounts:
         self.test_hits += test_correct
 
     def minus(self, other: "VectorCounts") -> "VectorCounts":
+        """Return these counts less ``other``'s (e.g. all trials minus the even ones gives the odd ones)."""
         return VectorCounts(
             self.trials - other.trials,
             self.n_in - other.n_in,
@@ -127,14 +131,17 @@ class Counts:
     # ---- shape facts -------------------------------------------------------------------
     @property
     def rows(self) -> slice:
+        """The slice of training rows these counts hold (all rows, or one shard's)."""
         return slice(self.row_start, self.row_stop)
 
     @property
     def trials(self) -> int:
+        """Trials counted."""
         return self.all.trials
 
     @property
     def odd(self) -> VectorCounts:
+        """Per-example counts of the odd trial ids (split-half consistency)."""
         return self.all.minus(self.even)
 
     @property

@@ -85,6 +85,7 @@ class Plan:
 
     @classmethod
     def of(cls, planned_trials=None, subset_ratio=None, budget=None) -> "Plan":
+        """The plan for a run of ``planned_trials`` trials at ``subset_ratio`` (defaults when None)."""
         trials = DEFAULT_PLANNED_TRIALS if planned_trials is None else planned_trials
         ratio = DEFAULT_SUBSET_RATIO if subset_ratio is None else subset_ratio
         try:

@@ -184,6 +184,7 @@ def _top_table(tr, rank, tt, infl, lo, hi) -> pa.Table:
 
 
 def class_range_error(klass, num_classes: int) -> RaymemError:
+    """The error for a ``--class`` that is not a class of the run."""
     return RaymemError(f"class {klass} is not a class of this run; pick --class in 0..{num_classes - 1}.")
 
 

@@ -19,6 +19,11 @@ from raymem.estimator.run_files import RunInfo
 
 @dataclass
 class RunView:
+    """A run's counts with what the run knows (info, canaries): every read, answered the same live or offline.
+
+    The interval arguments of each reader (``delta``, ``simultaneous``, ``method``) mean what they mean in
+    ``report``; the anytime bars are tuned to this run's planned trials and subset ratio (``plan_kwargs``).
+    """
     info: RunInfo
     counts: Counts
     flipped: np.ndarray | None = None   # bool (n_train,): training labels flipped as canaries
@@ -32,6 +37,7 @@ class RunView:
 
     @property
     def subset_ratio(self) -> float | None:
+        """m / n of the run's subsets, or None when it is degenerate."""
         n, m = self.info.n_train, self.info.subset_size
         return m / n if n and 0 < m < n else None
 
@@ -45,6 +51,7 @@ class RunView:
 
     def mem_table(self, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
                   method: str = report.DEFAULT_METHOD) -> pa.Table:
+        """Memorization of every training example with its intervals (``report.mem_table``) and canary flags."""
         table = report.mem_table(self.counts, delta=delta, simultaneous=simultaneous, method=method, **self.plan_kwargs())
         if self.flipped is not None:
             table = table.append_column("label_flipped", pa.array(self.flipped[self.counts.rows]))
@@ -60,6 +67,7 @@ class RunView:
         fdr: float | None = None,
         n_hypotheses: int | None = None,
     ) -> pa.Table:
+        """High-influence pairs with intervals, optionally selected at a false discovery rate (``report.pairs_table``)."""
         return report.pairs_table(self.counts, min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous,
                                   method=method, fdr=fdr, n_hypotheses=n_hypotheses, **self.plan_kwargs())
 
@@ -67,6 +75,7 @@ class RunView:
         self, test_index: int, top: int = 10, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
         method: str = report.DEFAULT_METHOD,
     ) -> pa.Table:
+        """The top influencers of one test example (``report.influence_table``)."""
         return report.influence_table(self.counts, test_index, top=top, delta=delta, simultaneous=simultaneous,
                                       method=method, **self.plan_kwargs())
 
@@ -81,6 +90,7 @@ class RunView:
         pairs_fdr: float | None = report.STATUS_FDR,
         n_hypotheses: int | None = None,
     ) -> dict:
+        """The convergence summary (``report.convergence_summary``) with the run's name, source, target and canaries."""
         summary = report.convergence_summary(
             self.counts,
             subset_size=self.info.subset_size,
