@@ -23,6 +23,7 @@ demo: setup
 	$(BIN)/raymem status demo --storage $(DEMO_STORAGE)
 	$(BIN)/raymem estimates demo --storage $(DEMO_STORAGE) --out $(DEMO_STORAGE)/demo-mem.parquet --figure $(DEMO_STORAGE)/demo-mem.png
 	$(BIN)/raymem pairs demo --storage $(DEMO_STORAGE) --out $(DEMO_STORAGE)/demo-pairs.parquet
+	$(BIN)/raymem figures demo --storage $(DEMO_STORAGE) --out $(DEMO_STORAGE)/demo-figures
 
 # pytest exits 5 when a selection runs no test; that is not a failure of the suite.
 test: setup
