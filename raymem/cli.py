@@ -353,6 +353,7 @@ def run(
     nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per trial before it is reported failed."),
     pair_shards: Optional[int] = typer.Option(None, "--pair-shards", help="Split the pair matrix over this many actors (ImageNet: 16)."),
+    pack: Optional[str] = typer.Option(None, "--pack", help="Train K trials together as one packed model (small_cnn, linear), or 'auto'."),
     settings: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
@@ -365,7 +366,7 @@ def run(
     overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
                      subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
                      gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
-                     pair_shards=pair_shards)
+                     pair_shards=pair_shards, pack=pack)
     config = api.load_config(experiment, overrides, settings)  # checked before anything starts
     if dry_run:
         shown = api.plan(config, name=name, storage=storage)
