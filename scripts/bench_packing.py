@@ -87,7 +87,7 @@ def _e2e(trials: int, epochs: int, pack: int | None, num_cpus: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per model (the digits preset: 30)")
-    parser.add_argument("--packs", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--packs", type=int, nargs="*", default=[1, 4, 16, 64], help="none: skip the first table")
     parser.add_argument("--e2e-trials", type=int, default=16)
     parser.add_argument("--e2e-epochs", type=int, default=None, help="default: --epochs")
     parser.add_argument("--e2e-packs", type=str, nargs="*", default=["8"], help="packs to run end to end ('auto' allowed)")
@@ -98,15 +98,8 @@ def main() -> None:
         _child(args)
         return
 
-    print(f"digits (small_cnn, batch 32), {args.epochs} epochs per model, 1 CPU thread per trial; "
-          f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (shared machine)")
-    rows = [("unpacked", _measure(args.epochs, 0))] + [(f"pack {k}", _measure(args.epochs, k)) for k in args.packs]
-    base = rows[0][1]["models"] * 3600 / rows[0][1]["seconds"]
-    print(f"{'':10} {'models':>6} {'seconds':>8} {'models/hour':>12} {'vs unpacked':>11} {'peak RSS MB':>11} {'test acc':>8}")
-    for label, r in rows:
-        rate = r["models"] * 3600 / r["seconds"]
-        print(f"{label:10} {r['models']:>6} {r['seconds']:>8.1f} {rate:>12,.0f} {rate / base:>10.2f}x "
-              f"{r['peak_rss_mb']:>11.0f} {r['test_accuracy']:>8.3f}")
+    if args.packs:
+        _table(args)
     epochs = args.e2e_epochs or args.epochs
     if args.e2e_trials:
         print(f"\nend to end: raymem run digits --trials {args.e2e_trials} --epochs {epochs} --num-cpus {args.num_cpus}; "
@@ -117,6 +110,18 @@ def main() -> None:
         for pack in args.e2e_packs:
             wall = _e2e(args.e2e_trials, epochs, pack, args.num_cpus)
             print(f"{'--pack ' + pack:12} {wall:>7.1f} {base_wall / wall:>10.2f}x")
+
+
+def _table(args) -> None:
+    print(f"digits (small_cnn, batch 32), {args.epochs} epochs per model, 1 CPU thread per trial; "
+          f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (shared machine)")
+    rows = [("unpacked", _measure(args.epochs, 0))] + [(f"pack {k}", _measure(args.epochs, k)) for k in args.packs]
+    base = rows[0][1]["models"] * 3600 / rows[0][1]["seconds"]
+    print(f"{'':10} {'models':>6} {'seconds':>8} {'models/hour':>12} {'vs unpacked':>11} {'peak RSS MB':>11} {'test acc':>8}")
+    for label, r in rows:
+        rate = r["models"] * 3600 / r["seconds"]
+        print(f"{label:10} {r['models']:>6} {r['seconds']:>8.1f} {rate:>12,.0f} {rate / base:>10.2f}x "
+              f"{r['peak_rss_mb']:>11.0f} {r['test_accuracy']:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -295,18 +295,23 @@ def train_pack(config: ExperimentConfig, data, masks: np.ndarray, seeds: list[in
     y_all = tf.constant(data.y_train.astype(np.int32))
     step = _make_step(packed, optimizer, x_all, y_all, (recipe.augment_pad, recipe.augment_flip), settings["xla"])
     batch = recipe.batch_size
-    done, losses = 0, None
+    done, losses, warm = 0, None, None
     seed_base = int(seeds[0])
     for order in _epoch_orders(masks, seeds, recipe.epochs):
         for start in range(0, order.shape[1], batch):
             losses = step(tf.constant(order[:, start:start + batch]), tf.constant([seed_base, done], tf.int32))
             done += 1
+            if done == 2 and max_steps is not None:  # measurements: time the steps after tracing and warm-up
+                losses.numpy()
+                warm = time.perf_counter()
             if max_steps is not None and done >= max_steps:
                 break
         if max_steps is not None and done >= max_steps:
             break
+    finished = time.perf_counter() if losses is None else (losses.numpy(), time.perf_counter())[1]
     metadata = {
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": finished - started,
+        "step_seconds": None if warm is None or done <= 2 else (finished - warm) / (done - 2),
         "epochs": recipe.epochs,
         "replicas": 1,
         "global_batch": batch,  # per copy: each copy's own batch, as unpacked
@@ -380,7 +385,7 @@ def _memory_limit_bytes(config: ExperimentConfig) -> int:
 
 
 def measure_pack_sizes(config: ExperimentConfig, data, max_pack: int, steps: int = 6) -> list[dict]:
-    """Time ``steps`` training steps (after 2 warm-up steps) at K = 1, 2, 4, ... <= max_pack.
+    """Time ``steps`` training steps (after 2 warm-up steps) at K = 1, 2, 4, ... <= max_pack (one short pack each).
 
     Returns rows {"pack", "step_seconds", "peak_bytes"}; stops doubling once the step time grows by
     AUTO_GROWTH or more, or the next K would not fit in memory.
@@ -397,9 +402,8 @@ def measure_pack_sizes(config: ExperimentConfig, data, max_pack: int, steps: int
         masks = np.stack([subset_mask(config.seed, j, n, m) for j in range(k)])
         seeds = [trial_seed(config.seed, j) for j in range(k)]
         base = _peak_memory_bytes()
-        _, short = train_pack(config, data, masks, seeds, max_steps=2)       # set-up, tracing, 2 steps
-        _, long = train_pack(config, data, masks, seeds, max_steps=2 + steps)  # the same, plus `steps` steps
-        per_step = max(1e-6, (long["train_seconds"] - short["train_seconds"]) / steps)
+        _, timed = train_pack(config, data, masks, seeds, max_steps=2 + steps)  # 2 warm-up steps, then `steps` timed
+        per_step = max(1e-6, timed["step_seconds"])
         peak = _peak_memory_bytes()
         rows.append({"pack": k, "step_seconds": per_step, "peak_bytes": peak, "grew_bytes": max(0, peak - base)})
         release_session()
