@@ -445,6 +445,7 @@ def run(
     until_jaccard: Optional[float] = typer.Option(None, "--until-jaccard",
                                                   help="Stop submitting trials once the split-half Jaccard at mem >= 0.25 "
                                                        "is at least this."),
+    pack: Optional[str] = typer.Option(None, "--pack", help="Train K trials together as one packed model (small_cnn, linear), or 'auto'."),
     settings: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
@@ -457,7 +458,7 @@ def run(
     overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
                      subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
                      gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
-                     pair_shards=pair_shards)
+                     pair_shards=pair_shards, pack=pack)
     config = api.load_config(experiment, overrides, settings)  # checked before anything starts
     api.check_stopping(until_halfwidth, until_jaccard)
     if dry_run:

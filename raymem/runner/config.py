@@ -36,6 +36,10 @@ LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 
 Switch = Literal["auto", "on", "off"]
 
+#: Models whose copies can be trained as one packed model (``resources.pack``; see ``runner.packing``).
+#: The others use batch normalization, whose batch statistics would mix the copies of a pack.
+PACKABLE_MODELS: tuple[str, ...] = ("small_cnn", "linear")
+
 
 class _Section(BaseModel):
     """A frozen config part: unknown keys are refused, values are checked on construction."""
@@ -89,6 +93,20 @@ class Resources(_Section):
     gpus_per_trial: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # <1 shares a GPU; >1 one node's GPUs
     nodes_per_trial: int = Field(default=1, gt=0)       # >1: a multi-worker Ray Train group (tf-keras path)
     max_attempts: int = Field(default=3, gt=0)          # tries per trial before it is reported failed
+    # trials trained together as one packed model (runner.packing), asking for one trial's resources;
+    # "auto": the largest K whose measured step time still grows sub-linearly, capped by memory
+    pack: int | Literal["auto"] = 1
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_value(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("must be a whole number >= 1 (trials per pack) or 'auto'")
+        return value
 
     @model_validator(mode="after")
     def _whole_gpus_for_groups(self) -> "Resources":
@@ -145,6 +163,22 @@ class ExperimentConfig(_Section):
             raise ValueError(f"is not a model; choose one of {', '.join(MODEL_NAMES)}")
         return value
 
+    @model_validator(mode="after")
+    def _pack_fits(self) -> "ExperimentConfig":
+        pack = self.resources.pack
+        if pack == 1:
+            return self
+        if self.model not in PACKABLE_MODELS:
+            raise ValueError(f"resources.pack={pack!r} needs a model that packs, and model {self.model!r} uses batch "
+                             f"normalization, whose batch statistics would mix the copies of a pack; models that "
+                             f"pack: {', '.join(PACKABLE_MODELS)}; use pack=1 or one of those models")
+        if pack != "auto" and pack > self.trials:
+            raise ValueError(f"resources.pack={pack} is larger than trials={self.trials}; use pack <= trials")
+        if self.uses_train_group:
+            raise ValueError(f"resources.pack={pack!r} packs small trials into one warm task; it cannot be combined "
+                             "with gpus_per_trial > 1 or nodes_per_trial > 1; use pack=1")
+        return self
+
     @property
     def uses_train_group(self) -> bool:
         """Big trials (several GPUs or nodes) run as a Ray Train worker group; small ones as warm tasks."""
@@ -173,7 +207,7 @@ KEY_SECTION: dict[str, str | None] = {
     **{key: section for section, cls in SECTIONS.items() for key in cls.model_fields},
 }
 #: Keys that may change between invocations of the same run (everything else must match to resume).
-RESUMABLE_KEYS = ("trials", "cpus_per_trial", "gpus_per_trial", "nodes_per_trial", "max_attempts",
+RESUMABLE_KEYS = ("trials", "cpus_per_trial", "gpus_per_trial", "nodes_per_trial", "max_attempts", "pack",
                   "mixed_precision", "xla", "pair_batch", "pair_shards", "paper_epoch_seconds", "paper_gpus")
 
 
@@ -324,7 +358,7 @@ def _describe(exc: ValidationError, merged: dict, source: str) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown config key {'.'.join(location)!r} in {source}; valid keys: {', '.join(sorted(KEY_SECTION))}."
     message = error["msg"].removeprefix("Value error, ")
-    if location and error["type"] == "value_error" and location[-1] not in KEY_SECTION:
+    if error["type"] == "value_error" and (not location or location[-1] not in KEY_SECTION):
         where = f"section {'.'.join(location)} of the config" if location else "the config"
         return f"{where} in {source} is invalid: {message}; fix that key."  # a check across keys of one section
     key = ".".join(location) or "config"

@@ -40,6 +40,8 @@ class RunResult:
     wall_seconds: float = 0.0
     max_in_flight: int = 0
     stopped_early: str | None = None   # why no more trials were submitted before the budget (--until-*)
+    pack: int = 1                                              # trials per pack (resolved when "auto")
+    pack_measurements: list = field(default_factory=list)      # --pack auto: {"pack", "step_seconds", ...}
 
 
 def plan(config: ExperimentConfig) -> dict:
@@ -63,7 +65,9 @@ def plan(config: ExperimentConfig) -> dict:
         "subset_ratio": config.subset_ratio,
         "recipe": config.recipe.model_dump(mode="json"),
         "per_trial": {"cpus": r.cpus_per_trial, "gpus": r.gpus_per_trial, "nodes": r.nodes_per_trial},
-        "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks",
+        "pack": r.pack,
+        "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks"
+                    + ("" if r.pack == 1 else f", packs of {r.pack} trials (one trial's resources each)"),
         "pair_shards": config.estimator.pair_shards if config.estimator.track_pairs else 0,
         "estimated_gpu_hours": hours,
         "estimate_basis": basis,
@@ -136,7 +140,7 @@ def run_experiment(
     from raymem.actors.accumulator import get_or_create_accumulator
     from raymem import connection
     from raymem.runner.datasets import load_dataset
-    from raymem.runner.trial import run_big_trial, run_small_trial
+    from raymem.runner.trial import measure_pack, run_big_trial, run_pack, run_small_trial
 
     started = time.perf_counter()
     data = load_dataset(config.dataset, data_dir)
@@ -169,17 +173,27 @@ def run_experiment(
                 return task.remote(config, run, [payload], accumulator, k, attempt, storage_path)
         else:
             # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).
-            task = ray.remote(max_calls=0)(run_small_trial).options(
-                num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0,
-            )
+            per_trial = dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
+            task = ray.remote(max_calls=0)(run_small_trial).options(**per_trial)
+            pack_task = ray.remote(max_calls=0)(run_pack).options(**per_trial)
 
             def submit(k, attempt):
+                if isinstance(k, tuple):  # a pack of trial ids, trained together, asking for one trial's resources
+                    return pack_task.remote(config, run, payload, accumulator, list(k), attempt)
                 return task.remote(config, run, payload, accumulator, k, attempt)
 
         result = RunResult(name, store.uri, config.trials, len(done))
+        pack = config.resources.pack
+        if pack == "auto" and missing:
+            # measured where trials run (one trial's resources); no larger than needed to keep every slot busy
+            slots = max(1, cluster_capacity(config))
+            measure = ray.remote(max_calls=0)(measure_pack).options(**per_trial)
+            pack, result.pack_measurements = ray.get(measure.remote(config, payload, -(-len(missing) // slots)))
+        result.pack = pack = int(pack) if pack != "auto" else 1
+        units = missing if pack == 1 else [tuple(missing[i:i + pack]) for i in range(0, len(missing), pack)]
         bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
         stopping = until_halfwidth is not None or until_jaccard is not None
-        _drive(config, missing, submit, result, bar,
+        _drive(config, units, submit, result, bar,
                (lambda: criteria_met(accumulator, until_halfwidth, until_jaccard)) if stopping else None)
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
@@ -206,11 +220,13 @@ def criteria_met(accumulator, until_halfwidth: float | None, until_jaccard: floa
     return f"{', '.join(met)} after {status['trials_done']} trials"
 
 
-def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResult, bar: Progress,
+def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, bar: Progress,
            stop_check=None) -> None:
-    """Keep a window of trials in flight; retry failures up to max_attempts; record outcomes.
+    """Keep a window of trials (trial ids, or packs: tuples of them) in flight; retry failures up to
+    max_attempts (a pack is retried whole); record outcomes per trial id.
 
-    ``stop_check()`` (optional) is called after trials are counted; a reason it returns stops submitting.
+    ``stop_check()`` (optional) is called after trials are counted; a reason it returns stops submitting
+    (the trials in flight still finish and are counted).
     """
     import ray
 
@@ -233,21 +249,23 @@ def _drive(config: ExperimentConfig, missing: list[int], submit, result: RunResu
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
         for ref in ready:
             k = in_flight.pop(ref)
+            members = list(k) if isinstance(k, tuple) else [k]
             try:
                 ray.get(ref)
             except Exception as exc:  # a trial's error or its worker/node dying: try again elsewhere
                 if attempts[k] < config.resources.max_attempts:
-                    result.retried[k] = attempts[k]
+                    result.retried.update({member: attempts[k] for member in members})
                     queue.appendleft(k)
-                    bar.advance(retried=1)
+                    bar.advance(retried=len(members))
                 else:
-                    result.failed[k] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
-                    bar.advance(failed=1)
+                    why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+                    result.failed.update({member: why for member in members})
+                    bar.advance(failed=len(members))
                 continue
-            result.trained_now.append(k)
-            bar.advance(done=1)
+            result.trained_now.extend(members)
+            bar.advance(done=len(members))
             if stop_check is not None and queue and result.stopped_early is None:
                 result.stopped_early = stop_check()
                 if result.stopped_early:
-                    queue.clear()  # the trials in flight still finish and are counted
+                    queue.clear()
         bar.show(running=min(len(in_flight), max(1, window // 2)))

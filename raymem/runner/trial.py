@@ -59,6 +59,51 @@ def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attem
     )
 
 
+def build_pack_records(config: ExperimentConfig, run: dict, data, trial_ids: list[int], attempt: int) -> list[TrialRecord]:
+    """Train the trials ``trial_ids`` together as one pack (``runner.packing``) and return one record per trial.
+
+    Each trial keeps its own subset and seed (``trial_subset``); its record is the one an unpacked trial
+    would send, with ``metadata["pack"] = {"id", "members", "size"}`` saying which pack trained it.
+    """
+    import numpy as np
+
+    from raymem.runner.packing import train_and_predict_pack
+    from raymem.runner.training import limit_tf_threads
+
+    started = time.time()
+    subsets = [trial_subset(run, k) for k in trial_ids]
+    limit_tf_threads(config.resources.cpus_per_trial)
+    outputs = train_and_predict_pack(config, data, np.stack([mask for mask, _ in subsets]), [seed for _, seed in subsets])
+    placement, finished = _placement(), time.time()
+    pack = {"id": f"{run['run_id']}:{trial_ids[0]}+{len(trial_ids)}", "members": [int(k) for k in trial_ids],
+            "size": len(trial_ids)}
+    records = []
+    for trial_id, (mask, seed), (train_pred, test_pred, metadata) in zip(trial_ids, subsets, outputs):
+        metadata.update(placement)
+        metadata.update({"pack": pack, "attempt": attempt, "started": started, "finished": finished})
+        records.append(TrialRecord.from_predictions(
+            run_id=run["run_id"], trial_id=int(trial_id), seed=seed, mask=mask,
+            train_pred=train_pred, test_pred=test_pred,
+            train_labels=data.y_train, test_labels=data.y_test, metadata=metadata,
+        ))
+    return records
+
+
+def run_pack(config: ExperimentConfig, run: dict, data, accumulator, trial_ids: list[int], attempt: int) -> list[dict]:
+    """Ray task body for a pack of small trials: train them together, send each trial's record, return the acks."""
+    import ray
+
+    records = build_pack_records(config, run, data, trial_ids, attempt)
+    return ray.get([accumulator.absorb.remote(record) for record in records])
+
+
+def measure_pack(config: ExperimentConfig, data, max_pack: int) -> tuple[int, list[dict]]:
+    """Ray task body for ``--pack auto``: measure step times where trials run; return (K, measurements)."""
+    from raymem.runner.packing import auto_pack
+
+    return auto_pack(config, data, max_pack)
+
+
 def run_small_trial(config: ExperimentConfig, run: dict, data, accumulator, trial_id: int, attempt: int) -> dict:
     """Ray task body for a small trial: train, send the record, return the accumulator's ack."""
     import ray
