@@ -325,8 +325,7 @@ def figures_for_counts(
     pairs = report.pairs_table(counts, min_infl=min_infl, min_mem=min_mem, **bars)
     curve = None
     if records is not None:
-        curve = convergence_curve(records, counts.n_train, counts.n_test, total=total, delta=delta,
-                                  simultaneous=simultaneous)
+        curve = convergence_curve(records, counts.n_train, counts.n_test, total=total, **bars)
     return paper_figures(
         out_dir, mem=mem, pairs=pairs, train_labels=train_labels, test_labels=test_labels,
         original_train_labels=original_train_labels, train_images=train_images, test_images=test_images,

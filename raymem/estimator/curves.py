@@ -46,6 +46,9 @@ def convergence_curve(
     simultaneous: bool = False,
     certify_threshold: float = formulas.PAPER_MIN_MEM,
     split_threshold: float = formulas.PAPER_MIN_MEM,
+    method: str = report.DEFAULT_METHOD,
+    planned_trials: int | None = None,
+    subset_ratio: float | None = None,
 ) -> pa.Table:
     """Replay trial records and return the convergence curve, one row per prefix of the log.
 
@@ -55,8 +58,11 @@ def convergence_curve(
     lengths are ``checkpoints(total, points)``. Columns: trials, median_halfwidth, max_halfwidth,
     certified (mem_lo >= certify_threshold), estimated_above (mem >= certify_threshold),
     split_jaccard, split_mean_abs_diff (even vs. odd trial ids at split_threshold; NaN when both sets
-    are empty).
+    are empty). ``method``, ``planned_trials`` and ``subset_ratio`` make the bars those ``raymem status``
+    shows for the run (its plan: ``RunView.plan_kwargs()``).
     """
+    bars = dict(delta=delta, simultaneous=simultaneous, method=method,
+                plan=report.plan_of(planned_trials, subset_ratio, delta))
     if total is None:
         try:
             total = len(records)  # type: ignore[arg-type]
@@ -84,9 +90,9 @@ def convergence_curve(
         if trial_id % 2 == 0:
             even.add(mask, train_ok, test_ok)
         if everything.trials in marks:
-            rows.append(_point(everything, even, delta, simultaneous, certify_threshold, split_threshold))
+            rows.append(_point(everything, even, bars, certify_threshold, split_threshold))
     if rows and rows[-1]["trials"] != everything.trials:
-        rows.append(_point(everything, even, delta, simultaneous, certify_threshold, split_threshold))
+        rows.append(_point(everything, even, bars, certify_threshold, split_threshold))
     schema = pa.schema([
         ("trials", pa.int64()), ("median_halfwidth", pa.float64()), ("max_halfwidth", pa.float64()),
         ("certified", pa.int64()), ("estimated_above", pa.int64()),
@@ -95,15 +101,12 @@ def convergence_curve(
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _mem(v: VectorCounts) -> np.ndarray:
-    return formulas.memorization(v.in_hits, v.n_in, v.out_hits, v.n_out)
-
-
-def _point(v: VectorCounts, even: VectorCounts, delta, simultaneous, certify_threshold, split_threshold) -> dict:
-    lo, hi = report.mem_intervals(v, delta, v.n_in.size, simultaneous)
+def _point(v: VectorCounts, even: VectorCounts, bars: dict, certify_threshold, split_threshold) -> dict:
+    lo, hi = report.mem_intervals(v, bars["delta"], v.n_in.size, bars["simultaneous"], method=bars["method"],
+                                  plan=bars["plan"])
     half = (hi - lo) / 2
-    mem = _mem(v)
-    split = selection.jaccard_and_mean_difference(_mem(even), _mem(v.minus(even)), split_threshold)
+    mem = v.memorization()
+    split = selection.jaccard_and_mean_difference(even.memorization(), v.minus(even).memorization(), split_threshold)
     return {
         "trials": int(v.trials),
         "median_halfwidth": float(np.median(half)) if half.size else math.nan,
