@@ -203,7 +203,7 @@ def test_packed_and_unpacked_trials_give_the_same_estimates(digits):
         v = VectorCounts.zeros(n, len(data.y_test))
         for mask, (train_pred, test_pred, _) in zip(masks, outputs):
             v.add(mask, train_pred == labels, test_pred == data.y_test)
-        mem = report._mem_of(v)
+        mem = v.memorization()
         lo, hi = report.mem_intervals(v, 0.05, n, False)
         recall = report.canary_recall(mem, flipped)
         accuracy = 100 * np.mean([meta["test_accuracy"] for _, _, meta in outputs])
