@@ -139,6 +139,12 @@ def test_pair_count_bytes_of_imagenet_shaped_labels():
     assert scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS) == 4 * class_family()
     with pytest.raises(RaymemError, match="labels"):
         scope.pair_count_bytes("class", n, n_test)
+    # a pair shard's slice: what its counts hold
+    for rows in [(0, 9), (9, 22), (13, 13)]:
+        klass = Counts.empty(N, N_TEST, rows=rows, influence_scope="class", train_labels=TRAIN_LABELS, test_labels=TEST_LABELS)
+        assert scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS,
+                                      rows=rows) == 4 * klass.pair_cells_kept == klass.pair_storage.nbytes
+        assert scope.pair_count_bytes("full", N, N_TEST, rows=rows) == Counts.empty(N, N_TEST, rows=rows).h_in.nbytes
 
 
 # ---- reads: the full answer restricted to same-label pairs ---------------------------------------------

@@ -71,37 +71,41 @@ def class_cells(train_labels, test_labels) -> int:
     test = np.asarray(test_labels, dtype=np.int64)
     classes, train_sizes = np.unique(train, return_counts=True)
     test_classes, test_sizes = np.unique(test, return_counts=True)
-    common, a, b = np.intersect1d(classes, test_classes, assume_unique=True, return_indices=True)
+    _, a, b = np.intersect1d(classes, test_classes, assume_unique=True, return_indices=True)
     return int(np.sum(train_sizes[a].astype(np.int64) * test_sizes[b].astype(np.int64)))
 
 
 def pair_cells(scope: str, n_train: int, n_test: int, *, train_labels=None, test_labels=None,
-               num_classes: int | None = None) -> int:
-    """Cells of the pair counts of ``scope`` over all ``n_train`` training rows.
+               num_classes: int | None = None, rows: tuple[int, int] | None = None) -> int:
+    """Cells of the pair counts of ``scope`` over training rows ``rows`` (default: all ``n_train``).
 
-    full: n_train x n_test. class: the same-label cells of the given labels (exact); without labels,
-    ``num_classes`` gives the estimate of balanced classes, n_train x n_test / num_classes.
+    full: rows x n_test. class: the same-label cells of the given labels (exact); without labels,
+    ``num_classes`` gives the estimate for balanced classes, rows x n_test / num_classes.
     """
     check_scope(scope)
+    start, stop = (0, int(n_train)) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= start <= stop <= int(n_train):
+        raise RaymemError(f"row slice {start}:{stop} is outside 0:{n_train}.")
     if scope == "full":
-        return int(n_train) * int(n_test)
+        return (stop - start) * int(n_test)
     if train_labels is not None and test_labels is not None:
         train, test = check_labels(train_labels, test_labels, n_train, n_test)
-        return class_cells(train, test)
+        return class_cells(train[start:stop], test)
     if num_classes is None or int(num_classes) < 1:
         raise RaymemError("the pair counts of influence scope 'class' depend on the labels; pass the run's labels "
                           "or its number of classes.")
-    return int(round(int(n_train) * int(n_test) / int(num_classes)))
+    return int(round((stop - start) * int(n_test) / int(num_classes)))
 
 
 def pair_count_bytes(scope: str, n_train: int, n_test: int, *, train_labels=None, test_labels=None,
-                     num_classes: int | None = None) -> int:
-    """Bytes of the float32 pair counts of ``scope`` (see :func:`pair_cells`), without the update buffer.
+                     num_classes: int | None = None, rows: tuple[int, int] | None = None) -> int:
+    """Bytes of the float32 pair counts of ``scope`` (see :func:`pair_cells`; ``rows``: one pair shard's slice),
+    without the update buffer (pair_batch x (rows + n_test) float32 more).
 
     ImageNet (1,281,167 x 50,000, 1,000 classes): full 256.2 GB, class 256.2 MB.
     """
     return PAIR_COUNT_BYTES * pair_cells(scope, n_train, n_test, train_labels=train_labels,
-                                         test_labels=test_labels, num_classes=num_classes)
+                                         test_labels=test_labels, num_classes=num_classes, rows=rows)
 
 
 @dataclass(frozen=True)
@@ -126,11 +130,15 @@ class PairLayout:
     The update buffer holds each trial's mask in ``row_order`` (rows grouped by block) and its test
     correctness in ``col_order``, so that block c's part of a buffer is the contiguous range
     ``row_bounds[c]:row_bounds[c + 1]`` (``col_bounds`` for the columns).
+
+    ``family``: the same-label cells over every training row of the run (not only this slice), the
+    family of pairs that simultaneous bands and the FDR tuning cover, fixed before any trial is seen.
     """
 
     def __init__(self, train_labels, test_labels, n_train: int, n_test: int, row_start: int, row_stop: int):
         train, test = check_labels(train_labels, test_labels, n_train, n_test)
         self.train_labels, self.test_labels = train, test
+        self.family = class_cells(train, test)  # over every row of the run: see the class docstring
         self.row_start, self.row_stop = int(row_start), int(row_stop)
         local = train[self.row_start:self.row_stop]
         row_classes, row_sizes = np.unique(local, return_counts=True)
@@ -163,12 +171,6 @@ class PairLayout:
     def cells(self) -> int:
         """Cells of this slice's blocks (the length of the flat storage)."""
         return int(self.cell_offsets[-1])
-
-    @property
-    def family(self) -> int:
-        """Same-label cells over every training row of the run (not only this slice): the family of
-        pairs that simultaneous bands and the FDR tuning cover, fixed before any trial is seen."""
-        return class_cells(self.train_labels, self.test_labels)
 
     def block_view(self, storage: np.ndarray, b: int) -> np.ndarray:
         """Block ``b`` of ``storage`` (the flat array) as a C-contiguous (rows, cols) view."""
