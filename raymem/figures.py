@@ -13,6 +13,8 @@
 - ``convergence.png``: median half-width, certified count and split-half Jaccard against trials.
 
 Figures that need images are skipped (with the reason) when the run has none, e.g. ingested runs.
+A run counted in influence scope "class" has influence only between examples of the same label, so its
+pairs, histogram and influence rows show same-label test examples only.
 :func:`comparison_figure` draws several runs against a reference (Figs. C.2/C.3). Inputs are estimator
 objects and tables, never run names; ``raymem.api`` resolves runs. Every file is written atomically.
 """

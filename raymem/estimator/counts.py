@@ -12,6 +12,13 @@ exact while counts stay below 2**24). A Counts object may cover only a slice of 
 
 The same statistics are also kept for the trials with an even id, so that split-half
 consistency (even vs. odd trials) costs no second pass over the log.
+
+Influence scope (``raymem.estimator.scope``): ``full`` keeps ``h_in`` as one (rows, n_test) matrix;
+``class`` keeps only the cells whose training and test example share a label, one block per class in
+one flat float32 array (``pair_storage``), updated by the same buffered products on each block's
+rows and columns. Readers go through the scope-independent accessors (``pair_blocks``,
+``pair_cells``, ``pair_column``, ``pair_row``, ``pair_hypotheses``, ``pair_family``), so every read
+answers the same way on both scopes, over the cells the scope keeps.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 
 from raymem.errors import RaymemError
 from raymem.estimator import formulas
+from raymem.estimator.scope import DEFAULT_SCOPE, PairBlock, PairLayout, check_scope
 
 #: float32 holds every integer below this exactly; counts must stay under it.
 MAX_EXACT_COUNT = 2**24
@@ -85,7 +93,8 @@ class Counts:
     """All counts of a set of trials over training rows ``row_start:row_stop``.
 
     ``add`` counts a trial (once per trial id) and buffers its pair update; ``flush`` applies the
-    buffer as one matrix product. Readers of ``h_in`` call ``flush`` first (``pairs_ready``).
+    buffer as one matrix product (per class block in class scope). Readers call ``flush`` first
+    (``pair_blocks``, ``pair_cells``, ... and ``pairs_ready`` for the full matrix do).
     """
 
     n_train: int
@@ -94,9 +103,11 @@ class Counts:
     row_stop: int
     all: VectorCounts
     even: VectorCounts
-    h_in: np.ndarray | None  # float32 (rows, n_test), None when pairs are not tracked
+    h_in: np.ndarray | None  # float32 (rows, n_test), None when pairs are not tracked or the scope is "class"
     batch_size: int = 64
     trial_ids: set[int] = field(default_factory=set)
+    layout: PairLayout | None = None           # class scope: where each class block lives (None: full scope)
+    pair_storage: np.ndarray | None = None     # class scope: float32 (layout.cells,), the blocks back to back
     # The pair-update buffer: rows [0, _pending_count) of two float32 arrays allocated on first use,
     # (batch_size, rows) masks and (batch_size, n_test) test correctness. Each add copies its trial in,
     # so callers may reuse their arrays, and flush multiplies the filled rows without stacking.
@@ -113,19 +124,33 @@ class Counts:
         rows: tuple[int, int] | None = None,
         with_pairs: bool = True,
         batch_size: int = 64,
+        influence_scope: str = DEFAULT_SCOPE,
+        train_labels=None,
+        test_labels=None,
     ) -> "Counts":
-        """Return zero counts for training rows ``rows`` (default: all of them)."""
+        """Return zero counts for training rows ``rows`` (default: all of them).
+
+        influence_scope: "full" (every pair) or "class" (only pairs of the same label, one block per
+        class); "class" needs ``train_labels`` (n_train,) as trained (canaries flipped) and
+        ``test_labels`` (n_test,), else RaymemError. The labels are ignored in full scope.
+        """
         start, stop = rows if rows is not None else (0, n_train)
         if not (0 <= start <= stop <= n_train):
             raise ValueError(f"row slice {start}:{stop} is outside 0:{n_train}")
         if batch_size < 1:
             raise RaymemError(f"batch size {batch_size} must be at least 1.")
+        check_scope(influence_scope)
         nrows = stop - start
-        h_in = np.zeros((nrows, n_test), dtype=np.float32) if with_pairs else None
+        layout = storage = h_in = None
+        if influence_scope == "class":
+            layout = PairLayout(train_labels, test_labels, n_train, n_test, start, stop)
+            storage = np.zeros(layout.cells, dtype=np.float32) if with_pairs else None
+        elif with_pairs:
+            h_in = np.zeros((nrows, n_test), dtype=np.float32)
         return cls(
             n_train, n_test, start, stop,
             VectorCounts.zeros(nrows, n_test), VectorCounts.zeros(nrows, n_test),
-            h_in, batch_size,
+            h_in, batch_size, layout=layout, pair_storage=storage,
         )
 
     # ---- shape facts -------------------------------------------------------------------
@@ -148,6 +173,29 @@ class Counts:
     def pending(self) -> int:
         """Trials counted in the vectors whose pair update is still buffered."""
         return self._pending_count
+
+    @property
+    def influence_scope(self) -> str:
+        """"full" (every pair counted) or "class" (only pairs whose two examples share a label)."""
+        return "class" if self.layout is not None else "full"
+
+    @property
+    def tracks_pairs(self) -> bool:
+        """Whether these counts keep pair counts (influence) at all."""
+        return self.h_in is not None or self.pair_storage is not None
+
+    @property
+    def pair_family(self) -> int:
+        """Pairs the scope estimates over the whole run (every row, not only this slice's): n_train x n_test
+        in full scope, the same-label cells in class scope. Simultaneous bands and the FDR tuning cover these."""
+        return self.layout.family if self.layout is not None else self.n_train * self.n_test
+
+    @property
+    def pair_cells_kept(self) -> int:
+        """Pair cells these counts hold (this slice's rows only)."""
+        if self.layout is not None:
+            return self.layout.cells
+        return (self.row_stop - self.row_start) * self.n_test
 
     # ---- updates -----------------------------------------------------------------------
     def add(self, trial_id: int, mask: np.ndarray, train_correct: np.ndarray, test_correct: np.ndarray) -> bool:
@@ -172,10 +220,12 @@ class Counts:
         if trial_id % 2 == 0:
             self.even.add(rows_mask, rows_correct, test_correct)
         self.trial_ids.add(trial_id)
-        if self.h_in is not None:
+        if self.tracks_pairs:
+            if self.layout is not None:  # class scope: the buffer holds rows and columns grouped by block
+                rows_mask, test_correct = rows_mask[self.layout.row_order], test_correct[self.layout.col_order]
             if self._pending_masks is None:
-                self._pending_masks = np.empty((self.batch_size, self.row_stop - self.row_start), dtype=np.float32)
-                self._pending_test = np.empty((self.batch_size, self.n_test), dtype=np.float32)
+                self._pending_masks = np.empty((self.batch_size, rows_mask.size), dtype=np.float32)
+                self._pending_test = np.empty((self.batch_size, test_correct.size), dtype=np.float32)
             self._pending_masks[self._pending_count] = rows_mask
             self._pending_test[self._pending_count] = test_correct
             self._pending_count += 1
@@ -184,19 +234,98 @@ class Counts:
         return True
 
     def flush(self) -> None:
-        """Apply buffered pair updates as one matrix product per row chunk."""
+        """Apply buffered pair updates as one matrix product per row chunk (per class block in class scope)."""
         count = self._pending_count
-        if count == 0 or self.h_in is None:
+        if count == 0 or not self.tracks_pairs:
             return
-        add_outer_products(self.h_in, self._pending_masks[:count], self._pending_test[:count])
+        masks, test = self._pending_masks[:count], self._pending_test[:count]
+        if self.layout is None:
+            add_outer_products(self.h_in, masks, test)
+        else:
+            lay = self.layout
+            for b in range(lay.labels.size):
+                add_outer_products(lay.block_view(self.pair_storage, b), masks[:, lay.row_bounds[b]:lay.row_bounds[b + 1]],
+                                   test[:, lay.col_bounds[b]:lay.col_bounds[b + 1]])
         self._pending_count = 0
 
-    def pairs_ready(self) -> np.ndarray:
-        """Flush, then return the pair matrix (raise if this Counts does not track pairs)."""
-        if self.h_in is None:
+    # ---- pair reads (both scopes) ------------------------------------------------------------
+    def _require_pairs(self) -> None:
+        if not self.tracks_pairs:
             raise RaymemError("this run was counted without the pair matrix (influence); rebuild it with pairs enabled.")
+
+    def pairs_ready(self) -> np.ndarray:
+        """Flush, then return the full pair matrix (rows, n_test); scope "full" only (class scope: pair_blocks)."""
+        self._require_pairs()
+        if self.layout is not None:
+            raise RaymemError("these counts keep influence per class (scope 'class'), not the full pair matrix; "
+                              "read them with pair_blocks() or pair_cells().")
         self.flush()
         return self.h_in
+
+    def pair_blocks(self) -> list[PairBlock]:
+        """Flush, then return the pair counts as blocks: one block of every row and column in full scope,
+        one per class in class scope (see ``scope.PairBlock``)."""
+        self._require_pairs()
+        self.flush()
+        if self.layout is None:
+            local = np.arange(self.row_stop - self.row_start, dtype=np.int64)
+            return [PairBlock(None, local + self.row_start, np.arange(self.n_test, dtype=np.int64), local, self.h_in)]
+        return self.layout.blocks(self.pair_storage)
+
+    def _local_rows(self, train_index) -> np.ndarray:
+        index = np.asarray(train_index, dtype=np.int64)
+        if index.size and (index.min() < self.row_start or index.max() >= self.row_stop):
+            raise RaymemError(f"training examples {index.min()}..{index.max()} are outside the counted rows "
+                              f"{self.row_start}..{self.row_stop - 1}; pass counts of the whole run.")
+        return index - self.row_start
+
+    def pair_cells(self, train_index, test_index) -> tuple[np.ndarray, np.ndarray]:
+        """(h_in, estimated) of the pairs (train_index, test_index) (global indices, broadcast together).
+
+        h_in float64 counts; estimated bool: the scope keeps that cell (always in full scope; in class
+        scope when the two examples share a label). Cells not estimated read 0.
+        """
+        self._require_pairs()
+        local = self._local_rows(train_index)
+        cols = np.asarray(test_index, dtype=np.int64)
+        if cols.size and (cols.min() < 0 or cols.max() >= self.n_test):
+            raise RaymemError(f"test examples {cols.min()}..{cols.max()} are outside the run's test set 0..{self.n_test - 1}.")
+        self.flush()
+        if self.layout is None:
+            local, cols = np.broadcast_arrays(local, cols)
+            return self.h_in[local, cols].astype(np.float64), np.ones(local.shape, dtype=bool)
+        return self.layout.gather(self.pair_storage, local, cols)
+
+    def pair_column(self, test_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train_index, h_in) of the training rows whose pair with test example ``test_index`` is estimated
+        (every row in full scope, the rows of its class in class scope), train_index ascending."""
+        blocks = self.pair_blocks()
+        if self.layout is None:
+            return blocks[0].rows, blocks[0].h[:, test_index]
+        b = int(self.layout.col_block[test_index])
+        if b < 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return blocks[b].rows, blocks[b].h[:, self.layout.col_pos[test_index]]
+
+    def pair_row(self, train_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(test_index, h_in) of the test examples whose pair with training example ``train_index`` is
+        estimated (every one in full scope, those of its class in class scope), test_index ascending."""
+        r = int(self._local_rows([train_index])[0])
+        blocks = self.pair_blocks()
+        if self.layout is None:
+            return blocks[0].cols, blocks[0].h[r]
+        b = int(self.layout.row_block[r])
+        if b < 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return blocks[b].cols, blocks[b].h[self.layout.row_pos[r]]
+
+    def pair_hypotheses(self, row_mask) -> int:
+        """Estimated pairs of the rows of this slice where ``row_mask`` (bool (rows,)) holds: the FDR
+        hypothesis count m when row_mask is mem >= min_mem."""
+        row_mask = np.asarray(row_mask, dtype=bool)
+        if self.layout is None:
+            return int(np.count_nonzero(row_mask)) * self.n_test
+        return self.layout.hypotheses(row_mask)
 
 
 def add_outer_products(h_in: np.ndarray, masks: np.ndarray, correct: np.ndarray, chunk_rows: int = UPDATE_CHUNK_ROWS) -> None:

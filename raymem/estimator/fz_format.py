@@ -132,6 +132,9 @@ def export_fz(
     the labels the run used. Index maps (optional): the file is written in the authors' order, so that
     position k holds tfds example index_map[k]. num_classes: default max label + 1 (a class without
     examples gets empty arrays).
+
+    Works on both influence scopes: a class-scope run's blocks are exactly these per-class matrices (its
+    labels must be the ones given, else RaymemError), so its file equals that of a full-scope run.
     """
     train = np.asarray(train_labels)
     test = np.asarray(test_labels)
@@ -148,14 +151,17 @@ def export_fz(
     classes = int(max(train.max(initial=-1), test.max(initial=-1)) + 1 if num_classes is None else num_classes)
     v = counts.all
     mem = formulas.memorization(v.in_hits, v.n_in, v.out_hits, v.n_out)
-    h_in = counts.pairs_ready()
     tr_labels_out, tt_labels_out = train[tr_map], test[tt_map]
     arrays = {"tr_mem": mem[tr_map].astype(np.float64), "tr_labels": tr_labels_out, "tt_labels": tt_labels_out}
     for c in range(classes):
         tr_pos = np.flatnonzero(tr_labels_out == c)
         tt_pos = np.flatnonzero(tt_labels_out == c)
         rows, cols = tr_map[tr_pos], tt_map[tt_pos]
-        block = formulas.influence(np.asarray(h_in[rows])[:, cols], v.n_in[rows], v.test_hits[cols], v.n_out[rows])
+        h, estimated = counts.pair_cells(rows[:, None], cols[None, :])
+        if not estimated.all():
+            raise RaymemError(f"the run counts influence per class of other labels than the ones given (class {c}); "
+                              "export it with the labels it was trained with (labels.parquet).")
+        block = formulas.influence(h, v.n_in[rows], v.test_hits[cols], v.n_out[rows])
         arrays[f"tr_classidx_{c}"] = tr_pos.astype(np.int64)
         arrays[f"tt_classidx_{c}"] = tt_pos.astype(np.int64)
         arrays[f"infl_matrix_class{c}"] = block.astype(np.float32)
@@ -233,6 +239,9 @@ def compare_with_fz(counts: Counts, fz: FzEstimates, *, min_infl: float = formul
                     min_mem: float = formulas.PAPER_MIN_MEM) -> dict:
     """Compare a run with per-class estimates on the cells those hold (same-class pairs).
 
+    A class-scope run whose labels differ from the file's (e.g. flipped canaries) is compared on the cells
+    both hold.
+
     Returns a dict: mem (Jaccard and mean |difference| at min_mem over all training examples) and infl
     (the same for the high-influence pairs inside the class blocks, Eq. 4 with the mem >= min_mem
     constraint on each side), plus pairs_run / pairs_file / pairs_common.
@@ -243,16 +252,19 @@ def compare_with_fz(counts: Counts, fz: FzEstimates, *, min_infl: float = formul
     v = counts.all
     mem = formulas.memorization(v.in_hits, v.n_in, v.out_hits, v.n_out)
     ours, theirs = [], []
+    if (counts.row_start, counts.row_stop) != (0, counts.n_train):
+        raise RaymemError("comparing with an estimates file needs the counts of every training row; gather the run's shards first.")
     for tr_idx, tt_idx, block in fz.blocks.values():
-        run = formulas.influence(np.asarray(counts.pairs_ready()[tr_idx])[:, tt_idx], v.n_in[tr_idx],
-                                 v.test_hits[tt_idx], v.n_out[tr_idx])
-        ours.append(run.ravel())
-        theirs.append((block.astype(np.float64), fz.tr_mem[tr_idx], mem[tr_idx], tt_idx.size))
+        h, estimated = counts.pair_cells(tr_idx[:, None], tt_idx[None, :])
+        run = formulas.influence(h, v.n_in[tr_idx], v.test_hits[tt_idx], v.n_out[tr_idx])
+        rows = np.broadcast_to(tr_idx[:, None], estimated.shape)[estimated]
+        ours.append(run[estimated])
+        theirs.append((block.astype(np.float64)[estimated], fz.tr_mem[rows] >= min_mem, mem[rows] >= min_mem))
     if ours:
         infl_run = np.concatenate(ours)
-        infl_file = np.concatenate([b.ravel() for b, *_ in theirs])
-        eligible_file = np.concatenate([np.repeat(m >= min_mem, k) for _, m, _, k in theirs])
-        eligible_run = np.concatenate([np.repeat(m >= min_mem, k) for _, _, m, k in theirs])
+        infl_file = np.concatenate([b for b, *_ in theirs])
+        eligible_file = np.concatenate([e for _, e, _ in theirs])
+        eligible_run = np.concatenate([e for _, _, e in theirs])
     else:
         infl_run = infl_file = np.zeros(0)
         eligible_file = eligible_run = np.zeros(0, dtype=bool)

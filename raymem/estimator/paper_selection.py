@@ -133,10 +133,11 @@ def top_influenced_from_counts(
     """The ``k`` most influenced test examples of each training example, over its whole row of the pair matrix.
 
     This is what the paper's figures show ("4 most influenced examples in the test set"). Intervals
-    use the same family as the pairs table (n_train x n_test cells when ``simultaneous``).
-    ``test_columns`` (optional bool (n_test,) or callable train_index -> bool (n_test,)) limits the
-    candidates, e.g. to test examples of the training example's class. Columns as
-    :func:`top_influenced_from_pairs`.
+    use the same family as the pairs table (the ``counts.pair_family`` estimated pairs when
+    ``simultaneous``). ``test_columns`` (optional bool (n_test,) or callable train_index -> bool (n_test,))
+    limits the candidates, e.g. to test examples of the training example's class. In class scope the
+    candidates are the test examples of the training example's class (the only pairs estimated).
+    Columns as :func:`top_influenced_from_pairs`.
     """
     wanted = np.unique(np.asarray(train_indices, dtype=np.int64))
     if wanted.size and (wanted.min() < counts.row_start or wanted.max() >= counts.row_stop):
@@ -144,23 +145,25 @@ def top_influenced_from_counts(
             f"training examples {wanted.min()}..{wanted.max()} are outside the counted rows "
             f"{counts.row_start}..{counts.row_stop - 1}; pass counts of the whole run."
         )
-    h_in = counts.pairs_ready()
     v = counts.all
-    d = bounds.family_delta(delta, counts.n_train * counts.n_test, simultaneous)
+    d = bounds.family_delta(delta, counts.pair_family, simultaneous)
     pieces = []
     for i in wanted:
         r = int(i) - counts.row_start
-        row = np.asarray(h_in[r], dtype=np.float64)
-        infl = formulas.pair_influence(row, v.n_in[r], v.test_hits, v.n_out[r])
-        allowed = np.ones(counts.n_test, dtype=bool)
+        estimated_cols, row = counts.pair_row(int(i))
+        row = np.asarray(row, dtype=np.float64)
+        infl = formulas.pair_influence(row, v.n_in[r], v.test_hits[estimated_cols], v.n_out[r])
+        allowed = np.ones(estimated_cols.size, dtype=bool)
         if test_columns is not None:
             allowed = np.asarray(test_columns(int(i)) if callable(test_columns) else test_columns, dtype=bool)
-        cols = np.flatnonzero(allowed)
-        cols = cols[np.lexsort((cols, -infl[cols]))][: int(k)]
-        h = np.rint(row[cols]).astype(np.int64)
+            allowed = allowed[estimated_cols]
+        pos = np.flatnonzero(allowed)
+        pos = pos[np.lexsort((estimated_cols[pos], -infl[pos]))][: int(k)]
+        cols = estimated_cols[pos]
+        h = np.rint(row[pos]).astype(np.int64)
         lo, hi = report.difference_interval_per_distinct_counts(
             h, np.full(cols.size, v.n_in[r]), v.test_hits[cols] - h, np.full(cols.size, v.n_out[r]), d)
-        pieces.append((np.full(cols.size, i, dtype=np.int64), np.arange(1, cols.size + 1), cols, infl[cols], lo, hi))
+        pieces.append((np.full(cols.size, i, dtype=np.int64), np.arange(1, cols.size + 1), cols, infl[pos], lo, hi))
     if not pieces:
         return _top_table(*(np.zeros(0, dtype=t) for t in (np.int64, np.int64, np.int64, float, float, float)))
     return _top_table(*(np.concatenate(parts) for parts in zip(*pieces)))

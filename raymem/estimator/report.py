@@ -80,14 +80,43 @@ def _infl_intervals(h_in, n_in, n_out, test_hits, delta, method, plan):
     return difference_interval_per_distinct_counts(h_in, n_in, test_hits - h_in, n_out, delta, method=method, plan=plan)
 
 
+def high_influence_pairs(counts: Counts, mem: np.ndarray, *, min_infl: float = formulas.PAPER_MIN_INFL,
+                         min_mem: float = formulas.PAPER_MIN_MEM) -> dict[str, np.ndarray]:
+    """``selection.high_influence_pairs`` over every block of the counts' pair counts (the full matrix, or one
+    block per class in class scope), with global train_index / test_index, sorted by train then test index.
+
+    mem: memorization of the counts' rows (``counts.all.memorization()``).
+    """
+    v = counts.all
+    parts = []
+    for block in counts.pair_blocks():
+        r = block.local_rows
+        found = selection.high_influence_pairs(block.h, v.n_in[r], v.n_out[r], v.test_hits[block.cols], mem[r],
+                                               min_infl=min_infl, min_mem=min_mem)
+        found["train_index"] = block.rows[found["train_index"]]
+        found["test_index"] = block.cols[found["test_index"]]
+        parts.append(found)
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return selection.high_influence_pairs(np.zeros((0, 0), np.float32), [], [], [], [])
+    found = {k: np.concatenate([p[k] for p in parts]) for k in selection.PAIR_FIELDS}
+    order = np.lexsort((found["test_index"], found["train_index"]))
+    return {k: a[order] for k, a in found.items()}
+
+
 def _fdr_selection(counts: Counts, found: dict, mem: np.ndarray, *, min_infl: float, min_mem: float, fdr: float,
                    method: str, plan: Plan, n_hypotheses: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(kept mask over `found`, q-values of the kept ones, m) of the FDR step-up over the pair hypotheses."""
+    """(kept mask over `found`, q-values of the kept ones, m) of the FDR step-up over the pair hypotheses.
+
+    m: the pairs the scope estimates whose training example has mem >= min_mem (full scope: those rows x
+    n_test; class scope: each such row x the test examples of its class), unless n_hypotheses is given.
+    """
     v = counts.all
-    m = int(n_hypotheses) if n_hypotheses is not None else int(np.count_nonzero(mem >= min_mem)) * counts.n_test
+    m = int(n_hypotheses) if n_hypotheses is not None else counts.pair_hypotheses(mem >= min_mem)
     p = fdr_module.pair_pvalues(found["h_in"], found["n_in"], found["n_out"], v.test_hits[found["test_index"]], min_infl,
                                 method=method, fdr=fdr, n_hypotheses=m, plan=plan,
-                                tuning_family=counts.n_train * counts.n_test)
+                                tuning_family=counts.pair_family)
     rejected, q = fdr_module.step_up(p, fdr, m, method)
     return rejected, q[rejected], m
 
@@ -110,7 +139,10 @@ def pairs_table(
     With ``fdr=Q``: only the pairs whose influence exceeds min_infl at false discovery rate Q (among all pairs
     whose training example has mem >= min_mem; see ``raymem.estimator.fdr``), with a ``q_value`` column.
     n_hypotheses: the number of hypotheses m when this Counts holds only some rows (a shard): pass the
-    total over all shards (default: this Counts' rows passing the filter x test examples).
+    total over all shards (default: the pairs the scope estimates on this Counts' rows passing the filter).
+
+    Class scope: only pairs whose training and test example share a label are estimated, so only those
+    are reported (and counted in m); simultaneous bands cover the ``counts.pair_family`` estimated pairs.
     """
     min_infl = bounds.check_threshold(min_infl, "--min-infl", "0.15")
     min_mem = bounds.check_threshold(min_mem, "--min-mem", "0.25")
@@ -119,13 +151,9 @@ def pairs_table(
     if fdr is not None:
         fdr = bounds.check_fdr(fdr)
     plan = plan_of(planned_trials, subset_ratio, delta)
-    h_in = counts.pairs_ready()
     v = counts.all
     mem = v.memorization()
-    found = selection.high_influence_pairs(
-        h_in, v.n_in, v.n_out, v.test_hits, mem,
-        min_infl=min_infl, min_mem=min_mem, row_offset=counts.row_start,
-    )
+    found = high_influence_pairs(counts, mem, min_infl=min_infl, min_mem=min_mem)
     q_values = None
     if fdr is not None:
         kept, q_values, _ = _fdr_selection(counts, found, mem, min_infl=min_infl, min_mem=min_mem, fdr=fdr,
@@ -133,7 +161,7 @@ def pairs_table(
         found = {k: a[kept] for k, a in found.items()}
     rows = found["train_index"] - counts.row_start
     cols = found["test_index"]
-    d = bounds.family_delta(delta, counts.n_train * counts.n_test, simultaneous)
+    d = bounds.family_delta(delta, counts.pair_family, simultaneous)
     lo, hi = _infl_intervals(found["h_in"], found["n_in"], found["n_out"], v.test_hits[cols], d, method, plan)
     columns = {
         "train_index": found["train_index"].astype(np.int64),
@@ -157,8 +185,7 @@ def pairs_passing_fdr(counts: Counts, fdr: float = STATUS_FDR, *, min_infl: floa
     fdr = bounds.check_fdr(fdr)
     v = counts.all
     mem = v.memorization()
-    found = selection.high_influence_pairs(counts.pairs_ready(), v.n_in, v.n_out, v.test_hits, mem,
-                                           min_infl=min_infl, min_mem=min_mem, row_offset=counts.row_start)
+    found = high_influence_pairs(counts, mem, min_infl=min_infl, min_mem=min_mem)
     kept, _, _ = _fdr_selection(counts, found, mem, min_infl=min_infl, min_mem=min_mem, fdr=fdr, method=method,
                                 plan=plan or Plan(), n_hypotheses=n_hypotheses)
     return int(np.count_nonzero(kept))
@@ -168,20 +195,23 @@ def influence_table(
     counts: Counts, test_index: int, *, top: int = 10, delta: float = DEFAULT_DELTA, simultaneous: bool = False,
     method: str = DEFAULT_METHOD, planned_trials: int | None = None, subset_ratio: float | None = None,
 ) -> pa.Table:
-    """The ``top`` training examples with the largest influence on test example ``test_index``."""
+    """The ``top`` training examples with the largest influence on test example ``test_index``.
+
+    In class scope its candidates are the training examples of its class (the only pairs estimated).
+    """
     if not 0 <= test_index < counts.n_test:
         raise RaymemError(f"--test-index {test_index} is outside the run's test set 0..{counts.n_test - 1}; pick one in range.")
     if top < 1:
         raise RaymemError(f"--top {top} must be at least 1.")
     bounds.check_method(method)
     plan = plan_of(planned_trials, subset_ratio, delta)
-    h_in = counts.pairs_ready()
     v = counts.all
-    found = selection.top_influencers(
-        h_in[:, test_index], v.n_in, v.n_out, v.test_hits[test_index], top, row_offset=counts.row_start
-    )
+    train_index, column = counts.pair_column(test_index)
+    local = train_index - counts.row_start
+    found = selection.top_influencers(column, v.n_in[local], v.n_out[local], v.test_hits[test_index], top)
+    found["train_index"] = train_index[found["train_index"]]
     rows = found["train_index"] - counts.row_start
-    d = bounds.family_delta(delta, counts.n_train * counts.n_test, simultaneous)
+    d = bounds.family_delta(delta, counts.pair_family, simultaneous)
     lo, hi = _infl_intervals(found["h_in"], v.n_in[rows], v.n_out[rows], v.test_hits[test_index], d, method, plan)
     return pa.table({
         "rank": np.arange(1, len(rows) + 1, dtype=np.int64),
@@ -290,7 +320,7 @@ def convergence_summary(
     }
     if criteria:
         summary["stopping"] = {**criteria, "all_met": stopping.all_met(criteria)}
-    if pairs_fdr is not None and counts.h_in is not None and counts.trials:
+    if pairs_fdr is not None and counts.tracks_pairs and counts.trials:
         summary[f"pairs_fdr_{pairs_fdr:g}"] = pairs_passing_fdr(counts, pairs_fdr, method=method, plan=plan,
                                                                 n_hypotheses=n_hypotheses)
     return summary

@@ -45,9 +45,15 @@ class RunView:
         """``planned_trials`` and ``subset_ratio``: what the anytime bars of this run are tuned to."""
         return {"planned_trials": self.planned_trials, "subset_ratio": self.subset_ratio}
 
+    @property
+    def influence_scope(self) -> str:
+        """"full" or "class": which pairs the run's counts estimate (``raymem.estimator.scope``)."""
+        return self.counts.influence_scope
+
     def fdr_hypotheses(self, min_mem: float) -> int:
-        """How many pairs an FDR selection at ``min_mem`` tests: training rows with mem >= min_mem, times n_test."""
-        return int(np.count_nonzero(self.counts.all.memorization() >= min_mem)) * self.counts.n_test
+        """How many pairs an FDR selection at ``min_mem`` tests: the pairs the scope estimates whose training
+        example has mem >= min_mem (full: those rows x n_test; class: each x the test examples of its class)."""
+        return self.counts.pair_hypotheses(self.counts.all.memorization() >= min_mem)
 
     def mem_table(self, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
                   method: str = report.DEFAULT_METHOD) -> pa.Table:
@@ -110,6 +116,7 @@ class RunView:
             "source": self.source,
             "trials_target": self.info.config.get("trials", self.counts.trials),
             "pairs_pending": self.counts.pending,
+            "influence_scope": self.counts.influence_scope,
             **summary,
         }
         if self.flipped is not None and self.counts.trials:

@@ -87,7 +87,7 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
                 f"but {config.dataset} now has {fingerprint.get('labels_sha256', '?')[:12]}; use the same data or a new --name."
             )
         compare_for_resume(info.config, config, name)
-        if info.config.get("trials") != config.trials:
+        if info.config != config.to_dict():  # a resumable key changed (more trials, other resources, scope, ...)
             info = dataclasses.replace(info, config=config.to_dict())
             write_run_info(store, info)
         train_labels, _, _ = read_labels(store)
