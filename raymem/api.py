@@ -165,6 +165,7 @@ def ingest(
     name: str | None = None,
     train_labels: np.ndarray | None = None,
     test_labels: np.ndarray | None = None,
+    influence_scope: str = "full",
 ) -> RunInfo:
     """Make a run from external results, one row per trial.
 
@@ -175,6 +176,7 @@ def ingest(
         test_correct: bool (t, n_test): trial k's model is right on test example j.
         name: run name recorded in run.json (default: the folder name).
         train_labels, test_labels: labels to record, if known.
+        influence_scope: ``full`` (every pair) or ``class`` (pairs of the same label only; needs the labels).
 
     Returns:
         The new run's :class:`RunInfo`. Everything is validated before anything is written.
@@ -193,6 +195,10 @@ def ingest(
         )
     if t == 0 or n == 0 or test_correct.shape[1] == 0:
         raise RaymemError("the ingested arrays are empty; pass at least one trial, one training and one test example.")
+    if influence_scope not in ("full", "class"):
+        raise RaymemError(f"--influence-scope {influence_scope!r} is not a scope; use full or class.")
+    if influence_scope == "class" and (train_labels is None or test_labels is None):
+        raise RaymemError("class influence scope needs the training and test labels; pass them or use the full scope.")
     store = RunStore.open(run_dir)
     if store.exists("run.json"):
         raise RaymemError(f"{store.uri} already holds a run; pick a new directory for the ingested results.")
@@ -203,7 +209,7 @@ def ingest(
         n_test=int(test_correct.shape[1]),
         subset_size=int(round(float(sizes.mean()))),
         seed=0,
-        config={"trials": t, "subset_ratio": float(sizes.mean() / n)},
+        config={"trials": t, "subset_ratio": float(sizes.mean() / n), "estimator": {"influence_scope": influence_scope}},
         fingerprint={},
         source="ingest",
     )

@@ -407,7 +407,8 @@ def format_plan(p: dict) -> str:
         ("augment", augment),
         ("per trial", f"{per['cpus']:g} CPU, {per['gpus']:g} GPU" + (f" x {per['nodes']} nodes" if per["nodes"] > 1 else "")),
         ("executor", p["executor"]),
-        ("pair shards", str(p["pair_shards"])),
+        ("influence", f"{p.get('influence_scope', 'full')} scope, pair counts in {p['pair_shards'] or 'the accumulator'}"
+                      f"{' shard actors' if p['pair_shards'] else ''}"),
         ("GPU-hours", "unknown" if hours is None else f"{hours:,.0f}"),
         ("based on", p["estimate_basis"]),
         ("run dir", p["run_dir"]),
@@ -445,6 +446,9 @@ def run(
     until_jaccard: Optional[float] = typer.Option(None, "--until-jaccard",
                                                   help="Stop submitting trials once the split-half Jaccard at mem >= 0.25 "
                                                        "is at least this."),
+    influence_scope: Optional[str] = typer.Option(None, "--influence-scope",
+                                                  help="full: influence of every (train, test) pair; class: pairs of the same "
+                                                       "label only, one block per class (the imagenet preset's)."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Train K trials together as one packed model (small_cnn, linear), or 'auto'."),
     settings: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
@@ -458,7 +462,7 @@ def run(
     overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
                      subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
                      gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
-                     pair_shards=pair_shards, pack=pack)
+                     pair_shards=pair_shards, pack=pack, influence_scope=influence_scope)
     config = api.load_config(experiment, overrides, settings)  # checked before anything starts
     api.check_stopping(until_halfwidth, until_jaccard)
     if dry_run:

@@ -297,8 +297,10 @@ def ingested(run, tmp_path, name="r", labels=True):
 
 
 def set_config(store, config):
+    """Replace the stored config's scope keys with ``config`` (the rest of it kept)."""
     info = read_run_info(store)
-    write_run_info(store, dataclasses.replace(info, config={**info.config, **config}))
+    kept = {k: v for k, v in info.config.items() if k not in ("estimator", "influence_scope")}
+    write_run_info(store, dataclasses.replace(info, config={**kept, **config}))
 
 
 def test_a_class_scope_run_replayed_from_its_log_reads_like_a_full_one(run, tmp_path):

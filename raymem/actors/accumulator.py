@@ -24,9 +24,9 @@ import numpy as np
 from raymem.actors import pair_shard
 from raymem.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
 from raymem.errors import RaymemError
-from raymem.estimator import formulas
+from raymem.estimator import formulas, report
 from raymem.estimator.records import TrialRecord, validate_record
-from raymem.estimator.replay import counts_from_log, flipped_labels
+from raymem.estimator.replay import counts_from_log, flipped_labels, run_influence_scope
 from raymem.estimator.run_files import RunInfo, read_labels, read_run_info
 from raymem.estimator.storage import RunStore
 from raymem.estimator.subsets import subset_mask
@@ -51,6 +51,7 @@ class Accumulator:
         counts = counts_from_log(self.store, self.info, with_pairs=with_pairs and not self.pair_shard_count,
                                  batch_size=batch_size)
         self.rebuild_seconds = time.perf_counter() - started
+        self.influence_scope = run_influence_scope(self.info)  # the scope its counts were built in
         self.rebuilt_trials = counts.trials
         self.view = RunView(self.info, counts, flipped_labels(self.store), source="actor")
         self.shards: list = []
@@ -76,6 +77,7 @@ class Accumulator:
             "rebuild_seconds": self.rebuild_seconds,
             "duplicates": self.duplicates,
             "pair_shards": self.pair_shard_count,
+            "influence_scope": self.influence_scope,
         }
 
     def done_trial_ids(self) -> list[int]:
@@ -130,14 +132,19 @@ class Accumulator:
         return self.view.mem_table(**kwargs)
 
     def pairs_table(self, **kwargs):
-        if self.pair_shard_count:
-            # The shards answer with this run's plan; an FDR step runs in each shard over the hypotheses of
-            # all of them (valid under any dependence, slightly conservative against one step over all).
-            if kwargs.get("fdr") is not None:
-                kwargs["n_hypotheses"] = self.view.fdr_hypotheses(kwargs.get("min_mem", formulas.PAPER_MIN_MEM))
-            kwargs = {**self.view.plan_kwargs(), **kwargs}
-            return self._on_shards(lambda shards: pair_shard.gather_pairs(shards, **kwargs))
-        return self.view.pairs_table(**kwargs)
+        if not self.pair_shard_count:
+            return self.view.pairs_table(**kwargs)
+        # The shards answer with this run's plan. With an FDR, each sends its candidates' p-values (computed
+        # with the hypotheses of all shards) and one step-up runs here: exactly the unsharded selection.
+        kwargs = {**self.view.plan_kwargs(), **kwargs}
+        fdr = kwargs.get("fdr")
+        if fdr is not None:
+            kwargs["n_hypotheses"] = self.view.fdr_hypotheses(kwargs.get("min_mem", formulas.PAPER_MIN_MEM))
+            kwargs["step_up"] = False
+        table = self._on_shards(lambda shards: pair_shard.gather_pairs(shards, **kwargs))
+        if fdr is None:
+            return table
+        return report.fdr_step_up(table, fdr, kwargs["n_hypotheses"], kwargs.get("method", report.DEFAULT_METHOD))
 
     def influence_table(self, **kwargs):
         if self.pair_shard_count:
@@ -147,6 +154,10 @@ class Accumulator:
 
     def status(self, **kwargs) -> dict:
         summary = self.view.status(**kwargs)
+        fdr = kwargs.get("pairs_fdr", report.STATUS_FDR)
+        if self.pair_shard_count and fdr is not None and summary["trials_done"]:  # the pair counts are in the shards
+            method = kwargs.get("method", report.DEFAULT_METHOD)
+            summary[f"pairs_fdr_{fdr:g}"] = self.pairs_table(fdr=fdr, method=method).num_rows
         summary["progress"] = self._progress(summary["trials_done"], summary["trials_target"])
         return summary
 
@@ -240,6 +251,13 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
             f"the live accumulator of run {info.name} splits its pair matrix over {max(live, 1)} actor(s) but this "
             f"invocation asks for {max(shards, 1)}; run `raymem stop {info.name}` first (its counts are rebuilt from "
             "the log) or keep the old --pair-shards."
+        )
+    live_scope = ray.get(handle.describe.remote()).get("influence_scope", "full")
+    if live_scope != run_influence_scope(info):
+        raise RaymemError(
+            f"the live accumulator of run {info.name} counts influence in {live_scope} scope but this invocation "
+            f"asks for {run_influence_scope(info)}; run `raymem stop {info.name}` first (its counts are rebuilt from "
+            "the log in the new scope) or keep the old --influence-scope."
         )
     return handle
 

@@ -107,7 +107,16 @@ def high_influence_pairs(counts: Counts, mem: np.ndarray, *, min_infl: float = f
 
 def _fdr_selection(counts: Counts, found: dict, mem: np.ndarray, *, min_infl: float, min_mem: float, fdr: float,
                    method: str, plan: Plan, n_hypotheses: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(kept mask over `found`, q-values of the kept ones, m) of the FDR step-up over the pair hypotheses.
+    """(kept mask over `found`, q-values of the kept ones, m) of the FDR step-up over the pair hypotheses."""
+    p, m = _fdr_pvalues(counts, found, mem, min_infl=min_infl, min_mem=min_mem, fdr=fdr, method=method, plan=plan,
+                        n_hypotheses=n_hypotheses)
+    rejected, q = fdr_module.step_up(p, fdr, m, method)
+    return rejected, q[rejected], m
+
+
+def _fdr_pvalues(counts: Counts, found: dict, mem: np.ndarray, *, min_infl: float, min_mem: float, fdr: float,
+                 method: str, plan: Plan, n_hypotheses: int | None) -> tuple[np.ndarray, int]:
+    """(p-values of the pairs in `found`, m) for the FDR step-up over the pair hypotheses.
 
     m: the pairs the scope estimates whose training example has mem >= min_mem (full scope: those rows x
     n_test; class scope: each such row x the test examples of its class), unless n_hypotheses is given.
@@ -117,8 +126,7 @@ def _fdr_selection(counts: Counts, found: dict, mem: np.ndarray, *, min_infl: fl
     p = fdr_module.pair_pvalues(found["h_in"], found["n_in"], found["n_out"], v.test_hits[found["test_index"]], min_infl,
                                 method=method, fdr=fdr, n_hypotheses=m, plan=plan,
                                 tuning_family=counts.pair_family)
-    rejected, q = fdr_module.step_up(p, fdr, m, method)
-    return rejected, q[rejected], m
+    return p, m
 
 
 def pairs_table(
@@ -133,6 +141,7 @@ def pairs_table(
     subset_ratio: float | None = None,
     fdr: float | None = None,
     n_hypotheses: int | None = None,
+    step_up: bool = True,
 ) -> pa.Table:
     """High-influence pairs (infl >= min_infl and mem >= min_mem) with an interval for each pair (by `method`).
 
@@ -140,6 +149,8 @@ def pairs_table(
     whose training example has mem >= min_mem; see ``raymem.estimator.fdr``), with a ``q_value`` column.
     n_hypotheses: the number of hypotheses m when this Counts holds only some rows (a shard): pass the
     total over all shards (default: the pairs the scope estimates on this Counts' rows passing the filter).
+    step_up: False returns every candidate with its ``p_value`` instead (what each pair shard sends), for one
+    :func:`fdr_step_up` over the candidates of all shards: exactly the unsharded answer.
 
     Class scope: only pairs whose training and test example share a label are estimated, so only those
     are reported (and counted in m); simultaneous bands cover the ``counts.pair_family`` estimated pairs.
@@ -154,11 +165,10 @@ def pairs_table(
     v = counts.all
     mem = v.memorization()
     found = high_influence_pairs(counts, mem, min_infl=min_infl, min_mem=min_mem)
-    q_values = None
+    p_values = None
     if fdr is not None:
-        kept, q_values, _ = _fdr_selection(counts, found, mem, min_infl=min_infl, min_mem=min_mem, fdr=fdr,
-                                           method=method, plan=plan, n_hypotheses=n_hypotheses)
-        found = {k: a[kept] for k, a in found.items()}
+        p_values, m = _fdr_pvalues(counts, found, mem, min_infl=min_infl, min_mem=min_mem, fdr=fdr, method=method,
+                                   plan=plan, n_hypotheses=n_hypotheses)
     rows = found["train_index"] - counts.row_start
     cols = found["test_index"]
     d = bounds.family_delta(delta, counts.pair_family, simultaneous)
@@ -173,9 +183,19 @@ def pairs_table(
         "n_in": found["n_in"].astype(np.int64),
         "n_out": found["n_out"].astype(np.int64),
     }
-    if q_values is not None:
-        columns["q_value"] = q_values.astype(np.float64)
-    return pa.table(columns)
+    if p_values is None:
+        return pa.table(columns)
+    candidates = pa.table({**columns, "p_value": p_values.astype(np.float64)})
+    return fdr_step_up(candidates, fdr, m, method) if step_up else candidates
+
+
+def fdr_step_up(candidates: pa.Table, fdr: float, n_hypotheses: int, method: str) -> pa.Table:
+    """The pairs of ``candidates`` (a pairs table with ``p_value``) selected by the step-up at rate ``fdr``
+    over ``n_hypotheses`` hypotheses, in their order, with ``q_value`` instead of ``p_value``."""
+    p = candidates.column("p_value").to_numpy()
+    rejected, q = fdr_module.step_up(p, fdr, n_hypotheses, method)
+    kept = candidates.filter(pa.array(rejected)).drop_columns(["p_value"])
+    return kept.append_column("q_value", pa.array(q[rejected].astype(np.float64)))
 
 
 def pairs_passing_fdr(counts: Counts, fdr: float = STATUS_FDR, *, min_infl: float = formulas.PAPER_MIN_INFL,

@@ -68,7 +68,8 @@ def plan(config: ExperimentConfig) -> dict:
         "pack": r.pack,
         "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks"
                     + ("" if r.pack == 1 else f", packs of {r.pack} trials (one trial's resources each)"),
-        "pair_shards": config.estimator.pair_shards if config.estimator.track_pairs else 0,
+        "pair_shards": config.estimator.pair_shards if config.estimator.track_pairs and config.estimator.pair_shards > 1 else 0,
+        "influence_scope": config.estimator.influence_scope,
         "estimated_gpu_hours": hours,
         "estimate_basis": basis,
     }
