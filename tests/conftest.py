@@ -100,3 +100,18 @@ def tfds(tf):
     import tensorflow_datasets
 
     return tensorflow_datasets
+
+
+@pytest.fixture
+def isolated_ray(monkeypatch):
+    """A test that starts Ray gets its own Ray temp dir, never attaches to another cluster on the machine,
+    and has its Ray shut down afterwards."""
+    import tempfile
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmt", dir="/tmp"))
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -10,7 +10,6 @@ packs are scheduled, logged, retried and resumed like trials.
 from __future__ import annotations
 
 import os
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -218,17 +217,6 @@ def test_packed_and_unpacked_trials_give_the_same_estimates(digits):
 
 
 # ------------------------------------------------------------------------------------- packs on Ray
-
-
-@pytest.fixture
-def isolated_ray(monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmt", dir="/tmp"))
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @pytest.mark.slow

@@ -22,20 +22,10 @@ from raymem.estimator.trial_log import iter_trials, trial_ids
 from raymem.runner.config import resolve_config
 from raymem.runner.run import run_experiment
 
-pytestmark = pytest.mark.slow
 RAYMEM = str(Path(sys.executable).with_name("raymem"))
 
 
-@pytest.fixture(autouse=True)
-def isolated_ray(monkeypatch):
-    """Each test gets its own Ray temp dir and never attaches to another cluster on the machine."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmt", dir="/tmp"))
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("isolated_ray")]  # conftest: own Ray temp dir, shut down after
 
 
 def tiny(**overrides):

@@ -41,6 +41,13 @@ Switch = Literal["auto", "on", "off"]
 PACKABLE_MODELS: tuple[str, ...] = ("small_cnn", "linear")
 
 
+def _one_of(value: str, choices, what: str) -> str:
+    """``value`` if it is one of ``choices``; else the ValueError pydantic reports with the key and its value."""
+    if value not in choices:
+        raise ValueError(f"is not {what}; choose one of {', '.join(choices)}")
+    return value
+
+
 class _Section(BaseModel):
     """A frozen config part: unknown keys are refused, values are checked on construction."""
 
@@ -64,9 +71,7 @@ class Recipe(_Section):
     @field_validator("schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
-        if value not in SCHEDULE_OPTIONS:
-            raise ValueError(f"is not a schedule; choose one of {', '.join(SCHEDULE_OPTIONS)}")
-        return value
+        return _one_of(value, SCHEDULE_OPTIONS, "a schedule")
 
     @model_validator(mode="after")
     def _schedule_params_fit(self) -> "Recipe":
@@ -161,9 +166,7 @@ class ExperimentConfig(_Section):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in MODEL_NAMES:
-            raise ValueError(f"is not a model; choose one of {', '.join(MODEL_NAMES)}")
-        return value
+        return _one_of(value, MODEL_NAMES, "a model")
 
     @model_validator(mode="after")
     def _pack_fits(self) -> "ExperimentConfig":
