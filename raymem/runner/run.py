@@ -126,7 +126,7 @@ def run_experiment(
     import ray
 
     from raymem.actors.accumulator import get_or_create_accumulator
-    from raymem.runner import cluster_connect
+    from raymem import connection as cluster_connect
     from raymem.runner.datasets import load_dataset
     from raymem.runner.trial import run_big_trial, run_small_trial
 
