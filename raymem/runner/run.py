@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -97,6 +96,39 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
     return info, labels
 
 
+def check_checkpoint_location(config: ExperimentConfig, store: RunStore) -> None:
+    """With checkpoints on, refuse a run whose checkpoint location cannot be written, before anything starts."""
+    if config.resources.checkpoint_every <= 0 and not config.resources.keep_models:
+        return
+    from raymem.runner.checkpoints import CHECKPOINTS_DIR, check_writable
+
+    try:
+        check_writable(store)
+    except Exception as exc:  # noqa: BLE001 - any storage error: permissions, a read-only mount, credentials
+        raise RaymemError(
+            f"cannot write checkpoints under {store.location(CHECKPOINTS_DIR)} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); give a writable --storage or turn checkpoints off with "
+            "--checkpoint-every 0."
+        ) from None
+
+
+def train_storage_path(run_uri: str) -> str:
+    """Ray Train's ``storage_path`` for worker-group trials: ``RUN/ray-train`` in the run's own storage.
+
+    An ``s3://``/``gs://`` run (or a shared file system) is reachable from every node, so Ray Train's run
+    state survives the driver's machine; a local run directory is used as it is (the driver's disk, as before,
+    but inside the run instead of a temporary directory).
+    """
+    if "://" in run_uri:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(run_uri)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/ray-train", parts.query, ""))
+    import os
+
+    return os.path.join(os.path.abspath(os.path.expanduser(run_uri)), "ray-train")
+
+
 def cluster_capacity(config: ExperimentConfig) -> int:
     """How many trials of this config fit in the cluster's current total resources."""
     import ray
@@ -133,6 +165,7 @@ def run_experiment(
     started = time.perf_counter()
     data = load_dataset(config.dataset, data_dir)
     store = RunStore.open(run_uri)
+    check_checkpoint_location(config, store)
     info, train_labels = prepare_run(config, store, name, data)
     address, started_here = cluster_connect.connect_or_start(address, num_cpus, num_gpus)
     if started_here:
@@ -144,12 +177,12 @@ def run_experiment(
         done = set(ray.get(accumulator.done_trial_ids.remote()))
         missing = [k for k in range(config.trials) if k not in done]
         run = {"run_id": info.run_id, "name": name, "seed": info.seed, "n_train": info.n_train,
-               "n_test": info.n_test, "subset_size": info.subset_size}
+               "n_test": info.n_test, "subset_size": info.subset_size, "run_uri": run_uri}
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
         if config.uses_train_group:
-            storage_path = tempfile.mkdtemp(prefix="raymem-train-")
+            storage_path = train_storage_path(run_uri)
             options = {"num_cpus": 0, "max_retries": 0}
             if config.resources.nodes_per_trial > 1:
                 # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which

@@ -115,13 +115,15 @@ def predict_labels(model, inputs) -> np.ndarray:
     return np.argmax(predict_outputs(model, inputs), axis=-1).astype(np.int32)
 
 
-def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, strategy=None) -> tuple:
+def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, strategy=None, checkpoints=None) -> tuple:
     """Fit a fresh ``config.model`` on the examples where ``mask`` is True with the config's recipe.
 
     Returns (model, metadata) with metadata {"train_seconds", "epochs", "replicas", "global_batch",
     "final_loss", "mixed_precision", "xla", "streaming"}. ``data`` is an ``ArrayDataset`` or a
     ``StreamingDataset`` whose ``y_train`` holds the labels to train on. ``strategy`` is a
-    ``tf.distribute`` strategy for multi-GPU training (MirroredStrategy), or None.
+    ``tf.distribute`` strategy for multi-GPU training (MirroredStrategy), or None. ``checkpoints``: a
+    ``checkpoints.TrialCheckpoints``: training resumes from its newest complete checkpoint and saves new
+    ones as it goes (metadata then adds ``resumed_from_epoch``).
     """
     import tensorflow as tf
 
@@ -146,13 +148,23 @@ def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, str
             metrics=["accuracy"],
             jit_compile=settings["xla"],
         )
-    history = model.fit(train_pipeline(config, data, mask, seed), epochs=config.recipe.epochs, verbose=0, shuffle=False)
+    initial_epoch, callbacks = 0, []
+    if checkpoints is not None:
+        with strategy.scope() if strategy is not None else _null_scope():  # optimizer slots are built here
+            initial_epoch = checkpoints.restore(model)
+        callbacks.append(checkpoints.callback(model))
+    if initial_epoch < config.recipe.epochs:
+        history = model.fit(train_pipeline(config, data, mask, seed), epochs=config.recipe.epochs, verbose=0,
+                            shuffle=False, initial_epoch=initial_epoch, callbacks=callbacks)
+        final_loss = float(history.history["loss"][-1])
+    else:
+        final_loss = None  # resumed from a checkpoint of the last epoch: nothing left to train
     metadata = {
         "train_seconds": time.perf_counter() - started,
         "epochs": config.recipe.epochs,
         "replicas": replicas,
         "global_batch": config.recipe.batch_size,
-        "final_loss": float(history.history["loss"][-1]),
+        "final_loss": final_loss,
         **settings,
         "streaming": isinstance(data, StreamingDataset),
     }
@@ -166,6 +178,7 @@ def train_and_predict(
     seed: int,
     strategy=None,
     predict_on_local_copy: bool = False,
+    checkpoints=None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train on the examples where ``mask`` is True; return (train_pred, test_pred, metadata).
 
@@ -179,7 +192,14 @@ def train_and_predict(
 
     from raymem.runner.keras_backend import LEGACY, keras
 
-    model, metadata = train_model(config, data, mask, seed, strategy=strategy)
+    model, metadata = train_model(config, data, mask, seed, strategy=strategy, checkpoints=checkpoints)
+    if checkpoints is not None:
+        metadata["resumed_from_epoch"] = checkpoints.resumed_from_epoch
+        metadata["checkpoints_saved"] = list(checkpoints.saved)
+        if checkpoints.warnings:
+            metadata["checkpoint_warnings"] = list(checkpoints.warnings)
+        if getattr(checkpoints, "keep_final", False) and checkpoints.save_enabled:
+            checkpoints.save_final(model)
     trained = time.perf_counter()
     if predict_on_local_copy:
         local = keras.models.clone_model(model)
