@@ -42,14 +42,16 @@ def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attem
     ``data`` (an ArrayDataset or a StreamingDataset) carries the run's training labels in ``y_train``
     (canaries flipped): the model trains on them and the record's correctness is measured against them.
     """
-    from raymem.runner.training import limit_tf_threads, train_and_predict
+    from raymem.runner.training import configure_gpu_share, limit_tf_threads, train_and_predict
 
     started = time.time()
     mask, seed = trial_subset(run, trial_id)
+    gpu_share = configure_gpu_share(config.resources.gpus_per_trial)  # before any TensorFlow op
     limit_tf_threads(config.resources.cpus_per_trial)
     train_pred, test_pred, metadata = train_and_predict(
         config, data, mask, seed, strategy=strategy, predict_on_local_copy=predict_on_local_copy, checkpoints=checkpoints)
     metadata.setdefault("resumed_from_epoch", 0)
+    metadata.update(gpu_share)
     metadata.update(_placement())
     metadata.update(extra or {})
     metadata.update({"attempt": attempt, "started": started, "finished": time.time()})
