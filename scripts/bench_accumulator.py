@@ -100,12 +100,14 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--trials", type=int, default=256, help="trials absorbed per phase")
     parser.add_argument("--batch", type=int, default=64, help="trials per pair-matrix update")
+    parser.add_argument("--in-process", action="store_true",
+                        help="read pairs on a thread of the accumulator's process (no pair reader process)")
     parser.add_argument("--no-check", action="store_true", help="skip the recount from the log (slow at full size)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="raymem-bench-acc-") as root:
         uri, info = make_run(root + "/run", args.n, args.n_test)
-        acc = Accumulator(uri, with_pairs=True, batch_size=args.batch)
+        acc = Accumulator(uri, with_pairs=True, batch_size=args.batch, pair_reader_process=not args.in_process)
         records = [synthetic_record(info, k) for k in range(2 * args.trials + 8)]
         for record in records[:8]:  # warm-up: imports, first allocations, the first flush
             acc.absorb(record)
@@ -119,7 +121,7 @@ def main() -> None:
 
     ratio = with_reader["p99_ms"] / alone["p99_ms"]
     print(f"accumulator absorb latency, {args.n:,} x {args.n_test:,} pair matrix, batch {args.batch}, "
-          f"{args.trials} trials per phase")
+          f"{args.trials} trials per phase, pair reads {'in process' if args.in_process else 'in the reader process'}")
     print(f"{'phase':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'pairs reads':>13}{'read s (median)':>17}")
     for label, r in (("no reader", alone), ("reader in a loop", with_reader)):
         read_s = "-" if np.isnan(r["read_s"]) else f"{r['read_s']:.2f}"

@@ -8,9 +8,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from raymem.actors.accumulator import Accumulator
 from raymem.actors.live_counts import LiveCounts, add_outer_products_gil_free
+from raymem.errors import RaymemError
 from raymem.estimator.counts import Counts
 from raymem.estimator.replay import counts_from_log, offline_view
 from raymem.estimator.storage import RunStore
@@ -76,6 +78,7 @@ def test_reader_loop_during_absorbs_does_not_change_what_is_counted(tmp_path):
     bench = _bench()
     uri, info = bench.make_run(str(tmp_path / "run"), n_train=400, n_test=60)
     acc = Accumulator(uri, with_pairs=True, batch_size=4)
+    assert acc.reader is not None  # pair reads go to the reader process over the shared matrix
     records = [bench.synthetic_record(info, k) for k in range(40)]
     stop = threading.Event()
     reads = {"pairs": 0, "status": 0}
@@ -111,4 +114,8 @@ def test_reader_loop_during_absorbs_does_not_change_what_is_counted(tmp_path):
             assert np.array_equal(getattr(live.even, name), getattr(offline.even, name))
         assert np.array_equal(live.h_in, offline.pairs_ready())
     assert acc.pairs_table().equals(offline_view(store).pairs_table())
+    assert acc.influence_table(test_index=3, top=5).equals(offline_view(store).influence_table(test_index=3, top=5))
+    with pytest.raises(RaymemError, match="test-index"):
+        acc.influence_table(test_index=10_000)  # the child's user error arrives as itself
     acc.live.close()
+    acc.reader.close()

@@ -30,6 +30,7 @@ import numpy as np
 
 from raymem.actors import pair_shard
 from raymem.actors.live_counts import LiveCounts
+from raymem.actors.pair_reader import PairReader, ReaderUnavailable
 from raymem.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
 from raymem.errors import RaymemError
 from raymem.estimator.records import TrialRecord, validate_record
@@ -51,7 +52,8 @@ SWITCH_INTERVAL_S = 0.0005
 class Accumulator:
     """Holds one run's counts; see the module docstring for the protocol."""
 
-    def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64, pair_shards: int = 1):
+    def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64, pair_shards: int = 1,
+                 pair_reader_process: bool = True):
         sys.setswitchinterval(SWITCH_INTERVAL_S)  # this process is the actor's alone
         self.store = RunStore.open(run_uri)
         self.info = read_run_info(self.store)
@@ -65,6 +67,10 @@ class Accumulator:
                                  batch_size=batch_size)
         self.rebuild_seconds = time.perf_counter() - started
         self.rebuilt_trials = counts.trials
+        # pair reads in a child process over the matrix in shared memory (pair_reader): no GIL shared with absorbs
+        self.reader = PairReader.share(counts.h_in) if pair_reader_process and counts.h_in is not None else None
+        if self.reader is not None:
+            counts.h_in = self.reader.matrix
         self.live = LiveCounts(counts)
         self.flipped = flipped_labels(self.store)
         self._shard_lock = threading.RLock()  # shard (re)starts and syncs, never held for a forward or a read
@@ -151,17 +157,24 @@ class Accumulator:
         with self.live.snapshot() as counts:
             return self._view(counts).mem_table(**kwargs)
 
+    def _pair_read(self, method: str, kwargs: dict):
+        with self.live.snapshot(pairs=True) as counts:  # the matrix holds exactly these trials until the read ends
+            if self.reader is not None:
+                try:
+                    return self.reader.call(method, counts, kwargs)
+                except ReaderUnavailable:
+                    pass  # read here instead: correct, only slower for the absorbs meanwhile
+            return getattr(self._view(counts), method)(**kwargs)
+
     def pairs_table(self, **kwargs):
         if self.pair_shard_count:
             return self._on_shards(lambda shards: pair_shard.gather_pairs(shards, **kwargs))
-        with self.live.snapshot(pairs=True) as counts:
-            return self._view(counts).pairs_table(**kwargs)
+        return self._pair_read("pairs_table", kwargs)
 
     def influence_table(self, **kwargs):
         if self.pair_shard_count:
             return self._on_shards(lambda shards: pair_shard.gather_influence(shards, **kwargs))
-        with self.live.snapshot(pairs=True) as counts:
-            return self._view(counts).influence_table(**kwargs)
+        return self._pair_read("influence_table", kwargs)
 
     def status(self, **kwargs) -> dict:
         with self.live.snapshot() as counts:

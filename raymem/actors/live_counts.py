@@ -51,6 +51,16 @@ def add_outer_products_gil_free(h_in: np.ndarray, masks: np.ndarray, correct: np
         np.add(h_in[start:stop], out, out=h_in[start:stop])
 
 
+def _one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return threadpool_limits(1)
+
+
 def _copy_vectors(v: VectorCounts) -> VectorCounts:
     return VectorCounts(v.trials, v.n_in.copy(), v.in_hits.copy(), v.total_hits.copy(), v.test_hits.copy())
 
@@ -145,7 +155,8 @@ class LiveCounts:
         self._flushing = True
         self._cond.release()
         try:
-            add_outer_products_gil_free(self.counts.h_in, masks, tests)
+            with _one_blas_thread():  # leave the other cores to absorbs and reads
+                add_outer_products_gil_free(self.counts.h_in, masks, tests)
         finally:
             self._cond.acquire()
             self._flushing = False
