@@ -108,16 +108,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raymem-bench-acc-") as root:
         uri, info = make_run(root + "/run", args.n, args.n_test)
         acc = Accumulator(uri, with_pairs=True, batch_size=args.batch, pair_reader_process=not args.in_process)
-        records = [synthetic_record(info, k) for k in range(2 * args.trials + 8)]
-        for record in records[:8]:  # warm-up: imports, first allocations, the first flush
+        warm = args.batch  # warm-up: imports, first allocations, the first flush; a pairs read before that
+        records = [synthetic_record(info, k) for k in range(2 * args.trials + warm)]  # selects noise by the million
+        for record in records[:warm]:
             acc.absorb(record)
         acc.flush()
         acc.pairs_table()
-        alone = absorb_phase(acc, records[8:8 + args.trials], reader=False)
-        with_reader = absorb_phase(acc, records[8 + args.trials:], reader=True)
+        alone = absorb_phase(acc, records[warm:warm + args.trials], reader=False)
+        with_reader = absorb_phase(acc, records[warm + args.trials:], reader=True)
         if not args.no_check:
             check_against_log(acc, uri, info)
         acc.live.close()
+        if acc.reader is not None:
+            acc.reader.close()
 
     ratio = with_reader["p99_ms"] / alone["p99_ms"]
     print(f"accumulator absorb latency, {args.n:,} x {args.n_test:,} pair matrix, batch {args.batch}, "

@@ -103,12 +103,12 @@ class PairReader:
                     _send(proc.stdin, _npy(array))
                 proc.stdin.flush()
                 status = _recv(proc.stdout)
+                if status == b"ok":  # the table follows as an Arrow IPC stream, read up to its end marker
+                    return pa.ipc.open_stream(pa.PythonFile(proc.stdout, mode="r")).read_all()
                 payload = _recv(proc.stdout)
-            except (OSError, EOFError, ValueError) as exc:
+            except (OSError, EOFError, ValueError, pa.ArrowException) as exc:
                 self._stop_child()
                 raise ReaderUnavailable(f"pair reader process failed ({exc})") from None
-        if status == b"ok":
-            return pa.ipc.open_stream(payload).read_all()
         error = json.loads(payload)
         if error["type"] == "RaymemError":
             from raymem.errors import RaymemError
@@ -135,7 +135,9 @@ def _serve(fd: int, rows: int, n_test: int) -> None:
 
     mapping = mmap.mmap(fd, rows * n_test * 4, prot=mmap.PROT_READ)
     h_in = np.frombuffer(mapping, dtype=np.float32).reshape(rows, n_test)
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin = sys.stdin.buffer
+    stdout = os.fdopen(os.dup(1), "wb")  # the protocol's own copy of stdout; anything printed goes to stderr
+    os.dup2(2, 1)
     while True:
         try:
             header = json.loads(_recv(stdin))
@@ -148,16 +150,17 @@ def _serve(fd: int, rows: int, n_test: int) -> None:
             counts = Counts(header["n_train"], header["n_test"], header["row_start"], header["row_stop"],
                             VectorCounts(header["trials"], n_in, in_hits, total_hits, test_hits), zeros, h_in)
             table = getattr(report, header["method"])(counts, **header["kwargs"])
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            status, payload = b"ok", sink.getvalue().to_pybytes()
         except Exception as exc:  # noqa: BLE001 - sent back and raised in the accumulator
             kind = "RaymemError" if isinstance(exc, RaymemError) else type(exc).__name__
-            status, payload = b"error", json.dumps({"type": kind, "message": str(exc)}).encode()
-        _send(stdout, status)
-        _send(stdout, payload)
+            _send(stdout, b"error")
+            _send(stdout, json.dumps({"type": kind, "message": str(exc)}).encode())
+            stdout.flush()
+            continue
+        _send(stdout, b"ok")
+        with pa.ipc.new_stream(stdout, table.schema) as writer:  # streamed: no second copy of a big answer
+            writer.write_table(table, max_chunksize=1 << 20)
         stdout.flush()
+        del table
 
 
 if __name__ == "__main__":
