@@ -54,7 +54,7 @@ def synthetic_record(info, trial_id: int) -> TrialRecord:
                        train_correct=train_correct, test_correct=test_correct, metadata={"bench": True})
 
 
-def absorb_phase(acc: Accumulator, records: list, reader: bool) -> dict:
+def absorb_phase(acc: Accumulator, records: list, reader: bool, interval_s: float = 0.0) -> dict:
     """Absorb ``records`` one after another on a thread; with ``reader``, read pairs in a loop meanwhile."""
     latencies: list[float] = []
     reads: list[float] = []
@@ -75,6 +75,7 @@ def absorb_phase(acc: Accumulator, records: list, reader: bool) -> dict:
         ack = acc.absorb(record)
         latencies.append(time.perf_counter() - started)
         assert ack["counted"]
+        time.sleep(max(0.0, interval_s - latencies[-1]))  # trials arrive at a pace, not all at once
     stop.set()
     if thread:
         thread.join()
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--trials", type=int, default=256, help="trials absorbed per phase")
     parser.add_argument("--batch", type=int, default=64, help="trials per pair-matrix update")
+    parser.add_argument("--interval-ms", type=float, default=20.0,
+                        help="time between two trials' arrivals (a 2,000-GPU-hour run sees one every few seconds)")
     parser.add_argument("--in-process", action="store_true",
                         help="read pairs on a thread of the accumulator's process (no pair reader process)")
     parser.add_argument("--no-check", action="store_true", help="skip the recount from the log (slow at full size)")
@@ -114,8 +117,9 @@ def main() -> None:
             acc.absorb(record)
         acc.flush()
         acc.pairs_table()
-        alone = absorb_phase(acc, records[warm:warm + args.trials], reader=False)
-        with_reader = absorb_phase(acc, records[warm + args.trials:], reader=True)
+        interval = args.interval_ms / 1000
+        alone = absorb_phase(acc, records[warm:warm + args.trials], reader=False, interval_s=interval)
+        with_reader = absorb_phase(acc, records[warm + args.trials:], reader=True, interval_s=interval)
         if not args.no_check:
             check_against_log(acc, uri, info)
         acc.live.close()
@@ -124,7 +128,7 @@ def main() -> None:
 
     ratio = with_reader["p99_ms"] / alone["p99_ms"]
     print(f"accumulator absorb latency, {args.n:,} x {args.n_test:,} pair matrix, batch {args.batch}, "
-          f"{args.trials} trials per phase, pair reads {'in process' if args.in_process else 'in the reader process'}")
+          f"{args.trials} trials per phase arriving every {args.interval_ms:g} ms, pair reads {'in process' if args.in_process else 'in the reader process'}")
     print(f"{'phase':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'pairs reads':>13}{'read s (median)':>17}")
     for label, r in (("no reader", alone), ("reader in a loop", with_reader)):
         read_s = "-" if np.isnan(r["read_s"]) else f"{r['read_s']:.2f}"
