@@ -375,6 +375,18 @@ def _check_reads(*, delta: float, method: str, min_infl=None, min_mem=None, fdr=
         bounds.check_until_jaccard(until_jaccard)
 
 
+def trials(run: str, storage: str | None = None) -> pa.Table:
+    """One row per trial in the run's log: ``trial_id, attempt, node_id, host, started, finished, train_seconds,
+    predict_seconds, resumed_from_epoch, epochs, train_accuracy`` (on the trial's own subset), ``test_accuracy,
+    gpu_ids, checkpoint_warnings`` (how many checkpoints the trial had to skip); null where a trial did not record it.
+    """
+    from raymem.estimator.trial_table import trial_table
+
+    store = open_store(run, storage)
+    read_run_info(store)  # not a run: a clear error
+    return trial_table(store)
+
+
 def compare(run: str, other: str, *, storage=None, min_infl: float = formulas.PAPER_MIN_INFL,
             min_mem: float = formulas.PAPER_MIN_MEM):
     """Compare a run with another run or with released pairs; both are read from their trial logs.

@@ -282,6 +282,29 @@ def status(
 
 @app.command()
 @user_errors
+def trials(
+    run: str = RunArg,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per trial."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    storage: Optional[str] = StorageOpt,
+):
+    """One row per trial: attempt, node, start/finish, training time, resumed epoch, train/test accuracy."""
+    from raymem import outputs
+
+    _check_outputs(out=out)
+    table = _api().trials(run, storage=storage)
+    if out:
+        outputs.write_parquet(table, out)
+        typer.echo(f"wrote {table.num_rows} rows to {out}", err=as_json)
+    if as_json:
+        for row in table.to_pylist():
+            typer.echo(json.dumps(row, default=str))
+    elif not out:
+        _print_table(table, limit=50)
+
+
+@app.command()
+@user_errors
 def compare(
     run: str = RunArg,
     others: List[str] = typer.Argument(..., help="Other runs (names or directories), or released pairs as .npz (tr_idx, tt_idx, infl, mem)."),
@@ -450,6 +473,9 @@ def run(
                                                   help="full: influence of every (train, test) pair; class: pairs of the same "
                                                        "label only, one block per class (the imagenet preset's)."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Train K trials together as one packed model (small_cnn, linear), or 'auto'."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save each trial's training state every N epochs into RUN/checkpoints (0: off; presets: imagenet 1, cifar 5)."),
+    keep_models: Optional[bool] = typer.Option(None, "--keep-models", help="Keep each trial's final weights in RUN/checkpoints/trial-*/final.npz."),
+    max_pending: Optional[int] = typer.Option(None, "--max-pending", help="Show at most this many waiting trials' resources to the autoscaler (default: all remaining)."),
     settings: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
@@ -462,7 +488,8 @@ def run(
     overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
                      subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
                      gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
-                     pair_shards=pair_shards, pack=pack, influence_scope=influence_scope)
+                     pair_shards=pair_shards, pack=pack, influence_scope=influence_scope,
+                     checkpoint_every=checkpoint_every, keep_models=keep_models, max_pending=max_pending)
     config = api.load_config(experiment, overrides, settings)  # checked before anything starts
     api.check_stopping(until_halfwidth, until_jaccard)
     if dry_run:

@@ -234,6 +234,7 @@ def up(
             "`no_restart` and `restart_only` exclude each other; pass at most one of them."
         )
     config = load_cluster_config(path)
+    check_cloud_access(config, path)  # before anything else: a fresh install lacks the cloud's SDK
     launch_config = _with_local_paths_resolved(config, path)
     ensure_auth_token()
     _check_file_mounts_exist(launch_config, path)
@@ -276,6 +277,7 @@ def down(path: str | Path, *, yes: bool = True) -> None:
     path = Path(path)
     config = load_cluster_config(path)
     launch_config = _with_local_paths_resolved(config, path)
+    check_cloud_access(config, path)
     question = f"Tear down cluster {config['cluster_name']!r} from {path}?"
     if not yes and not _confirm(question):
         return
@@ -289,6 +291,48 @@ def down(path: str | Path, *, yes: bool = True) -> None:
             f"Ray's cluster launcher could not tear down {path} ({_one_line(error)}); "
             "check the cloud credentials, then run `raymem down` again."
         ) from error
+
+
+#: Provider type -> (module Ray's launcher imports, the extra that installs it, how to give it credentials).
+CLOUD_SDKS = {
+    "aws": ("boto3", "aws", "run `aws configure` (or set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"),
+    "gcp": ("googleapiclient", "gcp", "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS)"),
+}
+
+
+def check_cloud_access(config: dict, path: Path | str) -> None:
+    """Raise RaymemError when the SDK Ray's launcher needs for this provider is missing, or finds no credentials.
+
+    Each message names what is missing and the command that fixes it (``pip install 'raymem[aws]'``,
+    ``aws configure``); providers raymem does not know are left to Ray's own checks.
+    """
+    provider = (config.get("provider") or {}).get("type")
+    if provider not in CLOUD_SDKS:
+        return
+    module, extra, login = CLOUD_SDKS[provider]
+    try:
+        sdk = __import__(module)
+    except ImportError:
+        raise RaymemError(
+            f"Cluster config {path} uses the {provider} provider, whose SDK ({module}) is not installed in this "
+            f"environment; run `pip install 'raymem[{extra}]'` (or `pip install {module if module != 'googleapiclient' else 'google-api-python-client'}`) "
+            "and then `raymem up` again."
+        ) from None
+    if provider == "aws":
+        found = sdk.Session().get_credentials() is not None
+    else:
+        try:
+            import google.auth
+
+            google.auth.default()
+            found = True
+        except Exception:  # noqa: BLE001 - google.auth raises DefaultCredentialsError (and ImportError if absent)
+            found = False
+    if not found:
+        raise RaymemError(
+            f"Cluster config {path} uses the {provider} provider but this machine has no {provider} credentials; "
+            f"{login}, then `raymem up` again."
+        )
 
 
 def _with_local_paths_resolved(config: dict, config_path: Path) -> dict:

@@ -63,6 +63,7 @@ def launcher(monkeypatch) -> LauncherRecorder:
                         recorder.create_or_update_cluster)
     monkeypatch.setattr(ray.autoscaler.sdk, "teardown_cluster", recorder.teardown_cluster)
     monkeypatch.setattr(ray.autoscaler.sdk, "get_head_node_ip", recorder.get_head_node_ip)
+    monkeypatch.setattr(cluster, "check_cloud_access", lambda config, path: None)  # a cloud SDK and credentials
     return recorder
 
 

@@ -4,7 +4,12 @@
 counts, and only then acknowledges; a trial id already counted is acknowledged again without
 being counted twice. On start (first time, or after a crash and restart by Ray) the actor
 rebuilds its counts from the log, so the log stays the source of truth. Reads are answered from
-the live counts through the same ``RunView`` the offline path uses.
+a consistent snapshot of the live counts through the same ``RunView`` the offline path uses.
+
+The actor is threaded (:data:`MAX_CONCURRENCY`): absorbs and reads run at the same time, so a
+seconds-long ``pairs`` read never holds up the acknowledgement of a finished trial (whose GPU waits
+for it). ``raymem.actors.live_counts`` explains the locking; absorbs validate and write the log
+outside any lock and take the lock only for the O(n) count update.
 
 With ``pair_shards = S > 1`` (and pairs tracked) the pair matrix lives in S ``PairShard`` actors over
 equal slices of training rows (``raymem.actors.pair_shard``, whose docstring explains why no trial is
@@ -16,12 +21,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 import time
 from collections import deque
 
 import numpy as np
 
 from raymem.actors import pair_shard
+from raymem.actors.live_counts import LiveCounts
+from raymem.actors.pair_reader import PairReader, ReaderUnavailable
 from raymem.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
 from raymem.errors import RaymemError
 from raymem.estimator import formulas, report
@@ -34,12 +43,19 @@ from raymem.estimator.trial_log import write_trial
 from raymem.estimator.view import RunView
 #: Completed trials kept for the throughput estimate.
 THROUGHPUT_WINDOW = 50
+#: Threads of the accumulator actor: absorbs and reads at the same time (see live_counts).
+MAX_CONCURRENCY = 16
+#: Python hands the GIL to a waiting thread after this long (default 5 ms): an absorb waiting behind a
+#: read's Python code waits at most this long per switch.
+SWITCH_INTERVAL_S = 0.0005
 
 
 class Accumulator:
     """Holds one run's counts; see the module docstring for the protocol."""
 
-    def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64, pair_shards: int = 1):
+    def __init__(self, run_uri: str, with_pairs: bool = True, batch_size: int = 64, pair_shards: int = 1,
+                 pair_reader_process: bool = True):
+        sys.setswitchinterval(SWITCH_INTERVAL_S)  # this process is the actor's alone
         self.store = RunStore.open(run_uri)
         self.info = read_run_info(self.store)
         labels = read_labels(self.store)
@@ -53,7 +69,13 @@ class Accumulator:
         self.rebuild_seconds = time.perf_counter() - started
         self.influence_scope = run_influence_scope(self.info)  # the scope its counts were built in
         self.rebuilt_trials = counts.trials
-        self.view = RunView(self.info, counts, flipped_labels(self.store), source="actor")
+        # pair reads in a child process over the matrix in shared memory (pair_reader): no GIL shared with absorbs
+        self.reader = PairReader.share(counts.h_in) if pair_reader_process and counts.h_in is not None else None
+        if self.reader is not None:
+            counts.h_in = self.reader.matrix
+        self.live = LiveCounts(counts)
+        self.flipped = flipped_labels(self.store)
+        self._shard_lock = threading.RLock()  # shard (re)starts and syncs, never held for a forward or a read
         self.shards: list = []
         self._shards_in_doubt = bool(self.pair_shard_count)  # True until every shard holds exactly our trials
         if self.pair_shard_count:
@@ -72,7 +94,7 @@ class Accumulator:
             "run_uri": self.store.uri,
             "pid": os.getpid(),
             "node": socket.gethostname(),
-            "trials": self.view.counts.trials,
+            "trials": self.live.trials,
             "rebuilt_trials": self.rebuilt_trials,
             "rebuild_seconds": self.rebuild_seconds,
             "duplicates": self.duplicates,
@@ -81,7 +103,7 @@ class Accumulator:
         }
 
     def done_trial_ids(self) -> list[int]:
-        return sorted(self.view.counts.trial_ids)
+        return sorted(self.live.trial_ids())
 
     def reload_info(self) -> None:
         """Re-read run.json (the driver raised the trial target)."""
@@ -89,25 +111,28 @@ class Accumulator:
         if info.run_id != self.info.run_id:
             raise RaymemError(f"{self.store.uri} now holds another run; restart the accumulator.")
         self.info = info
-        self.view.info = info
 
     # ---- the write path ------------------------------------------------------------------
     def absorb(self, record: TrialRecord) -> dict:
         """Validate, log durably, count, then acknowledge ``record``."""
-        counts = self.view.counts
-        if record.run_id == self.info.run_id and record.trial_id in counts.trial_ids:
-            self.duplicates += 1
-            if self._shards_in_doubt:  # likely the retry of a delivery whose forward failed: complete it
-                self._on_shards(lambda shards: None)
-            return {"trial_id": record.trial_id, "counted": False, "trials": counts.trials}
+        live = self.live
+        if record.run_id == self.info.run_id and record.trial_id in live:
+            return self._duplicate(record)
         self._validate(record)
-        write_trial(self.store, record)
-        counts.add(record.trial_id, record.mask, record.train_correct, record.test_correct)
+        write_trial(self.store, record)  # durable first; the same record twice (two threads) is one file
+        if not live.add(record.trial_id, record.mask, record.train_correct, record.test_correct):
+            return self._duplicate(record)  # another thread counted the same delivery meanwhile
         if self.pair_shard_count:
             self._on_shards(lambda shards: pair_shard.forward(
                 shards, record.trial_id, record.mask, record.train_correct, record.test_correct))
         self.finish_times.append(time.time())
-        return {"trial_id": record.trial_id, "counted": True, "trials": counts.trials}
+        return {"trial_id": record.trial_id, "counted": True, "trials": live.trials}
+
+    def _duplicate(self, record: TrialRecord) -> dict:
+        self.duplicates += 1
+        if self._shards_in_doubt:  # likely the retry of a delivery whose forward failed: complete it
+            self._on_shards(lambda shards: None)
+        return {"trial_id": record.trial_id, "counted": False, "trials": self.live.trials}
 
     def _validate(self, record: TrialRecord) -> None:
         info = self.info
@@ -128,19 +153,34 @@ class Accumulator:
                 )
 
     # ---- reads (same answers as the offline path) ------------------------------------------
+    def _view(self, counts) -> RunView:
+        return RunView(self.info, counts, self.flipped, source="actor")
+
     def mem_table(self, **kwargs):
-        return self.view.mem_table(**kwargs)
+        with self.live.snapshot() as counts:
+            return self._view(counts).mem_table(**kwargs)
+
+    def _pair_read(self, method: str, kwargs: dict):
+        with self.live.snapshot(pairs=True) as counts:  # the matrix holds exactly these trials until the read ends
+            if self.reader is not None:
+                try:
+                    return self.reader.call(method, counts, kwargs)
+                except ReaderUnavailable:
+                    pass  # read here instead: correct, only slower for the absorbs meanwhile
+            return getattr(self._view(counts), method)(**kwargs)
 
     def pairs_table(self, **kwargs):
         if not self.pair_shard_count:
-            return self.view.pairs_table(**kwargs)
+            return self._pair_read("pairs_table", kwargs)
         # The shards answer with this run's plan. With an FDR, each sends its candidates' p-values (computed
         # with the hypotheses of all shards) and one step-up runs here: exactly the unsharded selection.
-        kwargs = {**self.view.plan_kwargs(), **kwargs}
         fdr = kwargs.get("fdr")
-        if fdr is not None:
-            kwargs["n_hypotheses"] = self.view.fdr_hypotheses(kwargs.get("min_mem", formulas.PAPER_MIN_MEM))
-            kwargs["step_up"] = False
+        with self.live.snapshot() as counts:
+            view = self._view(counts)
+            kwargs = {**view.plan_kwargs(), **kwargs}
+            if fdr is not None:
+                kwargs["n_hypotheses"] = view.fdr_hypotheses(kwargs.get("min_mem", formulas.PAPER_MIN_MEM))
+                kwargs["step_up"] = False
         table = self._on_shards(lambda shards: pair_shard.gather_pairs(shards, **kwargs))
         if fdr is None:
             return table
@@ -148,32 +188,36 @@ class Accumulator:
 
     def influence_table(self, **kwargs):
         if self.pair_shard_count:
-            kwargs = {**self.view.plan_kwargs(), **kwargs}
+            kwargs = {**self._view(None).plan_kwargs(), **kwargs}
             return self._on_shards(lambda shards: pair_shard.gather_influence(shards, **kwargs))
-        return self.view.influence_table(**kwargs)
+        return self._pair_read("influence_table", kwargs)
 
     def status(self, **kwargs) -> dict:
-        summary = self.view.status(**kwargs)
         fdr = kwargs.get("pairs_fdr", report.STATUS_FDR)
+        local_pairs = fdr is not None and not self.pair_shard_count and self.live.counts.tracks_pairs
+        with self.live.snapshot(pairs=local_pairs) as counts:  # the FDR count needs the pair counts
+            summary = self._view(counts).status(**kwargs)
         if self.pair_shard_count and fdr is not None and summary["trials_done"]:  # the pair counts are in the shards
             method = kwargs.get("method", report.DEFAULT_METHOD)
             summary[f"pairs_fdr_{fdr:g}"] = self.pairs_table(fdr=fdr, method=method).num_rows
+        summary["pairs_pending"] = self.live.pending
         summary["progress"] = self._progress(summary["trials_done"], summary["trials_target"])
         return summary
 
     def flush(self) -> int:
-        self.view.counts.flush()
+        trials = self.live.flush()
         if self.pair_shard_count:
             self._on_shards(pair_shard.flush)
-        return self.view.counts.trials
+        return trials
 
     # ---- pair shards ---------------------------------------------------------------------
     def _sync_shards(self) -> None:
         """Get or start the shards and have each count exactly this actor's trials (missing ones from the log)."""
-        self.shards = pair_shard.start_shards(self.info, self.run_uri, self.pair_shard_count, self.batch_size,
-                                              head_pin())
-        pair_shard.sync(self.shards, self.view.counts.trial_ids)
-        self._shards_in_doubt = False
+        with self._shard_lock:
+            self.shards = pair_shard.start_shards(self.info, self.run_uri, self.pair_shard_count, self.batch_size,
+                                                  head_pin())
+            pair_shard.sync(self.shards, self.live.trial_ids())
+            self._shards_in_doubt = False
 
     def _on_shards(self, call):
         """Return ``call(shards)``, syncing the shards first when an earlier call failed.
@@ -238,6 +282,7 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
         name=info.name,
         **DURABLE_ACTOR_OPTIONS,
         resources=head_pin(),
+        max_concurrency=MAX_CONCURRENCY,
     ).remote(run_uri, with_pairs, batch_size, pair_shards)
     alive_id = ray.get(handle.run_id.remote())
     if alive_id != info.run_id:

@@ -108,6 +108,9 @@ class Counts:
     trial_ids: set[int] = field(default_factory=set)
     layout: PairLayout | None = None           # class scope: where each class block lives (None: full scope)
     pair_storage: np.ndarray | None = None     # class scope: float32 (layout.cells,), the blocks back to back
+    #: False: ``add`` never applies the buffer itself (it grows instead); the owner applies it with
+    #: ``take_pending`` / ``drop_pending`` (the accumulator does it on a thread of its own; full scope only).
+    auto_flush: bool = True
     # The pair-update buffer: rows [0, _pending_count) of two float32 arrays allocated on first use,
     # (batch_size, rows) masks and (batch_size, n_test) test correctness. Each add copies its trial in,
     # so callers may reuse their arrays, and flush multiplies the filled rows without stacking.
@@ -226,10 +229,13 @@ class Counts:
             if self._pending_masks is None:
                 self._pending_masks = np.empty((self.batch_size, rows_mask.size), dtype=np.float32)
                 self._pending_test = np.empty((self.batch_size, test_correct.size), dtype=np.float32)
+            elif self._pending_count == len(self._pending_masks):  # only without auto_flush: grow the buffer
+                self._pending_masks = np.concatenate([self._pending_masks, np.empty_like(self._pending_masks)])
+                self._pending_test = np.concatenate([self._pending_test, np.empty_like(self._pending_test)])
             self._pending_masks[self._pending_count] = rows_mask
             self._pending_test[self._pending_count] = test_correct
             self._pending_count += 1
-            if self._pending_count >= self.batch_size:
+            if self.auto_flush and self._pending_count >= self.batch_size:
                 self.flush()
         return True
 
@@ -247,6 +253,24 @@ class Counts:
                 add_outer_products(lay.block_view(self.pair_storage, b), masks[:, lay.row_bounds[b]:lay.row_bounds[b + 1]],
                                    test[:, lay.col_bounds[b]:lay.col_bounds[b + 1]])
         self._pending_count = 0
+
+    def take_pending(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return copies of the buffered (masks, test correctness) rows of a full-scope matrix; the buffer keeps
+        them until ``drop_pending``."""
+        count = self._pending_count
+        if count == 0 or self.h_in is None:
+            return np.empty((0, self.row_stop - self.row_start), np.float32), np.empty((0, self.n_test), np.float32)
+        return self._pending_masks[:count].copy(), self._pending_test[:count].copy()
+
+    def drop_pending(self, count: int) -> None:
+        """Remove the first ``count`` buffered rows (they were applied to ``h_in`` by the owner)."""
+        rest = self._pending_count - count
+        if rest < 0:
+            raise ValueError(f"cannot drop {count} of {self._pending_count} buffered trials")
+        if rest:
+            self._pending_masks[:rest] = self._pending_masks[count:self._pending_count]
+            self._pending_test[:rest] = self._pending_test[count:self._pending_count]
+        self._pending_count = rest
 
     # ---- pair reads (both scopes) ------------------------------------------------------------
     def _require_pairs(self) -> None:

@@ -136,6 +136,15 @@ class RunStore:
             pass
 
 
+    def delete_dir(self, reldir: str) -> None:
+        """Delete the directory ``reldir`` and everything in it; a missing directory is not an error."""
+        try:
+            self.filesystem.delete_dir(self.path(reldir))
+        except (FileNotFoundError, OSError):
+            if self.exists(reldir):
+                raise
+
+
 def validate_run_name(name: str) -> str:
     """Return ``name`` when it is a valid run name; raise RaymemError naming it otherwise."""
     if not isinstance(name, str) or RUN_NAME_PATTERN.fullmatch(name) is None:

@@ -98,6 +98,9 @@ class Resources(_Section):
     gpus_per_trial: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # <1 shares a GPU; >1 one node's GPUs
     nodes_per_trial: int = Field(default=1, gt=0)       # >1: a multi-worker Ray Train group (tf-keras path)
     max_attempts: int = Field(default=3, gt=0)          # tries per trial before it is reported failed
+    checkpoint_every: int = Field(default=0, ge=0)      # save a trial's training state every N epochs (0: off)
+    keep_models: bool = False                           # keep each trial's final weights in RUN/checkpoints/
+    max_pending: int | None = Field(default=None, gt=0)  # cap on the trials' resources shown to the autoscaler
     # trials trained together as one packed model (runner.packing), asking for one trial's resources;
     # "auto": the largest K whose measured step time still grows sub-linearly, capped by memory
     pack: int | Literal["auto"] = 1
@@ -213,6 +216,7 @@ KEY_SECTION: dict[str, str | None] = {
 }
 #: Keys that may change between invocations of the same run (everything else must match to resume).
 RESUMABLE_KEYS = ("trials", "cpus_per_trial", "gpus_per_trial", "nodes_per_trial", "max_attempts", "pack",
+                  "checkpoint_every", "keep_models", "max_pending",
                   "mixed_precision", "xla", "pair_batch", "pair_shards", "influence_scope", "paper_epoch_seconds",
                   "paper_gpus")
 
@@ -234,7 +238,7 @@ def flatten(config: dict) -> dict:
 
 _CIFAR_RECIPE = dict(epochs=160, batch_size=512, base_lr=0.4, schedule="warmup_linear_decay",
                      schedule_params={"warmup_fraction": 0.15}, augment_pad=4, augment_flip=True)
-_ONE_GPU = dict(gpus_per_trial=1.0, cpus_per_trial=4.0)
+_ONE_GPU = dict(gpus_per_trial=1.0, cpus_per_trial=4.0, checkpoint_every=5)  # a CIFAR trial: hours; lose <= 5 epochs
 
 
 def _preset(preset: str, dataset: str, model: str, recipe: dict, resources: dict, *, trials: int = 2000,
@@ -276,7 +280,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     "imagenet": _preset("imagenet", "imagenet2012", "resnet50", recipe=dict(
         epochs=100, batch_size=896, base_lr=0.7, schedule="warmup_piecewise",
         schedule_params={"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0},
-        augment_pad=32, augment_flip=True), resources=dict(gpus_per_trial=8.0, cpus_per_trial=32.0),
+        augment_pad=32, augment_flip=True), resources=dict(gpus_per_trial=8.0, cpus_per_trial=32.0, checkpoint_every=1),
         estimator=dict(track_pairs=True, pair_batch=16, pair_shards=1, influence_scope="class"),
         paper_epoch_seconds=1800, paper_gpus=8),
 }

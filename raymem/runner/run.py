@@ -12,8 +12,8 @@ trains only what the log does not hold.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -103,6 +103,139 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
     return info, labels
 
 
+def check_checkpoint_location(config: ExperimentConfig, store: RunStore) -> None:
+    """With checkpoints on, refuse a run whose checkpoint location cannot be written, before anything starts."""
+    if config.resources.checkpoint_every <= 0 and not config.resources.keep_models:
+        return
+    from raymem.runner.checkpoints import CHECKPOINTS_DIR, check_writable
+
+    try:
+        check_writable(store)
+    except Exception as exc:  # noqa: BLE001 - any storage error: permissions, a read-only mount, credentials
+        raise RaymemError(
+            f"cannot write checkpoints under {store.location(CHECKPOINTS_DIR)} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); give a writable --storage or turn checkpoints off with "
+            "--checkpoint-every 0."
+        ) from None
+
+
+def train_storage_path(run_uri: str) -> str:
+    """Ray Train's ``storage_path`` for worker-group trials: ``RUN/ray-train`` in the run's own storage.
+
+    An ``s3://``/``gs://`` run (or a shared file system) is reachable from every node, so Ray Train's run
+    state survives the driver's machine; a local run directory is used as it is (the driver's disk, as before,
+    but inside the run instead of a temporary directory).
+    """
+    if "://" in run_uri:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(run_uri)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/ray-train", parts.query, ""))
+    import os
+
+    return os.path.join(os.path.abspath(os.path.expanduser(run_uri)), "ray-train")
+
+
+#: Seconds between two updates of the resources requested from the autoscaler while the demand shrinks.
+DEMAND_UPDATE_S = 5.0
+#: Filesystem types (``/proc/mounts``) that every node of a cluster can mount: a run directory there is shared.
+SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "fuse.s3fs",
+                   "fuse.gcsfuse", "fuse.juicefs", "fuse.mountpoint-s3", "fuse.goofys", "efs", "9p", "virtiofs")
+
+
+def demand_bundles(config: ExperimentConfig, trials: int) -> list[dict]:
+    """The resource bundles of ``trials`` trials, as ``request_resources`` takes them (one per worker of a trial)."""
+    r = config.resources
+    bundle = {k: v for k, v in (("CPU", r.cpus_per_trial), ("GPU", r.gpus_per_trial)) if v > 0}
+    return [dict(bundle) for _ in range(max(0, trials) * r.nodes_per_trial)] if bundle else []
+
+
+class AutoscalerDemand:
+    """Shows the autoscaler the resources of every remaining trial (capped by ``resources.max_pending``).
+
+    The driver submits a window of trials that follows the cluster's current size; alone, that lets an
+    autoscaler that starts with no GPU worker see two waiting trials and grow by doubling, one node boot
+    per step. ``ray.autoscaler.sdk.request_resources`` asks for the whole remaining demand at once (the
+    autoscaler then launches every node it needs in one step, up to each node type's ``max_workers``);
+    the request shrinks as trials finish, so nodes are released as the run nears its end, and
+    :meth:`release` withdraws it (request of nothing) when the run ends or the driver stops.
+    A failing request never fails the run.
+    """
+
+    def __init__(self, config: ExperimentConfig, request=None, clock=time.monotonic):
+        self.config, self.clock = config, clock
+        self._request = request
+        self.requested: int | None = None
+        self._last = float("-inf")
+        self.calls: list[int] = []
+
+    def _send(self, bundles: list[dict]) -> None:
+        request = self._request
+        if request is None:
+            from ray.autoscaler.sdk import request_resources as request
+        try:
+            request(bundles=bundles)
+        except Exception:  # noqa: BLE001 - e.g. no autoscaler state on this cluster: only a hint is lost
+            pass
+
+    def update(self, remaining: int) -> None:
+        """Request the bundles of ``min(remaining, max_pending)`` trials (again when that number changed)."""
+        cap = self.config.resources.max_pending
+        wanted = max(0, min(remaining, cap) if cap else remaining)
+        if wanted == self.requested:
+            return
+        growing = self.requested is None or wanted > self.requested
+        if not growing and wanted and self.clock() - self._last < DEMAND_UPDATE_S:
+            return  # shrink at most every few seconds; drop to zero at once
+        self._send(demand_bundles(self.config, wanted))
+        self.requested, self._last = wanted, self.clock()
+        self.calls.append(wanted)
+
+    def release(self) -> None:
+        """Withdraw the request (the cluster may scale down)."""
+        if self.requested:
+            self._send([])
+            self.calls.append(0)
+        self.requested = 0
+
+
+def _mount_type(path: str) -> str | None:
+    """The filesystem type of the mount holding ``path`` (Linux ``/proc/mounts``), or None."""
+    try:
+        with open("/proc/mounts") as mounts:
+            entries = [line.split()[1:3] for line in mounts if len(line.split()) >= 3]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best = max((m for m in entries if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else None
+
+
+def single_point_of_loss(run_uri: str, nodes: int, mount_type: str | None = None) -> str | None:
+    """The warning for a run whose log lives on one node's local disk of a multi-node cluster, or None."""
+    if "://" in run_uri or nodes <= 1:
+        return None
+    path = os.path.abspath(os.path.expanduser(run_uri))
+    kind = mount_type if mount_type is not None else _mount_type(os.path.dirname(path) or "/")
+    if kind and kind.lower().startswith(SHARED_FS_TYPES):
+        return None
+    return (f"warning: run directory {path} is on this machine's local disk ({kind or 'unknown filesystem'}) but the "
+            f"cluster has {nodes} nodes: losing this node loses the run's trial log and checkpoints; use "
+            "--storage s3://BUCKET/runs (or gs://, or a shared file system) for cluster runs.")
+
+
+def warn_if_single_point_of_loss(run_uri: str, stream=None) -> str | None:
+    """Print :func:`single_point_of_loss`'s warning (stderr) for the connected cluster; return it."""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    message = single_point_of_loss(run_uri, nodes)
+    if message:
+        print(message, file=stream or sys.stderr, flush=True)
+    return message
+
+
 def cluster_capacity(config: ExperimentConfig) -> int:
     """How many trials of this config fit in the cluster's current total resources."""
     import ray
@@ -146,10 +279,14 @@ def run_experiment(
     started = time.perf_counter()
     data = load_dataset(config.dataset, data_dir)
     store = RunStore.open(run_uri)
+    check_checkpoint_location(config, store)
     info, train_labels = prepare_run(config, store, name, data)
     address, started_here = connection.connect_or_start(address, num_cpus, num_gpus)
     if started_here:
         connection.write_live_address(store, address)
+    else:
+        warn_if_single_point_of_loss(run_uri)
+    demand = AutoscalerDemand(config)
     try:
         accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.estimator.track_pairs, batch_size=config.estimator.pair_batch,
                                                 pair_shards=config.estimator.pair_shards)
@@ -157,12 +294,12 @@ def run_experiment(
         done = set(ray.get(accumulator.done_trial_ids.remote()))
         missing = [k for k in range(config.trials) if k not in done]
         run = {"run_id": info.run_id, "name": name, "seed": info.seed, "n_train": info.n_train,
-               "n_test": info.n_test, "subset_size": info.subset_size}
+               "n_test": info.n_test, "subset_size": info.subset_size, "run_uri": run_uri}
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
         if config.uses_train_group:
-            storage_path = tempfile.mkdtemp(prefix="raymem-train-")
+            storage_path = train_storage_path(run_uri)
             options = {"num_cpus": 0, "max_retries": 0}
             if config.resources.nodes_per_trial > 1:
                 # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
@@ -194,13 +331,14 @@ def run_experiment(
         units = missing if pack == 1 else [tuple(missing[i:i + pack]) for i in range(0, len(missing), pack)]
         bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
         stopping = until_halfwidth is not None or until_jaccard is not None
-        _drive(config, units, submit, result, bar,
+        _drive(config, units, submit, result, bar, demand,
                (lambda: criteria_met(accumulator, until_halfwidth, until_jaccard)) if stopping else None)
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
         result.wall_seconds = time.perf_counter() - started
         return result
     finally:
+        demand.release()
         if started_here:
             connection.clear_live_address(store)
             if shutdown:
@@ -222,11 +360,12 @@ def criteria_met(accumulator, until_halfwidth: float | None, until_jaccard: floa
 
 
 def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, bar: Progress,
-           stop_check=None) -> None:
+           demand: AutoscalerDemand | None = None, stop_check=None) -> None:
     """Keep a window of trials (trial ids, or packs: tuples of them) in flight; retry failures up to
     max_attempts (a pack is retried whole); record outcomes per trial id.
 
-    ``stop_check()`` (optional) is called after trials are counted; a reason it returns stops submitting
+    ``demand`` (optional) shows the remaining trials' resources to the autoscaler. ``stop_check()``
+    (optional) is called after trials are counted; a reason it returns stops submitting
     (the trials in flight still finish and are counted).
     """
     import ray
@@ -237,6 +376,8 @@ def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, b
     last_capacity_check = 0.0
     window = 1
     while queue or in_flight:
+        if demand is not None:
+            demand.update(len(queue) + len(in_flight))
         now = time.monotonic()
         if now - last_capacity_check > 2.0:
             capacity = cluster_capacity(config)

@@ -53,6 +53,64 @@ def limit_tf_threads(num_cpus: float) -> None:
     _THREADS_SET = True
 
 
+#: Share of a GPU's memory a fractional trial may use, of its exact fraction: the rest covers each
+#: process's CUDA context (~0.3-0.5 GB) and cuDNN workspaces that TensorFlow allocates outside its limit.
+GPU_SHARE_HEADROOM = 0.9
+_GPU_SHARE: dict | None = None
+
+
+def gpu_total_memory_mb(device_index: str) -> int | None:
+    """Total memory (MiB) of the physical GPU ``device_index`` (as in CUDA_VISIBLE_DEVICES), or None when unknown."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
+                              "-i", str(device_index)], capture_output=True, text=True, timeout=20, check=True)
+        return int(float(out.stdout.strip().splitlines()[0]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def configure_gpu_share(fraction: float) -> dict:
+    """Before TensorFlow touches a GPU: cap this process at ``fraction`` of its GPU's memory (0 < fraction < 1).
+
+    Ray gives a trial that asks for a fraction of a GPU a share of one device but leaves memory to the
+    process, and TensorFlow reserves nearly all of a GPU's memory on first use: the second trial on the
+    GPU fails or thrashes. Each GPU this process sees gets one logical device with a hard memory limit of
+    ``fraction x GPU_SHARE_HEADROOM`` of the device's memory, so 1/fraction trials fit side by side and a
+    model too big for its share fails in its own trial instead of starving the others. When the device's
+    memory cannot be read (no nvidia-smi), memory growth is turned on instead (allocate as needed).
+    Called once per worker process (reused processes keep the first setting: TensorFlow cannot change it
+    after initialisation). Returns what was done, for the trial's metadata.
+    """
+    global _GPU_SHARE
+    if _GPU_SHARE is not None:
+        return _GPU_SHARE
+    if not 0 < fraction < 1:
+        return {}
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        _GPU_SHARE = {"gpu_share": "none visible"}
+        return _GPU_SHARE
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    total = gpu_total_memory_mb(visible[0] if visible else "0")
+    try:
+        if total:
+            limit = int(total * fraction * GPU_SHARE_HEADROOM)
+            for gpu in gpus:
+                tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+            _GPU_SHARE = {"gpu_share": "memory_limit", "gpu_memory_limit_mb": limit}
+        else:
+            for gpu in gpus:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            _GPU_SHARE = {"gpu_share": "memory_growth"}
+    except RuntimeError:  # TensorFlow already initialised its GPUs in this process: keep its settings
+        _GPU_SHARE = {"gpu_share": "already initialised"}
+    return _GPU_SHARE
+
+
 def _gpus_present() -> bool:
     import tensorflow as tf
 
@@ -115,13 +173,15 @@ def predict_labels(model, inputs) -> np.ndarray:
     return np.argmax(predict_outputs(model, inputs), axis=-1).astype(np.int32)
 
 
-def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, strategy=None) -> tuple:
+def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, strategy=None, checkpoints=None) -> tuple:
     """Fit a fresh ``config.model`` on the examples where ``mask`` is True with the config's recipe.
 
     Returns (model, metadata) with metadata {"train_seconds", "epochs", "replicas", "global_batch",
     "final_loss", "mixed_precision", "xla", "streaming"}. ``data`` is an ``ArrayDataset`` or a
     ``StreamingDataset`` whose ``y_train`` holds the labels to train on. ``strategy`` is a
-    ``tf.distribute`` strategy for multi-GPU training (MirroredStrategy), or None.
+    ``tf.distribute`` strategy for multi-GPU training (MirroredStrategy), or None. ``checkpoints``: a
+    ``checkpoints.TrialCheckpoints``: training resumes from its newest complete checkpoint and saves new
+    ones as it goes (metadata then adds ``resumed_from_epoch``).
     """
     import tensorflow as tf
 
@@ -146,13 +206,23 @@ def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, str
             metrics=["accuracy"],
             jit_compile=settings["xla"],
         )
-    history = model.fit(train_pipeline(config, data, mask, seed), epochs=config.recipe.epochs, verbose=0, shuffle=False)
+    initial_epoch, callbacks = 0, []
+    if checkpoints is not None:
+        with strategy.scope() if strategy is not None else _null_scope():  # optimizer slots are built here
+            initial_epoch = checkpoints.restore(model)
+        callbacks.append(checkpoints.callback(model))
+    if initial_epoch < config.recipe.epochs:
+        history = model.fit(train_pipeline(config, data, mask, seed), epochs=config.recipe.epochs, verbose=0,
+                            shuffle=False, initial_epoch=initial_epoch, callbacks=callbacks)
+        final_loss = float(history.history["loss"][-1])
+    else:
+        final_loss = None  # resumed from a checkpoint of the last epoch: nothing left to train
     metadata = {
         "train_seconds": time.perf_counter() - started,
         "epochs": config.recipe.epochs,
         "replicas": replicas,
         "global_batch": config.recipe.batch_size,
-        "final_loss": float(history.history["loss"][-1]),
+        "final_loss": final_loss,
         **settings,
         "streaming": isinstance(data, StreamingDataset),
     }
@@ -166,6 +236,7 @@ def train_and_predict(
     seed: int,
     strategy=None,
     predict_on_local_copy: bool = False,
+    checkpoints=None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train on the examples where ``mask`` is True; return (train_pred, test_pred, metadata).
 
@@ -179,7 +250,14 @@ def train_and_predict(
 
     from raymem.runner.keras_backend import LEGACY, keras
 
-    model, metadata = train_model(config, data, mask, seed, strategy=strategy)
+    model, metadata = train_model(config, data, mask, seed, strategy=strategy, checkpoints=checkpoints)
+    if checkpoints is not None:
+        metadata["resumed_from_epoch"] = checkpoints.resumed_from_epoch
+        metadata["checkpoints_saved"] = list(checkpoints.saved)
+        if checkpoints.warnings:
+            metadata["checkpoint_warnings"] = list(checkpoints.warnings)
+        if getattr(checkpoints, "keep_final", False) and checkpoints.save_enabled:
+            checkpoints.save_final(model)
     trained = time.perf_counter()
     if predict_on_local_copy:
         local = keras.models.clone_model(model)

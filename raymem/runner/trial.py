@@ -36,19 +36,22 @@ def trial_subset(run: dict, trial_id: int) -> tuple:
 
 
 def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attempt: int, strategy=None, extra=None,
-                 predict_on_local_copy: bool = False) -> TrialRecord:
+                 predict_on_local_copy: bool = False, checkpoints=None) -> TrialRecord:
     """Train trial ``trial_id`` on this process and return its record.
 
     ``data`` (an ArrayDataset or a StreamingDataset) carries the run's training labels in ``y_train``
     (canaries flipped): the model trains on them and the record's correctness is measured against them.
     """
-    from raymem.runner.training import limit_tf_threads, train_and_predict
+    from raymem.runner.training import configure_gpu_share, limit_tf_threads, train_and_predict
 
     started = time.time()
     mask, seed = trial_subset(run, trial_id)
+    gpu_share = configure_gpu_share(config.resources.gpus_per_trial)  # before any TensorFlow op
     limit_tf_threads(config.resources.cpus_per_trial)
     train_pred, test_pred, metadata = train_and_predict(
-        config, data, mask, seed, strategy=strategy, predict_on_local_copy=predict_on_local_copy)
+        config, data, mask, seed, strategy=strategy, predict_on_local_copy=predict_on_local_copy, checkpoints=checkpoints)
+    metadata.setdefault("resumed_from_epoch", 0)
+    metadata.update(gpu_share)
     metadata.update(_placement())
     metadata.update(extra or {})
     metadata.update({"attempt": attempt, "started": started, "finished": time.time()})
@@ -108,8 +111,13 @@ def run_small_trial(config: ExperimentConfig, run: dict, data, accumulator, tria
     """Ray task body for a small trial: train, send the record, return the accumulator's ack."""
     import ray
 
-    record = build_record(config, run, data, trial_id, attempt)
-    return ray.get(accumulator.absorb.remote(record))
+    from raymem.runner import checkpoints as ckpt
+
+    checkpoints = ckpt.for_trial(config, run, trial_id)
+    record = build_record(config, run, data, trial_id, attempt, checkpoints=checkpoints)
+    ack = ray.get(accumulator.absorb.remote(record))
+    ckpt.finish_quietly(checkpoints)  # acknowledged: the trial's checkpoints are no longer needed
+    return ack
 
 
 def _train_group_worker(loop_config: dict) -> None:
@@ -132,9 +140,15 @@ def _train_group_worker(loop_config: dict) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.MirroredStrategy()
     ack = {}
     if rank == 0:
+        from raymem.runner import checkpoints as ckpt
+
+        # one worker (MirroredStrategy over a node's GPUs) checkpoints; multi-worker tf-keras groups do not (yet)
+        checkpoints = ckpt.for_trial(config, run, trial_id) if world == 1 else None
         record = build_record(config, run, data, trial_id, attempt, strategy=strategy,
-                              extra={"world_size": world, "train_group": True}, predict_on_local_copy=world > 1)
+                              extra={"world_size": world, "train_group": True}, predict_on_local_copy=world > 1,
+                              checkpoints=checkpoints)
         ack = ray.get(loop_config["accumulator"].absorb.remote(record))
+        ckpt.finish_quietly(checkpoints)
     else:
         from raymem.runner.training import limit_tf_threads, release_session, train_model
 
