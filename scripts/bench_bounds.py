@@ -15,7 +15,6 @@ ratio <= 1.45, anytime <= 2.0.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np

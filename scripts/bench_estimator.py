@@ -226,7 +226,7 @@ def main() -> None:
             check_equal(counts, expected)
             if timed_read:
                 read = r["read"]
-                end_read = timed(lambda: read_estimates(counts))
+                end_read = timed(lambda c=counts: read_estimates(c))
             runs[batch].append(r)
             del counts
             gc.collect()

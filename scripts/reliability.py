@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from raymem import api
 from raymem.estimator import replay
 from raymem.actors.accumulator import get_or_create_accumulator
 from raymem.connection import NAMESPACE

@@ -162,9 +162,9 @@ class Accumulator:
 
     def _pair_read(self, method: str, kwargs: dict):
         with self.live.snapshot(pairs=True) as counts:  # the matrix holds exactly these trials until the read ends
-            if self.reader is not None:
+            if self.reader is not None:  # the child calls report.<method>: give it this run's plan, as RunView does
                 try:
-                    return self.reader.call(method, counts, kwargs)
+                    return self.reader.call(method, counts, {**self._view(counts).plan_kwargs(), **kwargs})
                 except ReaderUnavailable:
                     pass  # read here instead: correct, only slower for the absorbs meanwhile
             return getattr(self._view(counts), method)(**kwargs)
