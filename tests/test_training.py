@@ -150,7 +150,7 @@ def test_trial_record_is_scored_against_the_run_labels(mocked_imagenet, monkeypa
     run_labels = np.where(flipped, (file_labels + 1) % data.num_classes, file_labels)
     data = dataclasses.replace(data, y_train=run_labels)
 
-    def predicts_the_file_labels(config, data, mask, seed, strategy=None, predict_on_local_copy=False):
+    def predicts_the_file_labels(config, data, mask, seed, **_options):  # strategy, checkpoints, ...: unused
         return file_labels.astype(np.int32), data.y_test.astype(np.int32), {}
 
     monkeypatch.setattr(training, "train_and_predict", predicts_the_file_labels)
