@@ -648,7 +648,8 @@ def marginal(run: str, trials: int, *, name: str | None = None, storage: str | N
     source = read_run_info(source_store)
     marginal_runner.check_source(source, source_store.uri)
     mname = validate_run_name(name or source.name + MARGINAL_SUFFIX)
-    store = RunStore.open(marginal_location(run, mname, storage))
+    location = marginal_location(run, mname, storage)  # keeps a URI's query (store.uri is for messages)
+    store = RunStore.open(location)
     prepared = marginal_runner.prepare(source_store, store, mname, trials,
                                        min_infl=min_infl, min_mem=min_mem, fdr=fdr, method=method, seed=seed,
                                        settings=settings, data_dir=data_dir)
@@ -658,10 +659,10 @@ def marginal(run: str, trials: int, *, name: str | None = None, storage: str | N
             connection.keep_on_loopback()
         from raymem.runner.run import run_experiment
 
-        result = run_experiment(prepared.config, name=prepared.info.name, run_uri=store.uri, address=address,
+        result = run_experiment(prepared.config, name=prepared.info.name, run_uri=location, address=address,
                                 data_dir=data_dir, num_cpus=num_cpus, num_gpus=num_gpus, progress=progress)
         trained, failed = sorted(result.trained_now), dict(result.failed)
-    return {**marginal_report(store.uri, delta=delta), "trained_now": trained, "failed": failed,
+    return {**marginal_report(location, delta=delta), "trained_now": trained, "failed": failed,
             "created": prepared.created}
 
 

@@ -286,3 +286,11 @@ def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
     assert shown["trained_now"] == [] and shown["full"] == second["full"] and not shown["created"]
     table = _cli("marginal", "src", "--trials", "2", "--storage", str(tmp_path))
     assert "without_high_influence" in table.output and "drop without S_h" in table.output
+
+
+def test_marginal_run_lives_beside_its_source():
+    assert api.marginal_location("s3://b/runs/demo?region=x", "demo-marginal") == "s3://b/runs/demo-marginal?region=x"
+    assert api.marginal_location("demo", "demo-marginal", "/data/runs") == "/data/runs/demo-marginal"
+    assert api.marginal_location("/data/runs/demo/", "m") == "/data/runs/m"
+    with pytest.raises(RaymemError):
+        api.marginal_location("demo", "../escape", "/data/runs")

@@ -183,7 +183,8 @@ def t_interval(values, delta: float = 0.05) -> dict:
 def welch_interval(a, b, delta: float = 0.05) -> dict:
     """mean(a) - mean(b) with Welch's two-sided 1-delta interval (independent samples, unequal variances).
 
-    Returns ``{"drop", "lo", "hi"}``; ``lo``/``hi`` are None unless both samples have at least 2 values.
+    Returns ``{"drop", "lo", "hi"}`` (clipped to [-1, 1]); ``lo``/``hi`` are None unless both samples have at
+    least 2 values.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.size == 0 or b.size == 0:
@@ -197,7 +198,7 @@ def welch_interval(a, b, delta: float = 0.05) -> dict:
         return {"drop": drop, "lo": drop, "hi": drop}
     df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
     half = float(stats.t.ppf(1 - delta / 2, df)) * se
-    return {"drop": drop, "lo": drop - half, "hi": drop + half}
+    return {"drop": drop, "lo": max(-1.0, drop - half), "hi": min(1.0, drop + half)}
 
 
 def _scaled(interval: dict, factor: float) -> dict:
