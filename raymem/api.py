@@ -588,3 +588,98 @@ def down(cluster_yaml: str | None = None, *, local: bool = False, yes: bool = Fa
     if not cluster_yaml:
         raise RaymemError("give the cluster YAML to tear down (e.g. `raymem down cluster.yaml`) or --local.")
     return cluster.down(cluster_yaml, yes=yes)
+
+
+# ---- marginal utility (supplement, section C) ------------------------------------------------
+
+MARGINAL_SUFFIX = "-marginal"
+
+
+def marginal_location(run: str, name: str, storage: str | None = None) -> str:
+    """The directory of marginal run ``name`` of ``run``: beside the source run, in the same storage."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    source = run_uri(run, storage)
+    if "://" in source:
+        parts = urlsplit(source)
+        parent = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/").rsplit("/", 1)[0], parts.query, ""))
+    else:
+        parent = os.path.dirname(os.path.normpath(source)) or "."
+    return run_location(parent, validate_run_name(name))
+
+
+def marginal(run: str, trials: int, *, name: str | None = None, storage: str | None = None,
+             min_infl: float | None = None, min_mem: float | None = None, fdr: float | None = None,
+             method: str | None = None, seed: int | None = None, delta: float = report.DEFAULT_DELTA,
+             settings: list[str] | None = None, address: str | None = None, data_dir: str | None = None,
+             num_cpus: int | None = None, num_gpus: float | None = None, progress: bool = True) -> dict:
+    """The marginal-utility experiment of finished influence run ``run`` (supplement, section C).
+
+    Trains ``trials`` (K) models on each arm: the full training set S, S minus S_h (the training examples of the
+    run's high-influence pairs) and S minus a random set of |S_h| examples (the control), with the run's recipe,
+    data and labels, as a run of its own (``kind: "marginal"``, default name ``RUN-marginal`` beside ``run``;
+    trial k trains arm k % 3). Running it again trains only the trials its log lacks (a larger K adds models).
+
+    Args:
+        trials: K, models per arm (>= 1; intervals need K >= 2).
+        name: the marginal run's name (default ``<run's name>-marginal``), a directory beside ``run``.
+        min_infl, min_mem: the pair selection (default: the paper's 0.15 / 0.25; a resumed run keeps its own).
+        fdr, method: select pairs at this false discovery rate instead (``pairs --fdr``).
+        seed: the marginal run's seed (training seeds, the random control); default the source run's.
+        delta: intervals at confidence 1 - delta.
+        settings: ``--set`` items for resource keys (where trials run; the recipe stays the source run's).
+        address, data_dir, num_cpus, num_gpus, progress: as for :func:`run`.
+
+    Returns:
+        :func:`marginal_report` of the run plus ``trained_now``, ``failed`` and ``created``.
+
+    Raises:
+        RaymemError: K < 1, an ingested source run (no recipe), no pairs selected, a bad option: before anything
+            is written or started.
+    """
+    from raymem.estimator import bounds
+    from raymem.runner import marginal as marginal_runner
+
+    marginal_runner.check_trials(trials)
+    bounds.check_delta(delta)
+    _check_reads(delta=delta, method=method or report.DEFAULT_METHOD,
+                 min_infl=min_infl, min_mem=min_mem, fdr=fdr)
+    source_store = open_store(run, storage)
+    source = read_run_info(source_store)
+    marginal_runner.check_source(source, source_store.uri)
+    mname = validate_run_name(name or source.name + MARGINAL_SUFFIX)
+    location = marginal_location(run, mname, storage)  # keeps a URI's query (store.uri is for messages)
+    store = RunStore.open(location)
+    prepared = marginal_runner.prepare(source_store, store, mname, trials,
+                                       min_infl=min_infl, min_mem=min_mem, fdr=fdr, method=method, seed=seed,
+                                       settings=settings, data_dir=data_dir)
+    trained, failed = [], {}
+    if prepared.missing:
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            connection.keep_on_loopback()
+        from raymem.runner.run import run_experiment
+
+        result = run_experiment(prepared.config, name=prepared.info.name, run_uri=location, address=address,
+                                data_dir=data_dir, num_cpus=num_cpus, num_gpus=num_gpus, progress=progress)
+        trained, failed = sorted(result.trained_now), dict(result.failed)
+    return {**marginal_report(location, delta=delta), "trained_now": trained, "failed": failed,
+            "created": prepared.created}
+
+
+def marginal_report(run: str, *, storage: str | None = None, delta: float = report.DEFAULT_DELTA) -> dict:
+    """Accuracies of a marginal run's arms with intervals, read from its trial log (no training).
+
+    Returns:
+        ``{"run", "source_run", "selection", "trials_per_arm", "trials_done", "full", "without_high_influence",
+        "without_random", "drops", "sizes", "interval"}``: per arm ``models``, ``train_size``, ``test`` and
+        ``influenced`` (``mean, lo, hi, std``); per reduced arm under ``drops`` the drop from ``full`` on ``test``,
+        on ``influenced`` and its ``influenced_contribution`` (weighted by |S'_h| / n_test), each ``drop, lo, hi``.
+    """
+    from raymem.estimator import bounds, marginal as marginal_estimator
+
+    bounds.check_delta(delta)
+    store = open_store(run, storage)
+    info = read_run_info(store)
+    if info.kind != marginal_estimator.KIND:
+        raise RaymemError(f"run {info.name} is not a marginal run; make one with `raymem marginal {info.name} --trials K`.")
+    return marginal_estimator.report_from_log(store, info, delta=delta)

@@ -381,6 +381,88 @@ def export(
     typer.echo(f"wrote {written} ({format} layout)")
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _with_interval(c: dict | None, key: str = "mean") -> str:
+    """``97.3% [96.1, 98.5]`` (percent) or ``n/a``."""
+    if not c or c.get(key) is None:
+        return "n/a"
+    if c.get("lo") is None:
+        return f"{100 * c[key]:.1f}% [need 2 models]"
+    return f"{100 * c[key]:.1f}% [{100 * c['lo']:.1f}, {100 * c['hi']:.1f}]"
+
+
+def _drop(c: dict | None) -> str:
+    """``+2.5 pts [1.9, 3.1]`` (percentage points) or ``n/a``."""
+    if not c or c.get("drop") is None:
+        return "n/a"
+    interval = "" if c.get("lo") is None else f" [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]"
+    return f"{100 * c['drop']:+.1f} pts{interval}"
+
+
+def format_marginal(r: dict) -> str:
+    """The marginal-utility report as a short table."""
+    sizes, interval = r["sizes"], r["interval"]
+    sel = r.get("selection") or {}
+    how = (f"FDR {sel['fdr']:g}" if sel.get("fdr") is not None else
+           f"infl >= {sel.get('min_infl', 0.15):g}, mem >= {sel.get('min_mem', 0.25):g}")
+    lines = [
+        f"marginal utility of run {r.get('source_run')} ({sel.get('pairs', '?')} pairs, {how}); "
+        f"marginal run {r['run']}, {r['trials_done']} trials",
+        f"  |S_h| = {sizes.get('high_influence_train')} training examples, |S'_h| = {sizes['influenced_test']} of "
+        f"{sizes['n_test']} test examples; the random control removes {sizes.get('random_removed')} "
+        f"({sizes.get('random_overlap_with_high_influence')} of them in S_h)",
+        f"  {interval['confidence']:.0%} intervals: {interval['kind']}",
+    ]
+    rows = [("arm", "train", "models", "test accuracy", "accuracy on S'_h")]
+    for arm in ("full", "without_high_influence", "without_random"):
+        a = r[arm]
+        rows.append((arm, str(a.get("train_size", "?")), str(a["models"]), _with_interval(a["test"]),
+                     _with_interval(a["influenced"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for arm, label in (("without_high_influence", "without S_h"), ("without_random", "without random")):
+        d = r["drops"][arm]
+        lines.append(f"  drop {label}: test {_drop(d['test'])}, on S'_h {_drop(d['influenced'])}, "
+                     f"S'_h's share of the test drop {_drop(d['influenced_contribution'])}")
+    if interval.get("note"):
+        lines.append(f"  note: {interval['note']}")
+    return "\n".join(lines)
+
+
+@app.command()
+@user_errors
+def marginal(
+    run: str = RunArg,
+    trials: int = typer.Option(..., "--trials", help="K: models per arm (3K trials in all; intervals need K >= 2)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the marginal run, beside RUN (default RUN-marginal)."),
+    min_infl: Optional[float] = typer.Option(None, "--min-infl", help="Pairs with influence at least this (default 0.15)."),
+    min_mem: Optional[float] = typer.Option(None, "--min-mem", help="Pairs whose training example has mem at least this (default 0.25)."),
+    fdr: Optional[float] = typer.Option(None, "--fdr", help="Select the pairs at this false discovery rate instead."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the marginal run (training, random control); default RUN's."),
+    delta: float = typer.Option(report.DEFAULT_DELTA, "--delta", help="Intervals at confidence 1-delta."),
+    settings: Optional[List[str]] = typer.Option(None, "--set", help="Resource keys only, e.g. --set gpus_per_trial=1 (the recipe is RUN's)."),
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster address; none: start a local Ray."),
+    data_dir: Optional[str] = DataDirOpt,
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+):
+    """Marginal utility of RUN's high-influence examples (supplement C): retrain on S, S minus S_h, S minus a random set."""
+    result = _api().marginal(run, trials, name=name, storage=storage, min_infl=min_infl, min_mem=min_mem, fdr=fdr,
+                             seed=seed, delta=delta, settings=settings, address=address, data_dir=data_dir,
+                             num_cpus=num_cpus, num_gpus=num_gpus, progress=not (quiet or as_json))
+    typer.echo(json.dumps(result, indent=2) if as_json else format_marginal(result))
+    for k, why in sorted(result["failed"].items()):
+        typer.echo(f"  trial {k} failed: {why}", err=True)
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 @user_errors
 def features(

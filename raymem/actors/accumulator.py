@@ -38,7 +38,8 @@ from raymem.estimator.records import TrialRecord, validate_record
 from raymem.estimator.replay import counts_from_log, flipped_labels, run_influence_scope
 from raymem.estimator.run_files import RunInfo, read_labels, read_run_info
 from raymem.estimator.storage import RunStore
-from raymem.estimator.subsets import subset_mask
+from raymem.estimator.marginal import mask_source
+from raymem.estimator.subsets import trial_mask
 from raymem.estimator.trial_log import write_trial
 from raymem.estimator.view import RunView
 #: Completed trials kept for the throughput estimate.
@@ -75,6 +76,7 @@ class Accumulator:
             counts.h_in = self.reader.matrix
         self.live = LiveCounts(counts)
         self.flipped = flipped_labels(self.store)
+        self.mask_run = mask_source(self.store, self.info)  # what subsets.trial_mask needs
         self._shard_lock = threading.RLock()  # shard (re)starts and syncs, never held for a forward or a read
         self.shards: list = []
         self._shards_in_doubt = bool(self.pair_shard_count)  # True until every shard holds exactly our trials
@@ -136,12 +138,12 @@ class Accumulator:
 
     def _validate(self, record: TrialRecord) -> None:
         info = self.info
-        validate_record(record, run_id=info.run_id, n_train=info.n_train, n_test=info.n_test, subset_size=info.subset_size)
-        if info.source == "runner" and not np.array_equal(
-            record.mask, subset_mask(info.seed, record.trial_id, info.n_train, info.subset_size)
-        ):
+        validate_record(record, run_id=info.run_id, n_train=info.n_train, n_test=info.n_test,
+                        subset_size=None if info.kind == "marginal" else info.subset_size)  # arms: sizes differ
+        if info.source == "runner" and not np.array_equal(record.mask, trial_mask(self.mask_run, record.trial_id)):
+            drawn = "its arm's example set" if info.kind == "marginal" else "the one drawn from (run seed, trial id)"
             raise RaymemError(
-                f"trial {record.trial_id} trained on a subset that is not the one drawn from (run seed, trial id); "
+                f"trial {record.trial_id} trained on a subset that is not {drawn}; "
                 "send records produced by this run's trials only."
             )
         if self.train_labels is not None and record.train_pred is not None:

@@ -29,6 +29,9 @@ LABELS_FILE = "labels.parquet"
 FORMAT_VERSION = 1
 #: Where a run comes from: trained by raymem, or trial results ingested from elsewhere.
 RUN_SOURCES = ("ingest", "runner")
+#: What a run's trials train on: random subsets drawn from (run seed, trial id) (``subsets``, every influence
+#: run), or the explicit example sets of a marginal-utility run (``marginal``; ``raymem.estimator.marginal``).
+RUN_KINDS = ("subsets", "marginal")
 LABEL_SPLITS = ("train", "test")
 LABELS_SCHEMA = pa.schema([
     ("split", pa.string()), ("index", pa.int64()), ("label", pa.int64()), ("original_label", pa.int64()),
@@ -50,6 +53,8 @@ class RunInfo:
     source: str        # "ingest" or "runner"
     created: str       # ISO time
     format_version: int = FORMAT_VERSION
+    kind: str = "subsets"  # RUN_KINDS; run.json leaves it out for "subsets" (every run before marginal runs)
+    design: dict = dataclasses.field(default_factory=dict)  # a marginal run: its source run, arms and sets
 
 
 #: The JSON type each run.json key must have.
@@ -57,11 +62,13 @@ _FIELD_TYPES = {
     "run_id": str, "name": str, "n_train": int, "n_test": int, "subset_size": int, "seed": int,
     "config": dict, "fingerprint": dict, "source": str, "created": str, "format_version": int,
 }
+#: Keys run.json may leave out, with their value when it does (written only when they differ from it).
+_OPTIONAL_FIELDS = {"kind": (str, "subsets"), "design": (dict, {})}
 
 
 def _run_info_problem(info: RunInfo) -> str | None:
     """Return what is wrong with ``info``'s values, or None when they are consistent."""
-    for name, kind in _FIELD_TYPES.items():
+    for name, kind in {**_FIELD_TYPES, **{k: t for k, (t, _) in _OPTIONAL_FIELDS.items()}}.items():
         value = getattr(info, name)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return f"{name} must be of type {kind.__name__}, got {value!r}"
@@ -69,6 +76,10 @@ def _run_info_problem(info: RunInfo) -> str | None:
         return f"format_version {info.format_version} is not supported (this raymem reads {FORMAT_VERSION})"
     if info.source not in RUN_SOURCES:
         return f"source must be one of {RUN_SOURCES}, got {info.source!r}"
+    if info.kind not in RUN_KINDS:
+        return f"kind must be one of {RUN_KINDS}, got {info.kind!r}"
+    if info.kind == "marginal" and info.source != "runner":
+        return "a marginal run is trained by raymem (source 'runner')"
     if info.n_train < 1 or info.n_test < 0:
         return f"sizes n_train={info.n_train}, n_test={info.n_test} are invalid (need n_train >= 1, n_test >= 0)"
     if not 0 <= info.subset_size <= info.n_train:
@@ -78,13 +89,13 @@ def _run_info_problem(info: RunInfo) -> str | None:
 
 def new_run_info(
     *, name: str, n_train: int, n_test: int, subset_size: int, seed: int,
-    config: dict, fingerprint: dict, source: str,
+    config: dict, fingerprint: dict, source: str, kind: str = "subsets", design: dict | None = None,
 ) -> RunInfo:
     """Return the RunInfo of a new run: a fresh uuid4 run id and the current UTC time."""
     info = RunInfo(
         run_id=str(uuid.uuid4()), name=validate_run_name(name), n_train=n_train, n_test=n_test,
         subset_size=subset_size, seed=seed, config=config, fingerprint=fingerprint, source=source,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind, design=dict(design or {}),
     )
     problem = _run_info_problem(info)
     if problem:
@@ -97,8 +108,12 @@ def write_run_info(store: RunStore, info: RunInfo) -> None:
     problem = _run_info_problem(info)
     if problem:
         raise RaymemError(f"Cannot write {store.location(RUN_INFO_FILE)}: {problem}; fix the run's settings.")
+    fields = dataclasses.asdict(info)
+    for key, (_, default) in _OPTIONAL_FIELDS.items():
+        if fields[key] == default:
+            del fields[key]  # run.json of an ordinary run stays as it was
     try:
-        text = json.dumps(dataclasses.asdict(info), sort_keys=True, indent=2, allow_nan=False)
+        text = json.dumps(fields, sort_keys=True, indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise RaymemError(
             f"Cannot write {store.location(RUN_INFO_FILE)}: config or fingerprint is not plain JSON ({exc}); "
@@ -128,7 +143,8 @@ def read_run_info(store: RunStore) -> RunInfo:
     missing = sorted(set(_FIELD_TYPES) - set(data))
     if missing:
         raise RaymemError(f"{where} lacks the keys {missing}; restore it from a backup or recreate the run.")
-    info = RunInfo(**{name: data[name] for name in _FIELD_TYPES})
+    info = RunInfo(**{name: data[name] for name in _FIELD_TYPES},
+                   **{name: data[name] if name in data else type(default)(default) for name, (_, default) in _OPTIONAL_FIELDS.items()})
     problem = _run_info_problem(info)
     if problem:
         raise RaymemError(f"{where} is invalid: {problem}; restore it from a backup or recreate the run.")

@@ -55,9 +55,10 @@ def subset_size_to_check(info: RunInfo) -> int | None:
     """Return the subset size every trial of the run must have, or None when sizes may vary.
 
     Runs trained by raymem draw subsets of exactly ``info.subset_size``; ingested runs may come
-    from other protocols (e.g. Bernoulli masks), so their subset sizes are not enforced.
+    from other protocols (e.g. Bernoulli masks), so their subset sizes are not enforced. The arms of a
+    marginal run train on sets of different sizes (its accumulator checks each mask against its arm's set).
     """
-    return info.subset_size if info.source == "runner" else None
+    return info.subset_size if info.source == "runner" and info.kind == "subsets" else None
 
 
 def _validate_for_run(record: TrialRecord, info: RunInfo) -> None:

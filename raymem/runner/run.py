@@ -295,6 +295,10 @@ def run_experiment(
         missing = [k for k in range(config.trials) if k not in done]
         run = {"run_id": info.run_id, "name": name, "seed": info.seed, "n_train": info.n_train,
                "n_test": info.n_test, "subset_size": info.subset_size, "run_uri": run_uri}
+        if info.kind != "subsets":  # trials on explicit example sets: each trial's mask is its arm's (subsets.trial_mask)
+            from raymem.estimator.marginal import mask_source
+
+            run.update(mask_source(store, info))
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))

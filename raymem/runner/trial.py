@@ -14,7 +14,7 @@ import socket
 import time
 
 from raymem.estimator.records import TrialRecord
-from raymem.estimator.subsets import subset_mask, trial_seed
+from raymem.estimator.subsets import trial_mask, trial_seed
 from raymem.runner.config import ExperimentConfig
 
 def _placement() -> dict:
@@ -30,8 +30,9 @@ def _placement() -> dict:
 
 
 def trial_subset(run: dict, trial_id: int) -> tuple:
-    """(mask, seed) of trial ``trial_id``: both reproducible from (run seed, trial id)."""
-    mask = subset_mask(run["seed"], trial_id, run["n_train"], run["subset_size"])
+    """(mask, seed) of trial ``trial_id``: both reproducible from (run seed, trial id); the mask is the run's
+    (``subsets.trial_mask``: a random subset, or a marginal run's arm set)."""
+    mask = trial_mask(run, trial_id)
     return mask, trial_seed(run["seed"], trial_id)
 
 
