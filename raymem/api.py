@@ -94,7 +94,7 @@ def plan(experiment: str | ExperimentConfig, overrides: dict | None = None, sett
 def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, settings: list[str] | None = None,
         name: str | None = None, storage: str | None = None, address: str | None = None, data_dir: str | None = None,
         num_cpus: int | None = None, num_gpus: float | None = None, progress: bool = True,
-        until_halfwidth: float | None = None, until_jaccard: float | None = None):
+        until_halfwidth: float | None = None, until_jaccard: float | None = None, detach: bool = False):
     """Train the missing trials of a run on Ray and wait until each is counted.
 
     The config is checked before Ray starts or anything is written. With no ``address`` (and no
@@ -112,14 +112,20 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
         until_halfwidth: stop submitting trials once the median anytime memorization half-width is at most this
             (the trials in flight still finish and are counted; ``trials`` stays the cap).
         until_jaccard: stop once the split-half Jaccard of even vs odd trials at mem >= 0.25 is at least this.
+        detach: submit the driver to the cluster at ``address`` (or ``RAY_ADDRESS``) as a Ray job running the same
+            ``raymem run`` and return at once; the run directory records the job (see :mod:`raymem.jobs`).
 
     Returns:
-        A :class:`raymem.runner.run.RunResult` (trials done, trained now, retried, failed, wall time).
+        A :class:`raymem.runner.run.RunResult` (trials done, trained now, retried, failed, wall time); with
+        ``detach`` a :class:`raymem.jobs.DetachedRun` (``job_id``, ``run_uri``, ``dashboard_url``, ...).
     """
     config = load_config(experiment, overrides, settings)
     check_stopping(until_halfwidth, until_jaccard)
     name = name or config.preset
     uri = _new_run_dir(name, storage)  # a bad name is refused here, before anything starts
+    if detach:
+        return _submit_detached(config, name, storage, address, data_dir, num_cpus, num_gpus,
+                                until_halfwidth, until_jaccard)
     if not (address or os.environ.get("RAY_ADDRESS")):
         connection.keep_on_loopback()  # the local Ray started for this run listens on the loopback address only
     from raymem.runner.run import run_experiment
@@ -127,6 +133,25 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
     return run_experiment(config, name=name, run_uri=uri, address=address, data_dir=data_dir,
                           num_cpus=num_cpus, num_gpus=num_gpus, progress=progress,
                           until_halfwidth=until_halfwidth, until_jaccard=until_jaccard)
+
+
+def _submit_detached(config: ExperimentConfig, name: str, storage: str | None, address: str | None,
+                     data_dir: str | None, num_cpus, num_gpus, until_halfwidth, until_jaccard):
+    """:func:`run` with ``detach``: check the flags, then submit the driver as a Ray job."""
+    from raymem import jobs
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise RaymemError("--detach submits the run to a Ray cluster, but no cluster was given; pass --address "
+                          "(e.g. 127.0.0.1:6379 from `raymem up --local --dashboard`, or the dashboard URL) or set RAY_ADDRESS.")
+    if num_cpus is not None or num_gpus is not None:
+        raise RaymemError("--num-cpus / --num-gpus size a local Ray started by `raymem run`; a detached run uses the "
+                          "cluster's resources, so drop them.")
+    root = jobs.absolute_storage(storage or default_storage())
+    if connection.is_loopback(address) or address == "auto":
+        connection.keep_on_loopback()
+    return jobs.submit(config, name=name, run_uri=_new_run_dir(name, root), storage=root, address=address,
+                       data_dir=data_dir, until_halfwidth=until_halfwidth, until_jaccard=until_jaccard)
 
 
 def features(dataset: str, out: str, *, model: str = "resnet50", epochs: int | None = None,
@@ -256,6 +281,10 @@ def _find_live_accumulator(store: RunStore, info: RunInfo, address: str | None):
     """Return the run's accumulator handle if a reachable cluster holds it, else None."""
     address = address or os.environ.get("RAY_ADDRESS") or connection.read_live_address(store)
     if not address:
+        from raymem.jobs import job_address
+
+        address = job_address(store)  # a detached run: the cluster its job was submitted to
+    if not address:
         return None
     if connection.is_loopback(address):
         connection.keep_on_loopback()
@@ -342,10 +371,45 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
     """
     _check_reads(delta=delta, method=method, target_halfwidth=target_halfwidth, until_halfwidth=until_halfwidth,
                  until_jaccard=until_jaccard, fdr=pairs_fdr)
-    return LiveOrLog(run, storage, address, with_pairs=pairs_fdr is not None).call(
+    from raymem.jobs import job_state
+
+    store = open_store(run, storage)
+    if not store.exists("run.json") and (job := job_state(store)) is not None:
+        # detached, and the job's driver has not created the run yet (or failed before it did)
+        return {"run": run, "source": "job", "trials_done": 0, "trials_target": None, "job": job}
+    reader = LiveOrLog(run, storage, address, with_pairs=pairs_fdr is not None)
+    summary = reader.call(
         "status", delta=delta, simultaneous=simultaneous, target_halfwidth=target_halfwidth, method=method,
         until_halfwidth=until_halfwidth, until_jaccard=until_jaccard, pairs_fdr=pairs_fdr,
     )
+    job = job_state(reader.store)  # a detached run: its job's state beside the counts
+    return {**summary, "job": job} if job is not None else summary
+
+
+def logs(run: str, *, storage=None, follow: bool = False):
+    """The output of a detached run's job (``raymem run ... --detach``).
+
+    Returns:
+        The output so far (a string); with ``follow`` an iterator of output chunks that ends when the job ends.
+
+    Raises:
+        RaymemError: the run has no job, or its cluster does not answer.
+    """
+    from raymem import jobs
+
+    store = open_store(run, storage)
+    return jobs.logs(store, run, follow=follow)
+
+
+def stop_job(run: str, *, storage=None) -> dict | None:
+    """Stop a detached run's job if it is pending or running (waits until it ended).
+
+    Returns:
+        ``{"job_id", "was", "state"}`` (its state before and after), or None when the run has no job.
+    """
+    from raymem import jobs
+
+    return jobs.stop(open_store(run, storage))
 
 
 def check_stopping(until_halfwidth: float | None, until_jaccard: float | None) -> None:
@@ -412,12 +476,17 @@ def compare(run: str, other: str, *, storage=None, min_infl: float = formulas.PA
 
 
 def stop(run: str, *, storage=None, address=None) -> bool:
-    """Stop the run's live accumulator (its counts can always be rebuilt from the log).
+    """Stop the run's live accumulator (its counts can always be rebuilt from the log), and first the run's
+    job if it was detached (:func:`stop_job`), whose driver would otherwise start a new accumulator.
 
     Returns:
-        True if one was stopped, False if none was reachable.
+        True if an accumulator was stopped, False if none was reachable.
     """
     store = open_store(run, storage)
+    from raymem import jobs
+
+    if jobs.stop(store) is not None and not store.exists("run.json"):
+        return False  # its job was stopped before its driver created the run
     info = read_run_info(store)
     actor = _find_live_accumulator(store, info, address)
     if actor is None:
@@ -564,8 +633,9 @@ def compare_many(runs: list[str], *, reference: str | None = None, storage=None,
 # ---- clusters ----------------------------------------------------------------------------
 
 def up(cluster_yaml: str | None = None, *, local: bool = False, port: int = 6379, num_gpus: int | None = None,
-       no_restart: bool = False, yes: bool = False) -> dict:
-    """Start or update a cluster with Ray's launcher (validated offline first), or a local head.
+       no_restart: bool = False, yes: bool = False, dashboard: bool = False) -> dict:
+    """Start or update a cluster with Ray's launcher (validated offline first), or a local head (with ``dashboard``:
+    serving Ray's dashboard and Job API on 127.0.0.1:8265, which detached runs need).
 
     Returns:
         For ``local``: the head's address and how to reach it; else the launcher's result.
@@ -573,7 +643,7 @@ def up(cluster_yaml: str | None = None, *, local: bool = False, port: int = 6379
     from raymem import cluster
 
     if local:
-        return cluster.start_local_head(port=port, num_gpus=num_gpus)
+        return cluster.start_local_head(port=port, num_gpus=num_gpus, dashboard=dashboard)
     if not cluster_yaml:
         raise RaymemError("give a cluster YAML (e.g. `raymem up cluster.yaml`) or --local.")
     return cluster.up(cluster_yaml, no_restart=no_restart, yes=yes)

@@ -202,13 +202,25 @@ def influence(
     _print_table(table, limit=top)
 
 
+def format_job(job: dict) -> str:
+    """One line about a detached run's job."""
+    line = f"  job {job['job_id']}: {job['state']}"
+    if job.get("message") and job["state"] not in ("RUNNING", "SUCCEEDED"):
+        line += f" ({' '.join(str(job['message']).split())[:200]})"
+    return line + f" on {job['address']}"
+
+
 def format_status(s: dict) -> str:
     """A human-readable status block."""
+    if "mem" not in s:  # a detached run whose job has not created the run yet
+        return f"run {s['run']}: no trials in the log yet\n" + format_job(s["job"])
     mem = s["mem"]
     lines = [
         f"run {s['run']} ({s['source']}): {s['trials_done']}/{s['trials_target']} trials, "
         f"n_train={s['n_train']} n_test={s['n_test']} subset={s['subset_size']}",
     ]
+    if s.get("job"):
+        lines.append(format_job(s["job"]))
     if "progress" in s:
         p = s["progress"]
         lines.append(f"  throughput {p.get('trials_per_hour', 0):.1f} trials/h, ETA {p.get('eta', '?')}")
@@ -275,7 +287,7 @@ def status(
         while True:
             s = read()
             live.update(Text(time.strftime("%H:%M:%S ") + format_status(s)), refresh=True)
-            if s["trials_done"] >= s["trials_target"]:
+            if s["trials_target"] is not None and s["trials_done"] >= s["trials_target"]:
                 return
             time.sleep(interval)
 
@@ -488,11 +500,30 @@ def stop(
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
-    """Stop a run's live accumulator on its cluster (frees its memory; the trial log keeps everything)."""
+    """Stop a run's job if it was detached, and its live accumulator (frees its memory; the trial log keeps everything)."""
+    job = _api().stop_job(run, storage=storage)
+    if job is not None:
+        typer.echo(f"job {job['job_id']} of {run}: {job['state']}" + (" (stopped now)" if job["was"] != job["state"] else ""))
     if _api().stop(run, storage=storage, address=address):
         typer.echo(f"stopped the accumulator of {run}; `raymem run` starts a new one from the log.")
     else:
         typer.echo(f"no live accumulator of {run} was reachable; nothing to stop.")
+
+
+@app.command()
+@user_errors
+def logs(
+    run: str = RunArg,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing the output until the job ends."),
+    storage: Optional[str] = StorageOpt,
+):
+    """The output of a detached run's job (`raymem run ... --detach`)."""
+    output = _api().logs(run, storage=storage, follow=follow)
+    if isinstance(output, str):
+        typer.echo(output, nl=False)
+        return
+    for chunk in output:
+        typer.echo(chunk, nl=False)
 
 
 def format_plan(p: dict) -> str:
@@ -564,6 +595,8 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the GPU-hour estimate; start nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    detach: bool = typer.Option(False, "--detach", help="Submit the driver to the cluster (--address) as a Ray job and "
+                                                       "return; follow it with `raymem status/logs/stop RUN`."),
 ):
     """Train the run's missing trials on Ray (a local Ray when no cluster is given)."""
     api = _api()
@@ -577,6 +610,14 @@ def run(
     if dry_run:
         shown = api.plan(config, name=name, storage=storage)
         typer.echo(json.dumps(shown, indent=2) if as_json else format_plan(shown))
+        return
+    if detach:
+        job = api.run(config, name=name, storage=storage, address=address, data_dir=data_dir, num_cpus=num_cpus,
+                      num_gpus=num_gpus, until_halfwidth=until_halfwidth, until_jaccard=until_jaccard, detach=True)
+        typer.echo(job.job_id)
+        typer.echo(f"submitted run {job.name} as job {job.job_id} to {job.address}; data in {job.run_uri}. Follow it with "
+                   f"`raymem status {job.run_uri}`, `raymem logs {job.run_uri} --follow`; `raymem stop {job.run_uri}` "
+                   "stops it; the same command again resumes it.", err=True)
         return
     result = api.run(config, name=name, storage=storage, address=address, data_dir=data_dir,
                      num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet,
@@ -616,14 +657,18 @@ def up(
     local: bool = typer.Option(False, "--local", help="Start a Ray head on this machine instead (loopback only, token auth on)."),
     port: int = typer.Option(6379, "--port", help="GCS port of a --local head."),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs a --local head advertises."),
+    dashboard: bool = typer.Option(False, "--dashboard", help="A --local head also serves Ray's dashboard and Job API "
+                                                             "(127.0.0.1:8265), which `raymem run --detach` needs."),
     no_restart: bool = typer.Option(False, "--no-restart", help="Update without restarting Ray on the nodes."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ):
     """Start or update a cluster with Ray's launcher (validated first), or a local head with --local."""
-    result = _api().up(cluster_yaml, local=local, port=port, num_gpus=num_gpus, no_restart=no_restart, yes=yes)
+    result = _api().up(cluster_yaml, local=local, port=port, num_gpus=num_gpus, no_restart=no_restart, yes=yes,
+                       **({"dashboard": True} if dashboard else {}))
     if local:
         typer.echo(f"local Ray head at {result['address']}; run trials on it with "
-                   f"`RAY_AUTH_MODE=token raymem run digits --address {result['address']}`")
+                   f"`RAY_AUTH_MODE=token raymem run digits --address {result['address']}`"
+                   + (" (add --detach to leave them running there)" if dashboard else ""))
     elif result.get("launched"):
         typer.echo(f"cluster {result['cluster_name']} is up (head {result.get('head_ip', '?')}); "
                    f"`ray attach {cluster_yaml}` then `raymem run <preset>` on the head.")

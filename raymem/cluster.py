@@ -49,6 +49,7 @@ SPOT_RESOURCE = "spot"
 
 DEFAULT_HEAD_PORT = 6379
 DEFAULT_CLIENT_SERVER_PORT = 10001
+DEFAULT_DASHBOARD_PORT = 8265
 # The environment of the local head AND of every driver that connects to it: token auth on, and
 # loopback only (Ray rewrites 127.0.0.1 to the machine's outward IP otherwise; see connection.py).
 LOCAL_HEAD_ENV = {
@@ -423,6 +424,8 @@ def start_local_head(
     num_gpus: int | None = None,
     temp_dir: str | Path | None = None,
     client_server_port: int = DEFAULT_CLIENT_SERVER_PORT,
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT,
+    dashboard_agent_port: int | None = None,
 ) -> dict:
     """Start a Ray head on this machine, bound to 127.0.0.1, with token auth on.
 
@@ -437,6 +440,10 @@ def start_local_head(
     "auth_mode", "token_path", "dashboard_url", "driver_env"}`. A driver connects with
     `ray.init(address=result["address"])` from a process whose environment holds
     `driver_env` (LOCAL_HEAD_ENV) before it imports ray.
+
+    With `dashboard=True` the head also serves Ray's dashboard on 127.0.0.1:`dashboard_port`, which
+    Ray's Job API (`raymem run --detach`) needs (it needs `ray[default]`). A second head on the same
+    machine needs its own `dashboard_port` and `dashboard_agent_port` (Ray's default agent port is 52365).
     """
     temp_dir = _local_temp_dir(temp_dir)
     state_file = temp_dir / _LOCAL_HEAD_STATE_FILE
@@ -466,6 +473,10 @@ def start_local_head(
         f"--dashboard-host={LOOPBACK_IP}",
         "--disable-usage-stats",
     )
+    if dashboard:
+        command.append(f"--dashboard-port={dashboard_port}")
+        if dashboard_agent_port is not None:
+            command.append(f"--dashboard-agent-listen-port={dashboard_agent_port}")
     if num_gpus is not None:
         command.append(f"--num-gpus={num_gpus}")
     environment = {**os.environ, **LOCAL_HEAD_ENV}
@@ -495,7 +506,7 @@ def start_local_head(
         "port": port,
         "auth_mode": AUTH_MODE_TOKEN,
         "token_path": str(token_path),
-        "dashboard_url": f"http://{LOOPBACK_IP}:8265" if dashboard else None,
+        "dashboard_url": f"http://{LOOPBACK_IP}:{dashboard_port}" if dashboard else None,
         "driver_env": dict(LOCAL_HEAD_ENV),
     }
 

@@ -351,17 +351,69 @@ def _encoded_examples(name: str, data_dir: str | None, split: str) -> "tf.data.D
 
 def _load_tfds_streaming(name: str, data_dir: str | None) -> StreamingDataset:
     """Returns a streaming tfds data set; reads its labels once (images are not decoded)."""
+    y_train, y_test = _scan_streaming_labels(name, data_dir)
+    return streaming_dataset(name, data_dir, y_train, y_test)
+
+
+def _scan_streaming_labels(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (train labels, test labels) of a streamed tfds data set in tfds order.
+
+    This reads every record of both splits (ImageNet: ~150 GB); a run caches the result in its directory
+    (``raymem.runner.label_cache``) and reuses it while :func:`streaming_source` stays the same.
+    """
     tfds = _import_tfds()
     labels = {}
     for split in ("train", "test"):
         label_batches = _encoded_examples(name, data_dir, split).map(lambda example: example["label"])
         batches = list(tfds.as_numpy(label_batches.batch(_LABEL_READ_BATCH)))
         labels[split] = np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
+    return labels["train"], labels["test"]
+
+
+def streaming_dataset(name: str, data_dir: str | None, y_train: np.ndarray, y_test: np.ndarray) -> StreamingDataset:
+    """Returns the streamed tfds data set `name` in `data_dir` with labels already known (no scan)."""
     return StreamingDataset(
-        name=name, n_train=len(labels["train"]), n_test=len(labels["test"]),
+        name=name, n_train=len(y_train), n_test=len(y_test),
         num_classes=_tfds_num_classes(name, data_dir), image_size=IMAGENET_IMAGE_SIZE,
-        y_train=labels["train"], y_test=labels["test"], data_dir=data_dir,
+        y_train=np.asarray(y_train, dtype=np.int64), y_test=np.asarray(y_test, dtype=np.int64), data_dir=data_dir,
     )
+
+
+def streaming_source(name: str, data_dir: str | None) -> dict | None:
+    """Returns a cheap identity of a prepared streamed tfds data set, or None when there is none to read.
+
+    Read from tfds's ``dataset_info.json`` (version, examples, bytes and shard lengths per split) and the
+    names and sizes of the files of the prepared version: no record is read. None when the data set is not
+    prepared in `data_dir` (or is mocked), so nothing can be cached against it.
+    """
+    tfds = _import_tfds()
+    builder = tfds.builder(name, data_dir=data_dir)
+    splits = {}
+    for split in ("train", "test"):
+        tfds_split = _tfds_split_name(name, split)
+        if tfds_split not in builder.info.splits:
+            return None
+        info = builder.info.splits[tfds_split]
+        splits[split] = {"num_examples": int(info.num_examples), "num_bytes": int(info.num_bytes),
+                         "shard_lengths": [int(length) for length in info.shard_lengths]}
+    files = _file_sizes(os.fspath(builder.data_dir))
+    listing = hashlib.sha256(repr(files).encode()).hexdigest()
+    return {"name": name, "version": str(builder.version), "num_classes": _tfds_num_classes(name, data_dir),
+            "splits": splits, "files": len(files), "bytes": sum(size for _, size in files), "files_sha256": listing}
+
+
+def _file_sizes(directory: str) -> list[tuple[str, int]]:
+    """Returns sorted (name, size) of the files in `directory` (local or a tf.io.gfile URI); [] if it is missing."""
+    if "://" in directory:
+        gfile = _import_tensorflow().io.gfile
+        if not gfile.isdir(directory):
+            return []
+        return sorted((entry, int(gfile.stat(f"{directory}/{entry}").length)) for entry in gfile.listdir(directory)
+                      if not gfile.isdir(f"{directory}/{entry}"))
+    try:
+        return sorted((entry.name, entry.stat().st_size) for entry in os.scandir(directory) if entry.is_file())
+    except OSError:
+        return []
 
 
 # --- local files ---------------------------------------------------------------------------------

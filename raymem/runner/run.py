@@ -273,14 +273,15 @@ def run_experiment(
 
     from raymem.actors.accumulator import get_or_create_accumulator
     from raymem import connection
-    from raymem.runner.datasets import load_dataset
+    from raymem.runner.label_cache import load_run_dataset, remember_source
     from raymem.runner.trial import measure_pack, run_big_trial, run_pack, run_small_trial
 
     started = time.perf_counter()
-    data = load_dataset(config.dataset, data_dir)
     store = RunStore.open(run_uri)
+    data = load_run_dataset(config.dataset, data_dir, store)  # a streamed set's labels from the run dir when resuming
     check_checkpoint_location(config, store)
     info, train_labels = prepare_run(config, store, name, data)
+    remember_source(store, data)
     address, started_here = connection.connect_or_start(address, num_cpus, num_gpus)
     if started_here:
         connection.write_live_address(store, address)
