@@ -17,7 +17,7 @@ from raymem.estimator import compare, formulas, paper_selection, report
 from raymem.estimator.counts import Counts
 from raymem.estimator.curves import checkpoints, convergence_curve
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"  # the released pairs (shared/reference)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -20,6 +20,7 @@ LAYERS = {
     "raymem.actors": 3,
     "raymem.runner": 4,
     "raymem.cluster": 4,
+    "raymem.jobs": 4,
     "raymem.figures": 4,
     "raymem.api": 5,
     "raymem.cli": 6,
