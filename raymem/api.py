@@ -64,17 +64,20 @@ def load_config(experiment: str | ExperimentConfig, overrides: dict | None = Non
     Args:
         experiment: a preset name (see :func:`presets`), a ``.yaml``/``.toml`` file, or a config.
         overrides: keys to override, flat (``{"epochs": 3}``) or dotted (``{"recipe.epochs": 3}``); None values are ignored.
-        settings: ``KEY=VALUE`` strings as given to ``--set`` (values read as YAML), applied after ``overrides``.
+        settings: ``KEY=VALUE`` strings as given to ``--set`` (values read as YAML, so ``key=null`` sets None, e.g.
+            ``checkpoint_every=null`` turns checkpoints off), applied after ``overrides``.
 
     Raises:
         RaymemError: naming the key, the bad value and the valid choices.
     """
-    overrides = {**(overrides or {}), **parse_settings(settings)}
-    if isinstance(experiment, ExperimentConfig):
-        from raymem.runner.config import with_overrides
+    from raymem.runner.config import with_overrides
 
-        return with_overrides(experiment, overrides, "the given config") if overrides else experiment
-    return resolve_config(experiment, overrides)
+    if isinstance(experiment, ExperimentConfig):
+        config = with_overrides(experiment, overrides, "the given config") if overrides else experiment
+    else:
+        config = resolve_config(experiment, overrides)
+    explicit = parse_settings(settings)
+    return with_overrides(config, explicit, "--set", keep_none=True) if explicit else config
 
 
 def plan(experiment: str | ExperimentConfig, overrides: dict | None = None, settings: list[str] | None = None,

@@ -36,10 +36,15 @@ def tiny(**overrides):
 def test_presets_and_bad_values():
     assert resolve_config("imagenet").resources.checkpoint_every == 1
     assert resolve_config("cifar100").resources.checkpoint_every == 5
-    assert resolve_config("digits").resources.checkpoint_every == 0
-    assert resolve_config("mnist").resources.checkpoint_every == 0
-    with pytest.raises(RaymemError, match="checkpoint_every"):
-        resolve_config("digits", {"checkpoint_every": -1})
+    assert resolve_config("digits").resources.checkpoint_every is None  # off
+    assert resolve_config("mnist").resources.checkpoint_every is None
+    assert resolve_config("cifar100", {"resources.checkpoint_every": None}).resources.checkpoint_every == 5  # flags: None = unset
+    from raymem import api
+
+    assert api.load_config("cifar100", settings=["checkpoint_every=null"]).resources.checkpoint_every is None  # off
+    for bad in (-1, 0):
+        with pytest.raises(RaymemError, match="checkpoint_every"):
+            resolve_config("digits", {"checkpoint_every": bad})
     with pytest.raises(RaymemError, match="max_pending"):
         resolve_config("digits", {"max_pending": 0})
 

@@ -92,7 +92,7 @@ def test_single_point_of_loss(uri, nodes, mount, warns):
     assert (single_point_of_loss(uri, nodes, mount_type=mount) is not None) == warns
 
 
-@pytest.mark.parametrize("flags", [["--checkpoint-every", "-1"], ["--max-pending", "0"]])
+@pytest.mark.parametrize("flags", [["--checkpoint-every", "-1"], ["--checkpoint-every", "0"], ["--max-pending", "0"]])
 def test_bad_run_flags_exit_2_with_one_error_line_and_start_nothing(tmp_path, monkeypatch, flags):
     from typer.testing import CliRunner
 

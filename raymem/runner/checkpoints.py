@@ -1,7 +1,7 @@
 """In-trial checkpoints: a trial's training state in the run's storage, so a retried attempt resumes.
 
 A CIFAR-100 ResNet50 trial trains for hours, an ImageNet one for days; on spot nodes an attempt can
-die at any epoch. With ``resources.checkpoint_every = E > 0`` a trial saves, every E epochs, its
+die at any epoch. With ``resources.checkpoint_every = E`` (an integer >= 1; None: off) a trial saves, every E epochs, its
 model weights (BatchNorm statistics included), its optimizer's variables (momentum and the step
 counter, which is the learning-rate schedule's position) and the number of epochs done, under
 ``RUN/checkpoints/trial-XXXXXXXX/`` through the run's :class:`RunStore` (local, ``s3://``, ``gs://``).
@@ -66,9 +66,9 @@ def check_writable(store: RunStore) -> None:
 def for_trial(config, run: dict, trial_id: int, *, save: bool = True) -> "TrialCheckpoints | None":
     """The checkpoints of trial ``trial_id`` of ``run`` (the dict the driver hands trials), or None when off."""
     r = config.resources
-    if r.checkpoint_every <= 0 and not r.keep_models:
+    if not r.checkpoint_every and not r.keep_models:
         return None
-    return TrialCheckpoints(RunStore.open(run["run_uri"]), trial_id, r.checkpoint_every, config.recipe.epochs,
+    return TrialCheckpoints(RunStore.open(run["run_uri"]), trial_id, r.checkpoint_every or 0, config.recipe.epochs,
                             save=save, keep_final=r.keep_models)
 
 

@@ -98,7 +98,7 @@ class Resources(_Section):
     gpus_per_trial: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # <1 shares a GPU; >1 one node's GPUs
     nodes_per_trial: int = Field(default=1, gt=0)       # >1: a multi-worker Ray Train group (tf-keras path)
     max_attempts: int = Field(default=3, gt=0)          # tries per trial before it is reported failed
-    checkpoint_every: int = Field(default=0, ge=0)      # save a trial's training state every N epochs (0: off)
+    checkpoint_every: int | None = Field(default=None, gt=0)  # save a trial's state every N epochs (None: off)
     keep_models: bool = False                           # keep each trial's final weights in RUN/checkpoints/
     max_pending: int | None = Field(default=None, gt=0)  # cap on the trials' resources shown to the autoscaler
     # trials trained together as one packed model (runner.packing), asking for one trial's resources;
@@ -349,13 +349,16 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def with_overrides(base: ExperimentConfig, overrides: dict, source: str) -> ExperimentConfig:
-    """Return ``base`` with ``overrides`` (flat, dotted or sectioned keys; None values ignored), validated.
+def with_overrides(base: ExperimentConfig, overrides: dict, source: str, *, keep_none: bool = False) -> ExperimentConfig:
+    """Return ``base`` with ``overrides`` (flat, dotted or sectioned keys), validated.
+
+    None values mean "not given" (flags left out) and are ignored, unless ``keep_none`` (``--set key=null``:
+    an explicit None, e.g. checkpoints off).
 
     Raises:
         RaymemError: naming the key, the bad value and what would be valid.
     """
-    values = {k: v for k, v in overrides.items() if v is not None}
+    values = {k: v for k, v in overrides.items() if keep_none or v is not None}
     merged = _merge(base.to_dict(), _nest(values, source))
     try:
         return ExperimentConfig.model_validate(merged)

@@ -105,7 +105,7 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
 
 def check_checkpoint_location(config: ExperimentConfig, store: RunStore) -> None:
     """With checkpoints on, refuse a run whose checkpoint location cannot be written, before anything starts."""
-    if config.resources.checkpoint_every <= 0 and not config.resources.keep_models:
+    if not config.resources.checkpoint_every and not config.resources.keep_models:
         return
     from raymem.runner.checkpoints import CHECKPOINTS_DIR, check_writable
 
@@ -115,7 +115,7 @@ def check_checkpoint_location(config: ExperimentConfig, store: RunStore) -> None
         raise RaymemError(
             f"cannot write checkpoints under {store.location(CHECKPOINTS_DIR)} ({type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:200]}); give a writable --storage or turn checkpoints off with "
-            "--checkpoint-every 0."
+            "--set checkpoint_every=null."
         ) from None
 
 
