@@ -178,7 +178,10 @@ def test_run_demand_brings_up_fake_gpu_nodes_up_to_the_max_and_releases_them(tmp
         run_seconds = time.monotonic() - started
         assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
         assert f"{TRIALS}/{TRIALS} trials in the log ({TRIALS} trained now" in run.stdout
-        assert counter.peak == MAX_GPU_NODES, counter.changes  # as many as trials fit, capped by max_workers
+        # As many nodes as trials fit, capped by max_workers. The count is of fake node processes, so a node the
+        # autoscaler retires while it launches another can overlap it for a moment (seen once: 3, 4, 3): the
+        # autoscaler's own decisions below are the exact check.
+        assert counter.peak >= MAX_GPU_NODES, counter.changes
 
         monitor = next(Path(temp_dir).glob("session_*/logs/monitor.log"))
         launches = [int(n) for n in re.findall(r"Launching (\d+) nodes?, type gpu_1x", monitor.read_text())]
