@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import kill_processes_holding, processes_holding  # tests/processes.py
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,24 +60,9 @@ def _autoscaling_config(gcs_port: int) -> dict:
     }
 
 
-def _our_processes(marker: str):
-    """(pid, command line, environment) of every process whose environment or command line holds ``marker``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environment = (entry / "environ").read_bytes()
-            command_line = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (marker.encode() in environment or marker.encode() in command_line):
-            yield int(entry.name), command_line, environment
-
-
 def _fake_gpu_nodes(marker: str) -> int:
     """Fake GPU worker nodes alive: raylets the fake provider started for node type gpu_1x."""
-    return sum(1 for _, command, environment in _our_processes(marker)
+    return sum(1 for _, command, environment in processes_holding(marker)
                if b"/raylet" in command.split(b"\0")[0] and b"RAY_NODE_TYPE_NAME=gpu_1x" in environment.split(b"\0"))
 
 
@@ -88,14 +74,8 @@ def _kill_everything(marker: str, head: subprocess.Popen | None) -> None:
         except (OSError, subprocess.TimeoutExpired):
             pass
     for _ in range(3):  # the agents (and the fake nodes, children of the autoscaler) outlive their raylet
-        left = [pid for pid, _, _ in _our_processes(marker)]
-        if not left:
+        if not kill_processes_holding(marker):
             return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         time.sleep(1)
 
 
@@ -195,6 +175,6 @@ def test_run_demand_brings_up_fake_gpu_nodes_up_to_the_max_and_releases_them(tmp
     finally:
         counter.stopped.set()
         _kill_everything(temp_dir, head)
-        left = list(_our_processes(temp_dir))
+        left = list(processes_holding(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, [command[:100] for _, command, _ in left]

@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from processes import kill_processes_holding  # tests/processes.py
 import yaml
 
 from raymem import api, jobs
@@ -164,26 +164,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _kill_processes_holding(marker: str) -> list[int]:
-    """SIGKILL every process of this user whose environment or command line holds ``marker`` (our temp dir)."""
-    killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environment = (entry / "environ").read_bytes()
-            command_line = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in environment or marker.encode() in command_line:
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-            except OSError:
-                pass
-    return killed
-
-
 def _raymem(*arguments: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "raymem.cli", *arguments], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT)
@@ -254,5 +234,5 @@ def test_detached_digits_run_on_a_local_head_with_its_dashboard(tmp_path, monkey
         if head is not None:
             cluster.stop_local_head(temp_dir=temp_dir)
         time.sleep(1)
-        _kill_processes_holding(temp_dir)  # the dashboard and runtime-env agents outlive a SIGTERM of the head
+        kill_processes_holding(temp_dir)  # the dashboard and runtime-env agents outlive a SIGTERM of the head
         shutil.rmtree(temp_dir, ignore_errors=True)
