@@ -29,16 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raymem.errors import RaymemError
 from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
 from raymem.runner.catalog import MODEL_NAMES, SCHEDULE_OPTIONS
-from raymem.runner.datasets import DATASET_NAMES, NPZ_PREFIX, PARQUET_PREFIX
+from raymem.runner.datasets import DATASET_NAMES, NPZ_PREFIX, PARQUET_PREFIX, TFDS_STREAMING_NAMES
 
 #: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
 LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 
 Switch = Literal["auto", "on", "off"]
 
-#: Models whose copies can be trained as one packed model (``resources.pack``; see ``runner.packing``).
-#: The others use batch normalization, whose batch statistics would mix the copies of a pack.
-PACKABLE_MODELS: tuple[str, ...] = ("small_cnn", "linear")
 
 
 def _one_of(value: str, choices, what: str) -> str:
@@ -176,10 +173,9 @@ class ExperimentConfig(_Section):
         pack = self.resources.pack
         if pack == 1:
             return self
-        if self.model not in PACKABLE_MODELS:
-            raise ValueError(f"resources.pack={pack!r} needs a model that packs, and model {self.model!r} uses batch "
-                             f"normalization, whose batch statistics would mix the copies of a pack; models that "
-                             f"pack: {', '.join(PACKABLE_MODELS)}; use pack=1 or one of those models")
+        if self.dataset in TFDS_STREAMING_NAMES:
+            raise ValueError(f"resources.pack={pack!r} trains the copies of a pack from one in-memory training set, and "
+                             f"data set {self.dataset!r} streams from files; use pack=1")
         if pack != "auto" and pack > self.trials:
             raise ValueError(f"resources.pack={pack} is larger than trials={self.trials}; use pack <= trials")
         if self.uses_train_group:

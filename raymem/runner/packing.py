@@ -3,12 +3,10 @@
 Small models (the digits CNN, a linear model on features, the paper's MNIST-sized nets) leave the
 hardware idle: each step of one trial is a handful of tiny kernels. A *pack* trains K trials at once:
 
-- **K independent copies of the architecture.** The trial's Keras model (``models.build_model``, the
-  one place each architecture is defined) is built once per copy with that copy's trial seed, exactly as
-  the unpacked trial builds it, so copy k starts from the very weights trial k would start from. Its
-  layers are then re-expressed over stacked weights: convolutions as one *grouped* convolution over the
-  copies' channels (group k = copy k), dense layers as one batched matrix product ``(K, b, in) @ (K, in,
-  out)``. Nothing mixes copies: every operation is either per-channel-group or per-copy.
+- **K independent copies of the architecture** (``packed_model.PackedModel``): the trial's Keras model is
+  built once per copy with that copy's trial seed, exactly as the unpacked trial builds it, so copy k
+  starts from the very weights trial k would start from; its graph is replayed over stacked weights
+  (grouped convolutions, batched dense products, batch normalization per channel of one copy).
 - **Each copy reads only its own subset.** The run's training set is placed on the device once; every
   step, copy k gathers its own batch of ``recipe.batch_size`` examples from its own subset, in its own
   per-epoch shuffle (drawn from its trial seed), so its batch size, its steps per epoch
@@ -16,7 +14,8 @@ hardware idle: each step of one trial is a handful of tiny kernels. A *pack* tra
   schedule and its momentum are those of the unpacked recipe. The loss is the sum over copies of each
   copy's mean cross-entropy over its own batch, so copy k's gradient is its unpacked gradient. An
   example outside a copy's subset is never gathered for that copy: neither its input, nor its label,
-  nor a gradient, nor (there is none here) a batch statistic can reach it.
+  nor a gradient, nor a batch statistic can reach it: batch normalization's moments are taken over copy
+  k's own batch (its channels hold only its examples), exactly as the unpacked trial's over its batch.
 
   This replaces the "full-data batch with per-copy masks as sample weights" design on purpose: masking
   computes every copy on the ~30% of examples it must ignore (1/0.7 = 1.43x the work per model), gives
@@ -27,10 +26,8 @@ hardware idle: each step of one trial is a handful of tiny kernels. A *pack* tra
   chunk of inputs (the input is shared, the first layer's copies become one wider layer), giving one
   ``(train_pred, test_pred, metadata)`` per trial id, as ``training.train_and_predict`` does for one.
 
-Which models pack: those made only of layers this module vectorises (Conv2D, Dense, MaxPooling2D,
-Flatten, Identity, ReLU, Activation): ``small_cnn`` and ``linear`` (``config.PACKABLE_MODELS``). The
-others use batch normalization, whose batch statistics this module does not vectorise; they are refused
-before anything starts.
+Which runs pack: every model of the catalog, on any data set held in memory (all but ImageNet, which
+streams from files; refused by the config before anything starts).
 
 TensorFlow is imported lazily, as in ``training``.
 """
@@ -44,8 +41,9 @@ import time
 import numpy as np
 
 from raymem.errors import RaymemError
-from raymem.runner.config import PACKABLE_MODELS, ExperimentConfig
+from raymem.runner.config import ExperimentConfig
 from raymem.runner.datasets import StreamingDataset
+from raymem.runner.packed_model import PackedModel
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,146 +53,6 @@ PREDICT_CHUNK = 256
 AUTO_MAX_PACK = 128
 #: --pack auto keeps doubling K while the step time of 2K copies is below this factor times that of K.
 AUTO_GROWTH = 1.8
-
-
-def check_packable(model: str) -> None:
-    """Raise RaymemError unless ``model`` can be packed (see the module docstring)."""
-    if model not in PACKABLE_MODELS:
-        raise RaymemError(f"model {model!r} cannot be packed: it uses batch normalization, whose batch statistics "
-                          f"would mix the copies of a pack; models that pack: {', '.join(PACKABLE_MODELS)}; use pack=1.")
-
-
-# --------------------------------------------------------------------------------------------------
-# The packed model
-
-
-class PackedModel:
-    """K copies of one Keras architecture with stacked weights (see the module docstring).
-
-    Activations of image layers are kept *channel-packed*: ``(batch, H, W, K * C)`` with copy k's channels
-    at ``[k*C, (k+1)*C)``; vector activations as ``(K, batch, F)``.
-    """
-
-    def __init__(self, template, per_copy_weights: list[list[np.ndarray]]):
-        import tensorflow as tf
-
-        self.k = len(per_copy_weights)
-        self.name = template.name
-        self.input_rank = len(template.input_shape) - 1
-        self.layers: list[tuple[str, object, dict]] = []  # (kind, keras layer, {weight name: tf.Variable})
-        self.variables: list = []
-        offset = 0
-        for layer in template.layers:
-            kind = type(layer).__name__
-            n_weights = len(layer.get_weights())
-            stacked = [np.stack([w[offset + j] for w in per_copy_weights]) for j in range(n_weights)]
-            offset += n_weights
-            params: dict = {}
-            if kind == "Conv2D":
-                if layer.groups != 1 or tuple(layer.dilation_rate) != (1, 1) or layer.data_format != "channels_last":
-                    raise RaymemError(f"layer {layer.name} of model {self.name} (grouped/dilated/channels-first "
-                                      f"convolution) cannot be packed; use pack=1.")
-                kernel = stacked[0]  # (K, kh, kw, cin, cout) -> (kh, kw, cin, K * cout), copy-major output channels
-                _, kh, kw, cin, cout = kernel.shape
-                params["kernel"] = tf.Variable(np.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, cin, self.k * cout))
-                if layer.use_bias:
-                    params["bias"] = tf.Variable(stacked[1].reshape(self.k * cout))
-            elif kind == "Dense":
-                params["kernel"] = tf.Variable(stacked[0])                    # (K, in, out)
-                if layer.use_bias:
-                    params["bias"] = tf.Variable(stacked[1][:, None, :])      # (K, 1, out)
-            elif kind in ("InputLayer", "MaxPooling2D", "Flatten", "Identity", "ReLU", "Activation"):
-                if n_weights:
-                    raise RaymemError(f"layer {layer.name} of model {self.name} has weights packing does not know.")
-            else:
-                raise RaymemError(f"layer {layer.name} ({kind}) of model {self.name} cannot be packed; "
-                                  f"models that pack: {', '.join(PACKABLE_MODELS)}; use pack=1.")
-            self.layers.append((kind, layer, params))
-            self.variables.extend(params.values())
-
-    # ---- forward passes
-
-    def _forward(self, x, shared: bool):
-        """Logits ``(K, batch, classes)``. ``x``: ``(K, batch, ...)`` per-copy inputs, or, with ``shared``,
-        ``(batch, ...)`` inputs every copy sees."""
-        import tensorflow as tf
-
-        k = self.k
-        if self.input_rank == 3:   # to channel-packed (batch, H, W, K*C)
-            if shared:
-                channels = x.shape[-1]
-                packed_input = channels  # the first convolution may read the shared input directly
-            else:
-                _, b, h, w, c = x.shape[0], tf.shape(x)[1], x.shape[2], x.shape[3], x.shape[4]
-                x = tf.reshape(tf.transpose(x, (1, 2, 3, 0, 4)), (b, h, w, k * c))
-                packed_input = None
-        else:                     # vectors: (K, batch, F); a shared input is broadcast by the first Dense
-            packed_input = x.shape[-1] if shared else None
-        for kind, layer, params in self.layers:
-            if kind == "Conv2D":
-                # per-copy input: K*cin channels, kernel cin -> TensorFlow runs K groups (group k = copy k);
-                # shared input: cin channels -> one ordinary convolution with all copies' filters
-                packed_input = None
-                x = tf.nn.conv2d(x, params["kernel"], strides=layer.strides, padding=layer.padding.upper())
-                if "bias" in params:
-                    x = x + params["bias"]
-                x = layer.activation(x)
-            elif kind == "MaxPooling2D":
-                x = tf.nn.max_pool2d(x, layer.pool_size, layer.strides, layer.padding.upper())
-            elif kind == "Flatten":
-                if packed_input is not None:  # shared image input flattened before any convolution
-                    x = tf.reshape(x, (tf.shape(x)[0], -1))
-                    x = tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0))
-                    packed_input = None
-                else:
-                    b, h, w, kc = tf.shape(x)[0], x.shape[1], x.shape[2], x.shape[3]
-                    x = tf.reshape(tf.transpose(tf.reshape(x, (b, h, w, k, kc // k)), (3, 0, 1, 2, 4)), (k, b, -1))
-            elif kind == "Dense":
-                if packed_input is not None:
-                    x = tf.einsum("bi,kio->kbo", x, params["kernel"])
-                    packed_input = None
-                else:
-                    x = tf.matmul(x, params["kernel"])
-                if "bias" in params:
-                    x = x + params["bias"]
-                x = layer.activation(x)
-            elif kind in ("ReLU", "Activation"):
-                x = layer(x)
-        if packed_input is not None:   # a model without weights: not one of ours
-            raise RaymemError(f"model {self.name} has no layer with weights to pack.")
-        return x
-
-    def logits(self, x_per_copy):
-        """Logits ``(K, batch, classes)`` of per-copy inputs ``(K, batch, ...)``."""
-        return self._forward(x_per_copy, shared=False)
-
-    def predict_labels(self, x: np.ndarray) -> np.ndarray:
-        """Predicted class (int32) of every copy on every input: ``(K, len(x))``."""
-        import tensorflow as tf
-
-        chunk = max(1, PREDICT_CHUNK * 16 // max(1, self.k)) if self.k > 16 else PREDICT_CHUNK
-        forward = tf.function(lambda batch: tf.argmax(self._forward(batch, shared=True), axis=-1, output_type=tf.int32),
-                              reduce_retracing=True)
-        out = [forward(tf.constant(x[i:i + chunk])).numpy() for i in range(0, len(x), chunk)]
-        return np.concatenate(out, axis=1) if out else np.zeros((self.k, 0), np.int32)
-
-    # ---- weights
-
-    def copy_weights(self, k: int) -> list[np.ndarray]:
-        """Copy ``k``'s weights in the order of its Keras model's ``get_weights()``."""
-        out = []
-        for kind, _layer, params in self.layers:
-            if kind == "Conv2D":
-                kh, kw, cin, kcout = params["kernel"].shape
-                cout = kcout // self.k
-                out.append(params["kernel"].numpy().reshape(kh, kw, cin, self.k, cout)[:, :, :, k, :])
-                if "bias" in params:
-                    out.append(params["bias"].numpy().reshape(self.k, cout)[k])
-            elif kind == "Dense":
-                out.append(params["kernel"].numpy()[k])
-                if "bias" in params:
-                    out.append(params["bias"].numpy()[k, 0])
-        return out
 
 
 def initial_weights(config: ExperimentConfig, data, seed: int) -> list[np.ndarray]:
@@ -211,7 +69,6 @@ def build_packed(config: ExperimentConfig, data, seeds: list[int]) -> PackedMode
     from raymem.runner.keras_backend import keras
     from raymem.runner.models import build_model
 
-    check_packable(config.model)
     keras.mixed_precision.set_global_policy("float32")  # packs train in float32
     weights = [initial_weights(config, data, seed) for seed in seeds]
     template = build_model(config.model, tuple(data.input_shape), data.num_classes)
@@ -255,7 +112,7 @@ def _make_step(packed: PackedModel, optimizer, x_all, y_all, augment: tuple[int,
                              fn_output_signature=flat.dtype)
             x = tf.reshape(flat, shape)
         with tf.GradientTape() as tape:
-            logits = packed.logits(x)
+            logits = packed.logits(x, training=True)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             per_copy = tf.reduce_mean(per_example, axis=1)   # each copy's mean over its own batch
             loss = tf.reduce_sum(per_copy)                   # copies share no weight: gradients stay apart
@@ -333,8 +190,9 @@ def train_and_predict_pack(config: ExperimentConfig, data, masks: np.ndarray, se
 
     packed, shared = train_pack(config, data, masks, seeds)
     trained = time.perf_counter()
-    train_pred = packed.predict_labels(data.x_train)
-    test_pred = packed.predict_labels(data.x_test)
+    chunk = max(1, PREDICT_CHUNK * 16 // packed.k) if packed.k > 16 else PREDICT_CHUNK
+    train_pred = packed.predict_labels(data.x_train, chunk)
+    test_pred = packed.predict_labels(data.x_test, chunk)
     predict_seconds = time.perf_counter() - trained
     out = []
     for k, mask in enumerate(masks):
