@@ -375,6 +375,7 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
     _check_reads(delta=delta, method=method, target_halfwidth=target_halfwidth, until_halfwidth=until_halfwidth,
                  until_jaccard=until_jaccard, fdr=pairs_fdr)
     from raymem.jobs import job_state
+    from raymem.runner.lease import driver_state
 
     store = open_store(run, storage)
     if not store.exists("run.json") and (job := job_state(store)) is not None:
@@ -386,6 +387,8 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
         until_halfwidth=until_halfwidth, until_jaccard=until_jaccard, pairs_fdr=pairs_fdr,
     )
     job = job_state(reader.store)  # a detached run: its job's state beside the counts
+    driver = driver_state(reader.store)
+    summary = {**summary, "driver": driver} if driver is not None else summary
     return {**summary, "job": job} if job is not None else summary
 
 

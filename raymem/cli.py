@@ -221,6 +221,11 @@ def format_status(s: dict) -> str:
     ]
     if s.get("job"):
         lines.append(format_job(s["job"]))
+    if s.get("driver"):
+        d = s["driver"]
+        state = "" if d["live"] else " (stale: that driver is gone; the run can be resumed)"
+        job = f" (job {d['job_id']})" if d.get("job_id") else ""
+        lines.append(f"  driver: pid {d['pid']} on {d['host']}{job}, last heartbeat {d['heartbeat_age_s']:.0f} s ago{state}")
     if "progress" in s:
         p = s["progress"]
         lines.append(f"  throughput {p.get('trials_per_hour', 0):.1f} trials/h, ETA {p.get('eta', '?')}")

@@ -44,6 +44,8 @@ AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 #: machine's outward address (Ray rewrites _node_ip_address="127.0.0.1" otherwise). Read when ray is
 #: imported, so it must be set before; drivers of such a Ray need it too.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Set in the driver of a detached run (a Ray job) to the job's id: the job records and the driver lease name it.
+JOB_ID_ENV = "RAYMEM_JOB_ID"
 
 
 def head_pin() -> dict:

@@ -32,13 +32,12 @@ import yaml
 from raymem import connection
 from raymem.errors import RaymemError
 from raymem.estimator.storage import RunStore
+from raymem.runner.lease import release_stopped_job
 
 #: File in a run directory that names the Ray job running (or last run) the run's driver.
 JOB_FILE = "job.json"
 #: The experiment file inside the job's working directory.
 EXPERIMENT_FILE = "experiment.yaml"
-#: Set in a detached run's job: the job's own id (its driver does not refuse to run beside itself).
-JOB_ID_ENV = "RAYMEM_JOB_ID"
 #: Overrides the Python that runs the job's entrypoint on the cluster (default: this interpreter for a
 #: cluster on this machine, else ``python``, which cluster.yaml's setup puts first on every node's PATH).
 JOB_PYTHON_ENV = "RAYMEM_JOB_PYTHON"
@@ -237,7 +236,7 @@ def submit(config, *, name: str, run_uri: str, storage: str, address: str, data_
     command = entrypoint(name=name, storage=storage, data_dir=data_dir, until_halfwidth=until_halfwidth,
                          until_jaccard=until_jaccard, python=python)
     job_id = f"raymem-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    env_vars = {JOB_ID_ENV: job_id}
+    env_vars = {connection.JOB_ID_ENV: job_id}
     if _is_local(address):  # drivers of a loopback head must stay on the loopback address too
         env_vars[connection.SINGLE_MACHINE_ENV] = "0"
     with tempfile.TemporaryDirectory(prefix="raymem-job-") as workdir:
@@ -312,4 +311,6 @@ def stop(store: RunStore, wait_s: float = 30.0) -> dict | None:
         while state not in TERMINAL_STATES and time.monotonic() < deadline:
             time.sleep(0.5)
             state = str(jobs.get_job_status(job.job_id).value)
+    if state in TERMINAL_STATES:  # its driver cannot release the run any more: the run may be driven again now
+        release_stopped_job(store, job.job_id)
     return {"job_id": job.job_id, "was": before, "state": state}

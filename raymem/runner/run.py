@@ -25,6 +25,7 @@ from raymem.estimator.run_files import new_run_info, read_labels, read_run_info,
 from raymem.estimator.storage import RunStore
 from raymem.runner import canaries
 from raymem.runner.config import LEGACY_KERAS_ENV, ExperimentConfig, compare_for_resume, gpu_hours
+from raymem.runner.lease import DriverLease
 from raymem.runner.progress import Progress
 
 
@@ -268,7 +269,20 @@ def run_experiment(
     With ``until_halfwidth`` / ``until_jaccard`` the driver asks the accumulator after each counted trial
     whether the criteria are met (on the anytime bars, valid however often it asks) and then stops
     submitting; the trials in flight finish and are counted.
+
+    Raises:
+        RaymemError: another live driver holds the run (``runner.lease``), before anything starts.
     """
+    started = time.perf_counter()
+    store = RunStore.open(run_uri)
+    with DriverLease(store, name):  # one driver per run: a second one would train the same trials again
+        return _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, num_gpus, progress,
+                               shutdown, until_halfwidth, until_jaccard, started)
+
+
+def _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, num_gpus, progress, shutdown,
+                    until_halfwidth, until_jaccard, started) -> RunResult:
+    """:func:`run_experiment` once the driver holds the run's lease."""
     import ray
 
     from raymem.actors.accumulator import get_or_create_accumulator
@@ -276,8 +290,6 @@ def run_experiment(
     from raymem.runner.label_cache import load_run_dataset, remember_source
     from raymem.runner.trial import measure_pack, run_big_trial, run_pack, run_small_trial
 
-    started = time.perf_counter()
-    store = RunStore.open(run_uri)
     data = load_run_dataset(config.dataset, data_dir, store)  # a streamed set's labels from the run dir when resuming
     check_checkpoint_location(config, store)
     info, train_labels = prepare_run(config, store, name, data)
