@@ -50,6 +50,24 @@ def test_a_dead_drivers_stale_or_unreadable_lease_does_not_block_the_run(tmp_pat
         assert read_lease(store)["token"] == mine.token
 
 
+def test_a_killed_driver_on_this_host_does_not_block_the_run(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = RunStore.open(str(tmp_path / "run"))
+    store.write_bytes_atomic(LEASE_FILE, json.dumps({"token": "killed", "host": socket.gethostname(), "pid": dead.pid,
+                                                     "heartbeat": time.time()}).encode())
+    with DriverLease(store, "r") as mine:   # fresh heartbeat, but its process is gone
+        assert read_lease(store)["token"] == mine.token
+    store.write_bytes_atomic(LEASE_FILE, json.dumps({"token": "alive", "host": socket.gethostname(), "pid": os.getppid(),
+                                                     "heartbeat": time.time()}).encode())
+    with pytest.raises(RaymemError, match="being driven by another raymem run"):
+        DriverLease(store, "r").acquire()   # a live process on this host holds it
+
+
 def test_the_heartbeat_moves_and_never_overwrites_a_takeover(tmp_path, monkeypatch):
     monkeypatch.setattr(lease_module, "HEARTBEAT_SECONDS", 0.05)
     store = RunStore.open(str(tmp_path / "run"))

@@ -136,6 +136,38 @@ def test_each_copy_is_its_own_keras_model_from_the_unpacked_initial_weights(tf, 
             np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5)   # moving averages moved alike
 
 
+def test_a_packed_training_step_is_each_copys_own_keras_step_batch_norm_included(tf, digits):
+    """One SGD step (learning rate 1, so the gradient is the whole change) on a different batch per copy:
+    copy k's weights and moving averages afterwards are those of its Keras model stepped on its own batch."""
+    import keras
+
+    from raymem.runner import packing
+    from raymem.runner.models import build_model
+
+    data = _small(digits, 60)
+    config = resolve_config("digits", {"model": "inception"})
+    seeds = [trial_seed(4, k) for k in range(3)]
+    packed = packing.build_packed(config, data, seeds)
+    x = np.stack([data.x_train[16 * k:16 * (k + 1)] for k in range(3)])
+    y = np.stack([data.y_train[16 * k:16 * (k + 1)] for k in range(3)]).astype(np.int32)
+    with tf.GradientTape() as tape:
+        logits = packed.logits(tf.constant(x), training=True)
+        loss = tf.reduce_sum(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits), axis=1))
+    for variable, grad in zip(packed.variables, tape.gradient(loss, packed.variables), strict=True):
+        variable.assign_sub(grad)
+    for k, seed in enumerate(seeds):
+        keras.utils.set_random_seed(seed)
+        reference = build_model(config.model, tuple(data.input_shape), data.num_classes)
+        with tf.GradientTape() as tape:
+            own = reference(x[k], training=True)
+            own_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y[k], own))
+        weights = reference.trainable_variables
+        for variable, grad in zip(weights, tape.gradient(own_loss, weights), strict=True):
+            variable.assign_sub(grad)
+        for mine, theirs in zip(packed.copy_weights(k), reference.get_weights(), strict=True):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("model", ["small_cnn", "inception"])
 def test_an_example_outside_a_copys_subset_cannot_reach_that_copy(tf, digits, model):
     """Same seeds, one example changed (label and pixels): the copy that does not hold it ends bit-identical

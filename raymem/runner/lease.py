@@ -4,8 +4,9 @@ Two ``raymem run`` drivers of one run (a second terminal, a plain run while a ``
 two notebooks) would each submit the same missing trials: the log keeps one record per trial id, but the
 GPU-hours of the other are lost. So a driver holds ``RUN/driver.json`` (who: host, pid, job; when: a
 heartbeat a background thread rewrites every ``HEARTBEAT_SECONDS``) and deletes it when it ends. Another
-driver refuses to start while the heartbeat is younger than ``STALE_SECONDS``; a driver that died without
-releasing it (killed, its node lost) stops blocking the run once its heartbeat is that old.
+driver refuses to start while the heartbeat is younger than ``STALE_SECONDS``. A driver that died without
+releasing it stops blocking the run at once when it ran on the same host (its pid is gone), else once
+its heartbeat is ``STALE_SECONDS`` old (killed elsewhere, its node lost).
 
 Best effort, on purpose: two drivers started in the same second may both see no lease (the run store
 has no compare-and-swap on every file system); the second one to write then sees the other's token when
@@ -71,6 +72,20 @@ def describe(lease: dict, now: float | None = None) -> str:
     return f"pid {lease.get('pid', '?')} on host {lease.get('host', '?')}{job}, last heartbeat {age:.0f} s ago"
 
 
+def _alive(lease: dict) -> bool:
+    """False when the lease's driver ran on this host and its process is gone (killed: no need to wait for
+    its heartbeat to go stale); True otherwise (another host's driver is judged by its heartbeat)."""
+    if lease.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(lease.get("pid")), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True
+    return True
+
+
 def _exists(store: RunStore) -> bool:
     import pyarrow.fs as pafs
 
@@ -109,14 +124,14 @@ class DriverLease:
 
     def _refuse_if_held(self) -> None:
         lease = read_lease(self.store)
-        if lease is None or lease.get("token") == self.token:
+        if lease is None or lease.get("token") == self.token or not _alive(lease):
             return
         if time.time() - float(lease["heartbeat"]) < STALE_SECONDS:
             raise RaymemError(
                 f"run {self.name} is being driven by another raymem run ({describe(lease)}); two drivers would "
                 f"train its trials twice; let it finish (`raymem status {self.name}`), stop it (Ctrl-C there, or "
-                f"`raymem stop {self.name}` for a detached run), or, if it died, run again once its heartbeat is "
-                f"{STALE_SECONDS:.0f} s old.")
+                f"`raymem stop {self.name}` for a detached run), or, if it died on another host, run again once "
+                f"its heartbeat is {STALE_SECONDS:.0f} s old.")
 
     def acquire(self) -> "DriverLease":
         """Take the lease (RaymemError while another live driver holds it) and start the heartbeat."""
