@@ -330,3 +330,14 @@ def test_auto_pack_picks_the_largest_sublinear_k():
             {"pack": 8, "step_seconds": 2.9}, {"pack": 16, "step_seconds": 5.5}]
     assert choose_pack(rows) == 4       # 8 copies take 1.93x the time of 4: no longer sub-linear enough
     assert choose_pack(rows[:1]) == 1
+
+
+def test_a_pack_size_that_leaves_trial_slots_idle_is_named():
+    from raymem.runner.run import idle_slots_warning
+
+    assert idle_slots_warning(16, packs=1, slots=2) == ("warning: --pack 16 makes 1 pack of the missing trials for 2 "
+                                                        "trial slots, so 1 slot stays idle; a smaller K (or --pack auto) "
+                                                        "keeps them busy.")
+    assert "6 slots stay idle" in idle_slots_warning(8, packs=2, slots=8)
+    assert idle_slots_warning(8, packs=2, slots=2) is None     # every slot has a pack
+    assert idle_slots_warning(1, packs=1, slots=8) is None     # unpacked: the window fills the slots

@@ -237,6 +237,15 @@ def warn_if_single_point_of_loss(run_uri: str, stream=None) -> str | None:
     return message
 
 
+def idle_slots_warning(pack: int, packs: int, slots: int) -> str | None:
+    """A warning when ``packs`` packs of ``pack`` trials leave some of the cluster's ``slots`` trial slots idle."""
+    if pack <= 1 or packs >= slots:
+        return None
+    return (f"warning: --pack {pack} makes {packs} pack{'s' if packs > 1 else ''} of the missing trials for {slots} "
+            f"trial slots, so {slots - packs} slot{'s stay' if slots - packs > 1 else ' stays'} idle; a smaller K "
+            f"(or --pack auto) keeps them busy.")
+
+
 def cluster_capacity(config: ExperimentConfig) -> int:
     """How many trials of this config fit in the cluster's current total resources."""
     import ray
@@ -346,6 +355,8 @@ def _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, n
             pack, result.pack_measurements = ray.get(measure.remote(config, payload, -(-len(missing) // slots)))
         result.pack = pack = int(pack) if pack != "auto" else 1
         units = missing if pack == 1 else [tuple(missing[i:i + pack]) for i in range(0, len(missing), pack)]
+        if missing and (idle := idle_slots_warning(pack, len(units), cluster_capacity(config))):
+            print(idle, file=sys.stderr, flush=True)
         bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
         stopping = until_halfwidth is not None or until_jaccard is not None
         _drive(config, units, submit, result, bar, demand,
