@@ -63,7 +63,7 @@ def test_train_storage_is_inside_the_run():
     assert train_storage_path("/data/runs/x").endswith("/data/runs/x/ray-train")
 
 
-def _ray_dying_after_checkpoint(dying: dict[int, tuple[int, bool]]):
+def _ray_dying_after_checkpoint(dying: dict[int, tuple[int, bool]], num_gpus: int = 0):
     """Local Ray whose workers, on attempt 1 of trial k, exit the process right after saving the checkpoint of
     epoch ``dying[k][0]`` (and first corrupt that checkpoint's arrays when ``dying[k][1]``)."""
     import ray
@@ -91,7 +91,7 @@ def _ray_dying_after_checkpoint(dying: dict[int, tuple[int, bool]]):
         trial.build_record = build_record
         ck.TrialCheckpoints.save = save
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="raymem",
+    ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, namespace="raymem",
              runtime_env={"worker_process_setup_hook": hook})
 
 
@@ -118,6 +118,28 @@ def test_killed_worker_resumes_from_checkpoint_and_torn_one_falls_back(tmp_path)
     table = api.trials(str(run_dir))
     rows = {row["trial_id"]: row for row in table.to_pylist()}
     assert rows[1]["attempt"] == 2 and rows[1]["resumed_from_epoch"] == 2 and rows[0]["resumed_from_epoch"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_multi_node_group_resumes_every_worker_from_rank_zeros_checkpoint(tmp_path):
+    """Two workers (tf-keras, MultiWorkerMirroredStrategy) train one model; rank 0 dies right after its epoch-2
+    checkpoint. Attempt 2: rank 0 resumes from epoch 2 and the other worker from that same epoch (a worker
+    starting elsewhere would hang the group's collectives or train a different number of steps)."""
+    _ray_dying_after_checkpoint({0: (2, False)}, num_gpus=2)
+    run_dir = tmp_path / "group"
+    config = tiny(trials=1, epochs=4, gpus_per_trial=1, cpus_per_trial=1.0, nodes_per_trial=2, checkpoint_every=1)
+    result = run_experiment(config, name="group", run_uri=str(run_dir), progress=False)
+    assert not result.failed, result.failed
+    assert result.retried == {0: 1}
+    store = RunStore.open(str(run_dir))
+    (record,) = list(iter_trials(store))
+    meta = record.metadata
+    assert meta["world_size"] == 2 and meta["attempt"] == 2
+    assert meta["resumed_from_epoch"] == 2 and "checkpoint_warnings" not in meta
+    assert meta["checkpoints_saved"] == [3]     # attempt 2 trained epochs 3 and 4 and saved after epoch 3
+    assert meta["test_accuracy"] > 0.5
+    assert not store.exists(trial_dir(0))       # acknowledged: no checkpoints left
 
 
 @pytest.mark.slow

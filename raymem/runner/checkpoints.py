@@ -51,7 +51,8 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 def _optimizer_variables(model) -> list:
     optimizer = model.optimizer
-    if not getattr(optimizer, "built", True):
+    built = getattr(optimizer, "built", None)  # Keras 3; tf-keras (multi-node groups) marks it `_built`
+    if built is False or (built is None and not getattr(optimizer, "_built", False)):
         optimizer.build(model.trainable_variables)
     return list(optimizer.variables)
 
@@ -63,13 +64,16 @@ def check_writable(store: RunStore) -> None:
     store.delete(probe)
 
 
-def for_trial(config, run: dict, trial_id: int, *, save: bool = True) -> "TrialCheckpoints | None":
-    """The checkpoints of trial ``trial_id`` of ``run`` (the dict the driver hands trials), or None when off."""
+def for_trial(config, run: dict, trial_id: int, *, save: bool = True, agree=None) -> "TrialCheckpoints | None":
+    """The checkpoints of trial ``trial_id`` of ``run`` (the dict the driver hands trials), or None when off.
+
+    ``save`` and ``agree``: see :class:`TrialCheckpoints` (the workers of a multi-node group).
+    """
     r = config.resources
     if not r.checkpoint_every and not r.keep_models:
         return None
     return TrialCheckpoints(RunStore.open(run["run_uri"]), trial_id, r.checkpoint_every or 0, config.recipe.epochs,
-                            save=save, keep_final=r.keep_models)
+                            save=save, keep_final=r.keep_models, agree=agree)
 
 
 def finish_quietly(checkpoints: "TrialCheckpoints | None") -> None:
@@ -83,12 +87,20 @@ def finish_quietly(checkpoints: "TrialCheckpoints | None") -> None:
 
 
 class TrialCheckpoints:
-    """Checkpoints of one trial in one run's storage; see the module docstring."""
+    """Checkpoints of one trial in one run's storage; see the module docstring.
+
+    The workers of a multi-node group (several processes training one model) must all resume from the same
+    epoch: ``agree`` is then a broadcast from rank 0 (``ray.train.collective.broadcast_from_rank_zero``).
+    Rank 0 (``save=True``) picks the newest usable checkpoint as a single worker does, loads it and sends
+    its epoch; the others (``save=False``) receive that epoch and load exactly that checkpoint (failing the
+    attempt, which is retried, if they cannot), so no worker starts from another epoch than the group's.
+    """
 
     def __init__(self, store: RunStore, trial_id: int, every: int, epochs: int, *, save: bool = True,
-                 keep_final: bool = False):
+                 keep_final: bool = False, agree=None):
         self.store, self.trial_id, self.every, self.epochs = store, int(trial_id), int(every), int(epochs)
         self.keep_final = keep_final
+        self.agree = agree
         self.dir = trial_dir(trial_id)
         self.save_enabled = save  # False on the non-zero ranks of a worker group: they restore, rank 0 saves
         self.warnings: list[str] = []
@@ -102,7 +114,26 @@ class TrialCheckpoints:
         return sorted((int(m.group(1)) for m in map(_EPOCH_FILE.fullmatch, names) if m), reverse=True)
 
     def restore(self, model) -> int:
-        """Load the newest complete checkpoint into ``model`` (compiled); return the epochs it had done (0: none)."""
+        """Load the newest complete checkpoint into ``model`` (compiled); return the epochs it had done (0: none).
+
+        With ``agree``: the group's epoch (rank 0's choice), see the class docstring.
+        """
+        if self.agree is not None:
+            # every worker creates its optimizer's variables before anything else: under a multi-worker strategy
+            # creating a variable is a collective step, so a worker doing it alone would wait forever
+            _optimizer_variables(model)
+        if self.agree is not None and not self.save_enabled:   # a follower of a group: rank 0 decides
+            epoch = int(self.agree(0))
+            if epoch:
+                self._load(model, epoch)
+            self.resumed_from_epoch = epoch
+            return epoch
+        epoch = self._restore_newest(model)
+        if self.agree is not None:
+            self.agree(epoch)
+        return epoch
+
+    def _restore_newest(self, model) -> int:
         for epoch in self.available():
             try:
                 self._load(model, epoch)

@@ -132,6 +132,8 @@ def _train_group_worker(loop_config: dict) -> None:
     import ray.train
     import tensorflow as tf
 
+    from raymem.runner import checkpoints as ckpt
+
     ctx = ray.train.get_context()
     config: ExperimentConfig = loop_config["config"]
     (data,) = loop_config["data"]  # boxed in a list so Ray hands the ObjectRef through unresolved
@@ -140,11 +142,12 @@ def _train_group_worker(loop_config: dict) -> None:
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.MirroredStrategy()
     ack = {}
+    # rank 0 saves; with several workers every worker resumes from the epoch rank 0 picked (broadcast)
+    agree = None
+    if world > 1:
+        from ray.train.collective import broadcast_from_rank_zero as agree
     if rank == 0:
-        from raymem.runner import checkpoints as ckpt
-
-        # one worker (MirroredStrategy over a node's GPUs) checkpoints; multi-worker tf-keras groups do not (yet)
-        checkpoints = ckpt.for_trial(config, run, trial_id) if world == 1 else None
+        checkpoints = ckpt.for_trial(config, run, trial_id, agree=agree)
         record = build_record(config, run, data, trial_id, attempt, strategy=strategy,
                               extra={"world_size": world, "train_group": True}, predict_on_local_copy=world > 1,
                               checkpoints=checkpoints)
@@ -155,7 +158,8 @@ def _train_group_worker(loop_config: dict) -> None:
 
         mask, seed = trial_subset(run, trial_id)
         limit_tf_threads(config.resources.cpus_per_trial)
-        train_model(config, data, mask, seed, strategy=strategy)
+        train_model(config, data, mask, seed, strategy=strategy,
+                    checkpoints=ckpt.for_trial(config, run, trial_id, save=False, agree=agree))
         release_session()
     ray.train.report({"ack_trial_id": ack.get("trial_id", -1), "counted": bool(ack.get("counted", False)),
                       "world_size": world, "rank": rank})
