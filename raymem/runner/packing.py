@@ -69,7 +69,9 @@ def build_packed(config: ExperimentConfig, data, seeds: list[int]) -> PackedMode
     from raymem.runner.keras_backend import keras
     from raymem.runner.models import build_model
 
-    keras.mixed_precision.set_global_policy("float32")  # packs train in float32
+    # packs train in float32: float16 needs a loss scale, and one scale shared by the copies would let an
+    # overflow in one copy skip every copy's step (a copy's training would depend on the others' data)
+    keras.mixed_precision.set_global_policy("float32")
     weights = [initial_weights(config, data, seed) for seed in seeds]
     template = build_model(config.model, tuple(data.input_shape), data.num_classes)
     return PackedModel(template, weights)
