@@ -22,7 +22,7 @@ import pytest
 from processes import kill_processes_holding  # tests/processes.py
 import yaml
 
-from raymem import api, jobs
+from raymem import api, connection, jobs
 from raymem.errors import RaymemError
 from raymem.estimator.storage import RunStore
 from raymem.runner import run as run_module
@@ -109,7 +109,7 @@ def test_submit_records_the_job_and_runs_the_same_command(tmp_path, fake_jobs, m
     assert words[words.index("--storage") + 1] == str(tmp_path / "runs")  # absolute: the job runs elsewhere
     assert words[words.index("--name") + 1] == "digits" and words[words.index("--until-jaccard") + 1] == "0.9"
     assert resolve_config("digits", {"trials": 3, "epochs": 2}).to_dict() == sent["experiment"]
-    assert sent["env"][jobs.JOB_ID_ENV] == job.job_id
+    assert sent["env"][connection.JOB_ID_ENV] == job.job_id
     record = json.loads((tmp_path / "runs" / "digits" / jobs.JOB_FILE).read_text())
     assert record["job_id"] == job.job_id and record["address"] == "127.0.0.1:6379"
     assert not (tmp_path / "runs" / "digits" / "run.json").exists()  # the job's driver creates the run
