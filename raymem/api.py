@@ -22,6 +22,7 @@ from raymem import connection
 from raymem.errors import RaymemError
 from raymem.estimator import formulas, report
 from raymem.estimator.files import load_npy
+from raymem.estimator.marginal import KIND as MARGINAL_KIND
 from raymem.estimator.records import TrialRecord
 from raymem.estimator.replay import offline_view
 from raymem.estimator.run_files import RunInfo, new_run_info, read_run_info, write_labels, write_run_info
@@ -370,7 +371,8 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
 
     Returns:
         A JSON-able dict (``method``, error-bar widths, certified examples, split-half consistency, more trials
-        needed, canary recall); a live accumulator adds ``progress`` (throughput and ETA).
+        needed, canary recall); a live accumulator adds ``progress`` (throughput and ETA). For a marginal run
+        (``kind: "marginal"``): its :func:`marginal_report` instead.
     """
     _check_reads(delta=delta, method=method, target_halfwidth=target_halfwidth, until_halfwidth=until_halfwidth,
                  until_jaccard=until_jaccard, fdr=pairs_fdr)
@@ -381,6 +383,11 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
     if not store.exists("run.json") and (job := job_state(store)) is not None:
         # detached, and the job's driver has not created the run yet (or failed before it did)
         return {"run": run, "source": "job", "trials_done": 0, "trials_target": None, "job": job}
+    if store.exists("run.json") and read_run_info(store).kind == MARGINAL_KIND:
+        # a marginal run's status is its report (memorization of its arms' trials means nothing)
+        summary = {"kind": MARGINAL_KIND, **marginal_report(store.uri, delta=delta)}
+        driver = driver_state(store)
+        return {**summary, "driver": driver} if driver is not None else summary
     reader = LiveOrLog(run, storage, address, with_pairs=pairs_fdr is not None)
     summary = reader.call(
         "status", delta=delta, simultaneous=simultaneous, target_halfwidth=target_halfwidth, method=method,

@@ -210,8 +210,17 @@ def format_job(job: dict) -> str:
     return line + f" on {job['address']}"
 
 
+def format_driver(d: dict) -> str:
+    """One line (after a newline) about the driver holding a run."""
+    state = "" if d["live"] else " (stale: that driver is gone; the run can be resumed)"
+    job = f" (job {d['job_id']})" if d.get("job_id") else ""
+    return f"\n  driver: pid {d['pid']} on {d['host']}{job}, last heartbeat {d['heartbeat_age_s']:.0f} s ago{state}"
+
+
 def format_status(s: dict) -> str:
     """A human-readable status block."""
+    if s.get("kind") == "marginal":
+        return format_marginal(s) + (format_driver(s["driver"]) if s.get("driver") else "")
     if "mem" not in s:  # a detached run whose job has not created the run yet
         return f"run {s['run']}: no trials in the log yet\n" + format_job(s["job"])
     mem = s["mem"]
@@ -222,10 +231,7 @@ def format_status(s: dict) -> str:
     if s.get("job"):
         lines.append(format_job(s["job"]))
     if s.get("driver"):
-        d = s["driver"]
-        state = "" if d["live"] else " (stale: that driver is gone; the run can be resumed)"
-        job = f" (job {d['job_id']})" if d.get("job_id") else ""
-        lines.append(f"  driver: pid {d['pid']} on {d['host']}{job}, last heartbeat {d['heartbeat_age_s']:.0f} s ago{state}")
+        lines.append(format_driver(s["driver"]).lstrip("\n"))
     if "progress" in s:
         p = s["progress"]
         lines.append(f"  throughput {p.get('trials_per_hour', 0):.1f} trials/h, ETA {p.get('eta', '?')}")

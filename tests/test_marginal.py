@@ -286,6 +286,11 @@ def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
     assert shown["trained_now"] == [] and shown["full"] == second["full"] and not shown["created"]
     table = _cli("marginal", "src", "--trials", "2", "--storage", str(tmp_path))
     assert "without_high_influence" in table.output and "drop without S_h" in table.output
+    status = _cli("status", "src-marginal", "--storage", str(tmp_path))   # its report, not memorization lines
+    assert status.exit_code == 0, status.output
+    assert "drop without S_h" in status.output and "mem half-width" not in status.output
+    shown = json.loads(_cli("status", "src-marginal", "--storage", str(tmp_path), "--json").output)
+    assert shown["kind"] == "marginal" and shown["full"] == second["full"]
 
 
 def test_marginal_run_lives_beside_its_source():
