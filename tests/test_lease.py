@@ -130,3 +130,10 @@ def test_status_names_the_driver_and_a_stopped_jobs_lease_is_released(tmp_path):
     assert not driver_state(store)["live"]
     assert not release_stopped_job(store, "raymem-other-job") and read_lease(store) is not None
     assert release_stopped_job(store, "raymem-r-1") and read_lease(store) is None
+
+
+def test_an_unwritable_run_directory_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    store = RunStore.open(str(tmp_path / "a-file" / "run"))   # its parent is a file: nothing can be written there
+    with pytest.raises(RaymemError, match=r"cannot write .*a-file/run/driver.json .*give a writable --storage"):
+        DriverLease(store, "run").acquire()

@@ -137,7 +137,11 @@ class DriverLease:
         """Take the lease (RaymemError while another live driver holds it) and start the heartbeat."""
         self._refuse_if_held()
         self._created_dir = not _exists(self.store)
-        self.store.write_bytes_atomic(LEASE_FILE, json.dumps(self._record()).encode())
+        try:
+            self.store.write_bytes_atomic(LEASE_FILE, json.dumps(self._record()).encode())
+        except OSError as exc:
+            raise RaymemError(f"cannot write {self.store.location(LEASE_FILE)} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); give a writable --storage.") from None
         self._refuse_if_held()   # another driver wrote in the same instant: the last writer's token wins
         self._thread = threading.Thread(target=self._beat, name="raymem-driver-lease", daemon=True)
         self._thread.start()
