@@ -52,7 +52,7 @@ def driver_state(store: RunStore) -> dict | None:
         return None
     age = max(0.0, time.time() - float(lease["heartbeat"]))
     return {"pid": lease.get("pid"), "host": lease.get("host"), "job_id": lease.get("job_id"),
-            "heartbeat_age_s": round(age, 1), "live": age < STALE_SECONDS}
+            "heartbeat_age_s": round(age, 1), "live": age < STALE_SECONDS and _alive(lease)}
 
 
 def release_stopped_job(store: RunStore, job_id: str) -> bool:
@@ -65,9 +65,9 @@ def release_stopped_job(store: RunStore, job_id: str) -> bool:
     return True
 
 
-def describe(lease: dict, now: float | None = None) -> str:
+def describe(lease: dict) -> str:
     """``pid 123 on host h (job J), last heartbeat 4 s ago``."""
-    age = max(0.0, (time.time() if now is None else now) - float(lease["heartbeat"]))
+    age = max(0.0, time.time() - float(lease["heartbeat"]))
     job = f" (job {lease['job_id']})" if lease.get("job_id") else ""
     return f"pid {lease.get('pid', '?')} on host {lease.get('host', '?')}{job}, last heartbeat {age:.0f} s ago"
 
