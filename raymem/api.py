@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raymem import connection
+from raymem.cluster import connection
 from raymem.errors import RaymemError
 from raymem.estimator import formulas, report
-from raymem.estimator.files import load_npy
-from raymem.estimator.marginal import KIND as MARGINAL_KIND
-from raymem.estimator.records import TrialRecord
-from raymem.estimator.replay import offline_view
-from raymem.estimator.run_files import RunInfo, new_run_info, read_run_info, write_labels, write_run_info
-from raymem.estimator.storage import RunStore, run_location, validate_run_name
-from raymem.estimator.trial_log import write_trial
-from raymem.runner.config import ExperimentConfig, parse_settings, presets_table, resolve_config
+from raymem.store.safe_files import load_npy
+from raymem.paper.marginal_utility import KIND as MARGINAL_KIND
+from raymem.store.trial_record import TrialRecord
+from raymem.estimator.log_replay import offline_view
+from raymem.store.run_info import RunInfo, new_run_info, read_run_info, write_labels, write_run_info
+from raymem.store.storage import RunStore, run_location, validate_run_name
+from raymem.store.trial_log import write_trial
+from raymem.config.experiment import ExperimentConfig, parse_settings, presets_table, resolve_config
 
 STORAGE_ENV = "RAYMEM_STORAGE"
 DEFAULT_STORAGE = "runs"
@@ -71,7 +71,7 @@ def load_config(experiment: str | ExperimentConfig, overrides: dict | None = Non
     Raises:
         RaymemError: naming the key, the bad value and the valid choices.
     """
-    from raymem.runner.config import with_overrides
+    from raymem.config.experiment import with_overrides
 
     if isinstance(experiment, ExperimentConfig):
         config = with_overrides(experiment, overrides, "the given config") if overrides else experiment
@@ -89,7 +89,7 @@ def plan(experiment: str | ExperimentConfig, overrides: dict | None = None, sett
         A dict: ``preset, dataset, model, trials, subset_ratio, recipe, per_trial, executor, pair_shards,
         estimated_gpu_hours, estimate_basis, run_dir``.
     """
-    from raymem.runner.run import plan as make_plan
+    from raymem.driver.run import plan as make_plan
 
     config = load_config(experiment, overrides, settings)
     return {**make_plan(config), "run_dir": _new_run_dir(name or config.preset, storage)}
@@ -117,11 +117,11 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
             (the trials in flight still finish and are counted; ``trials`` stays the cap).
         until_jaccard: stop once the split-half Jaccard of even vs odd trials at mem >= 0.25 is at least this.
         detach: submit the driver to the cluster at ``address`` (or ``RAY_ADDRESS``) as a Ray job running the same
-            ``raymem run`` and return at once; the run directory records the job (see :mod:`raymem.jobs`).
+            ``raymem run`` and return at once; the run directory records the job (see :mod:`raymem.driver.detached`).
 
     Returns:
-        A :class:`raymem.runner.run.RunResult` (trials done, trained now, retried, failed, wall time); with
-        ``detach`` a :class:`raymem.jobs.DetachedRun` (``job_id``, ``run_uri``, ``dashboard_url``, ...).
+        A :class:`raymem.driver.run.RunResult` (trials done, trained now, retried, failed, wall time); with
+        ``detach`` a :class:`raymem.driver.detached.DetachedRun` (``job_id``, ``run_uri``, ``dashboard_url``, ...).
     """
     config = load_config(experiment, overrides, settings)
     check_stopping(until_halfwidth, until_jaccard)
@@ -132,7 +132,7 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
                                 until_halfwidth, until_jaccard)
     if not (address or os.environ.get("RAY_ADDRESS")):
         connection.keep_on_loopback()  # the local Ray started for this run listens on the loopback address only
-    from raymem.runner.run import run_experiment
+    from raymem.driver.run import run_experiment
 
     return run_experiment(config, name=name, run_uri=uri, address=address, data_dir=data_dir,
                           num_cpus=num_cpus, num_gpus=num_gpus, progress=progress,
@@ -142,7 +142,7 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
 def _submit_detached(config: ExperimentConfig, name: str, storage: str | None, address: str | None,
                      data_dir: str | None, num_cpus, num_gpus, until_halfwidth, until_jaccard):
     """:func:`run` with ``detach``: check the flags, then submit the driver as a Ray job."""
-    from raymem import jobs
+    from raymem.driver import detached
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -151,10 +151,10 @@ def _submit_detached(config: ExperimentConfig, name: str, storage: str | None, a
     if num_cpus is not None or num_gpus is not None:
         raise RaymemError("--num-cpus / --num-gpus size a local Ray started by `raymem run`; a detached run uses the "
                           "cluster's resources, so drop them.")
-    root = jobs.absolute_storage(storage or default_storage())
+    root = detached.absolute_storage(storage or default_storage())
     if connection.is_loopback(address) or address == "auto":
         connection.keep_on_loopback()
-    return jobs.submit(config, name=name, run_uri=_new_run_dir(name, root), storage=root, address=address,
+    return detached.submit(config, name=name, run_uri=_new_run_dir(name, root), storage=root, address=address,
                        data_dir=data_dir, until_halfwidth=until_halfwidth, until_jaccard=until_jaccard)
 
 
@@ -164,9 +164,9 @@ def features(dataset: str, out: str, *, model: str = "resnet50", epochs: int | N
     """Train one model on a whole training set and save its penultimate-layer features (``.npz``).
 
     Returns:
-        A summary dict (output path, shapes, accuracies, seconds); see ``runner.features.compute_features``.
+        A summary dict (output path, shapes, accuracies, seconds); see ``training.features.compute_features``.
     """
-    from raymem.runner.features import compute_features
+    from raymem.training.features import compute_features
 
     return compute_features(dataset, model=model, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
                             data_dir=data_dir, out=out, seed=seed)
@@ -285,7 +285,7 @@ def _find_live_accumulator(store: RunStore, info: RunInfo, address: str | None):
     """Return the run's accumulator handle if a reachable cluster holds it, else None."""
     address = address or os.environ.get("RAY_ADDRESS") or connection.read_live_address(store)
     if not address:
-        from raymem.jobs import job_address
+        from raymem.driver.detached import job_address
 
         address = job_address(store)  # a detached run: the cluster its job was submitted to
     if not address:
@@ -376,8 +376,8 @@ def status(run: str, *, storage=None, address=None, delta: float = report.DEFAUL
     """
     _check_reads(delta=delta, method=method, target_halfwidth=target_halfwidth, until_halfwidth=until_halfwidth,
                  until_jaccard=until_jaccard, fdr=pairs_fdr)
-    from raymem.jobs import job_state
-    from raymem.runner.lease import driver_state
+    from raymem.driver.detached import job_state
+    from raymem.driver.lease import driver_state
 
     store = open_store(run, storage)
     if not store.exists("run.json") and (job := job_state(store)) is not None:
@@ -408,10 +408,10 @@ def logs(run: str, *, storage=None, follow: bool = False):
     Raises:
         RaymemError: the run has no job, or its cluster does not answer.
     """
-    from raymem import jobs
+    from raymem.driver import detached
 
     store = open_store(run, storage)
-    return jobs.logs(store, run, follow=follow)
+    return detached.logs(store, run, follow=follow)
 
 
 def stop_job(run: str, *, storage=None) -> dict | None:
@@ -420,9 +420,9 @@ def stop_job(run: str, *, storage=None) -> dict | None:
     Returns:
         ``{"job_id", "was", "state"}`` (its state before and after), or None when the run has no job.
     """
-    from raymem import jobs
+    from raymem.driver import detached
 
-    return jobs.stop(open_store(run, storage))
+    return detached.stop(open_store(run, storage))
 
 
 def check_stopping(until_halfwidth: float | None, until_jaccard: float | None) -> None:
@@ -457,7 +457,7 @@ def trials(run: str, storage: str | None = None) -> pa.Table:
     predict_seconds, resumed_from_epoch, epochs, train_accuracy`` (on the trial's own subset), ``test_accuracy,
     gpu_ids, checkpoint_warnings`` (how many checkpoints the trial had to skip); null where a trial did not record it.
     """
-    from raymem.estimator.trial_table import trial_table
+    from raymem.store.trial_metadata import trial_table
 
     store = open_store(run, storage)
     read_run_info(store)  # not a run: a clear error
@@ -476,7 +476,8 @@ def compare(run: str, other: str, *, storage=None, min_infl: float = formulas.PA
         Against a run: a table of consistency curves (Jaccard and mean |difference| per threshold, Fig. C.2).
         Against released pairs: a dict (pair counts, Jaccard, mean differences on the released pairs).
     """
-    from raymem.estimator import bounds, compare as comparing
+    from raymem.estimator import bounds
+    from raymem.paper import compare as comparing
 
     bounds.check_threshold(min_infl, "--min-infl")
     bounds.check_threshold(min_mem, "--min-mem", "0.25")
@@ -496,9 +497,9 @@ def stop(run: str, *, storage=None, address=None) -> bool:
         True if an accumulator was stopped, False if none was reachable.
     """
     store = open_store(run, storage)
-    from raymem import jobs
+    from raymem.driver import detached
 
-    if jobs.stop(store) is not None and not store.exists("run.json"):
+    if detached.stop(store) is not None and not store.exists("run.json"):
         return False  # its job was stopped before its driver created the run
     info = read_run_info(store)
     actor = _find_live_accumulator(store, info, address)
@@ -529,9 +530,9 @@ def figures(run: str, out_dir: str, *, klass: int | None = None, storage=None, d
     Returns:
         ``{"out_dir", "written", "skipped": {name: reason}, "pairs", "influenced_by": {k: test examples}, ...}``.
     """
-    from raymem import figures as paper_figures
-    from raymem.estimator.run_files import read_labels
-    from raymem.estimator.trial_log import iter_trials, trial_ids
+    from raymem.paper import figures as paper_figures
+    from raymem.store.run_info import read_labels
+    from raymem.store.trial_log import iter_trials, trial_ids
 
     _check_reads(delta=report.DEFAULT_DELTA, method=method)
     paper_figures.check_out_dir(out_dir)
@@ -556,7 +557,7 @@ def _run_images(info: RunInfo, data_dir: str | None):
     dataset = info.config.get("dataset") if info.source == "runner" else None
     if not dataset:
         return None, None, "the run was ingested: raymem has no images for it"
-    from raymem.runner.datasets import ArrayDataset, load_dataset
+    from raymem.data.datasets import ArrayDataset, load_dataset
 
     data = load_dataset(dataset, data_dir)
     if not isinstance(data, ArrayDataset) or data.x_train.ndim < 3:
@@ -575,9 +576,9 @@ def export(run: str, out: str, *, format: str = "fz", storage=None, index_map: s
     Returns:
         ``out``.
     """
-    from raymem.estimator import fz_format
-    from raymem.estimator.files import check_output_path
-    from raymem.estimator.run_files import read_labels
+    from raymem.paper import fz_format
+    from raymem.store.safe_files import check_output_path
+    from raymem.store.run_info import read_labels
 
     if format != "fz":
         raise RaymemError(f"--format {format!r} is not an export format; use --format fz.")
@@ -604,7 +605,7 @@ def ingest_from(run_dir: str, source: str, path: str, *, name: str | None = None
             ``fz-aux`` (a folder of the authors' runs, one ``aux_arrays.npz`` per run).
         index_map: as for :func:`export` (indices in the authors' order are mapped to tfds order).
     """
-    from raymem.estimator import fz_format
+    from raymem.paper import fz_format
 
     train_map, test_map = fz_format.load_index_map(index_map) if index_map else (None, None)
     if source == "npz":
@@ -623,10 +624,11 @@ def compare_many(runs: list[str], *, reference: str | None = None, storage=None,
 
     Returns:
         ``(reference, {run: curve table}, {run: legend info (architecture, pairs, test_accuracy)})``; draw them with
-        ``raymem.figures.comparison_figure``.
+        ``raymem.paper.figures.comparison_figure``.
     """
-    from raymem import figures as paper_figures
-    from raymem.estimator import bounds, compare as comparing
+    from raymem.paper import figures as paper_figures
+    from raymem.estimator import bounds
+    from raymem.paper import compare as comparing
 
     bounds.check_threshold(min_mem, "--min-mem", "0.25")
     reference = reference or runs[0]
@@ -653,24 +655,24 @@ def up(cluster_yaml: str | None = None, *, local: bool = False, port: int = 6379
     Returns:
         For ``local``: the head's address and how to reach it; else the launcher's result.
     """
-    from raymem import cluster
+    from raymem.cluster import launcher
 
     if local:
-        return cluster.start_local_head(port=port, num_gpus=num_gpus, dashboard=dashboard)
+        return launcher.start_local_head(port=port, num_gpus=num_gpus, dashboard=dashboard)
     if not cluster_yaml:
-        raise RaymemError("give a cluster YAML (e.g. `raymem up cluster.yaml`) or --local.")
-    return cluster.up(cluster_yaml, no_restart=no_restart, yes=yes)
+        raise RaymemError("give a cluster YAML (e.g. `raymem up launcher.yaml`) or --local.")
+    return launcher.up(cluster_yaml, no_restart=no_restart, yes=yes)
 
 
 def down(cluster_yaml: str | None = None, *, local: bool = False, yes: bool = False) -> None:
     """Tear down a cluster started by :func:`up` (the file validated first), or the local head."""
-    from raymem import cluster
+    from raymem.cluster import launcher
 
     if local:
-        return cluster.stop_local_head()
+        return launcher.stop_local_head()
     if not cluster_yaml:
-        raise RaymemError("give the cluster YAML to tear down (e.g. `raymem down cluster.yaml`) or --local.")
-    return cluster.down(cluster_yaml, yes=yes)
+        raise RaymemError("give the cluster YAML to tear down (e.g. `raymem down launcher.yaml`) or --local.")
+    return launcher.down(cluster_yaml, yes=yes)
 
 
 # ---- marginal utility (supplement, section C) ------------------------------------------------
@@ -721,7 +723,7 @@ def marginal(run: str, trials: int, *, name: str | None = None, storage: str | N
             is written or started.
     """
     from raymem.estimator import bounds
-    from raymem.runner import marginal as marginal_runner
+    from raymem.driver import marginal_run as marginal_runner
 
     marginal_runner.check_trials(trials)
     bounds.check_delta(delta)
@@ -740,7 +742,7 @@ def marginal(run: str, trials: int, *, name: str | None = None, storage: str | N
     if prepared.missing:
         if not (address or os.environ.get("RAY_ADDRESS")):
             connection.keep_on_loopback()
-        from raymem.runner.run import run_experiment
+        from raymem.driver.run import run_experiment
 
         result = run_experiment(prepared.config, name=prepared.info.name, run_uri=location, address=address,
                                 data_dir=data_dir, num_cpus=num_cpus, num_gpus=num_gpus, progress=progress)
@@ -758,7 +760,8 @@ def marginal_report(run: str, *, storage: str | None = None, delta: float = repo
         ``influenced`` (``mean, lo, hi, std``); per reduced arm under ``drops`` the drop from ``full`` on ``test``,
         on ``influenced`` and its ``influenced_contribution`` (weighted by |S'_h| / n_test), each ``drop, lo, hi``.
     """
-    from raymem.estimator import bounds, marginal as marginal_estimator
+    from raymem.estimator import bounds
+    from raymem.paper import marginal_utility as marginal_estimator
 
     bounds.check_delta(delta)
     store = open_store(run, storage)

@@ -66,7 +66,7 @@ def _print_table(table, limit: int = 20) -> None:
 
 def _check_outputs(**paths: Optional[str]) -> None:
     """Check every output path (keyword = flag name) before any work, so a bad one writes nothing."""
-    from raymem.estimator.files import check_output_path
+    from raymem.store.safe_files import check_output_path
 
     for flag, path in paths.items():
         if path:
@@ -120,15 +120,15 @@ def estimates(
     address: Optional[str] = AddressOpt,
 ):
     """Memorization of every training example, with its error bars."""
-    from raymem import outputs
+    from raymem.paper import plots
 
     _check_outputs(out=out, figure=figure)
     table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous, method=method)
     if out:
-        outputs.write_parquet(table, out)
+        plots.write_parquet(table, out)
         typer.echo(f"wrote {table.num_rows} rows to {out}")
     if figure:
-        outputs.mem_figure(table, figure, title=f"memorization: {run}")
+        plots.mem_figure(table, figure, title=f"memorization: {run}")
         typer.echo(f"wrote {figure}")
     import pyarrow.compute as pc
 
@@ -154,16 +154,16 @@ def pairs(
     address: Optional[str] = AddressOpt,
 ):
     """High-influence pairs (train example, test example), as selected in the paper, or at a false discovery rate."""
-    from raymem import outputs
+    from raymem.paper import plots
 
     _check_outputs(out=out, npz=npz)
     table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
                          delta=delta, simultaneous=simultaneous, method=method, fdr=fdr)
     if out:
-        outputs.write_parquet(table, out)
+        plots.write_parquet(table, out)
         typer.echo(f"wrote {table.num_rows} pairs to {out}")
     if npz:
-        from raymem.estimator.compare import export_pairs_npz
+        from raymem.paper.compare import export_pairs_npz
 
         export_pairs_npz(table, npz)
         typer.echo(f"wrote {table.num_rows} pairs to {npz} (the paper's layout)")
@@ -192,13 +192,13 @@ def influence(
     address: Optional[str] = AddressOpt,
 ):
     """The training examples with the largest influence on one test example."""
-    from raymem import outputs
+    from raymem.paper import plots
 
     _check_outputs(out=out)
     table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta,
                              simultaneous=simultaneous, method=method)
     if out:
-        outputs.write_parquet(table, out)
+        plots.write_parquet(table, out)
     _print_table(table, limit=top)
 
 
@@ -312,12 +312,12 @@ def trials(
     storage: Optional[str] = StorageOpt,
 ):
     """One row per trial: attempt, node, start/finish, training time, resumed epoch, train/test accuracy."""
-    from raymem import outputs
+    from raymem.paper import plots
 
     _check_outputs(out=out)
     table = _api().trials(run, storage=storage)
     if out:
-        outputs.write_parquet(table, out)
+        plots.write_parquet(table, out)
         typer.echo(f"wrote {table.num_rows} rows to {out}", err=as_json)
     if as_json:
         for row in table.to_pylist():
@@ -339,7 +339,7 @@ def compare(
     storage: Optional[str] = StorageOpt,
 ):
     """Consistency of estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Figs. C.2/C.3)."""
-    from raymem import outputs
+    from raymem.paper import plots
 
     _check_outputs(out=out, figure=figure)
     api = _api()
@@ -349,19 +349,19 @@ def compare(
             typer.echo(json.dumps(result, indent=2))
             return
         if out:
-            outputs.write_parquet(result, out)
+            plots.write_parquet(result, out)
         if figure:
-            outputs.consistency_figure(result, figure, title=f"{run} vs {others[0]}")
+            plots.consistency_figure(result, figure, title=f"{run} vs {others[0]}")
         _print_table(result, limit=40)
         return
     import pyarrow as pa
 
-    from raymem import figures as paper_figures
+    from raymem.paper import figures as paper_figures
 
     ref, curves, legend = api.compare_many([run, *others], reference=reference, storage=storage, min_mem=min_mem)
     table = pa.concat_tables([t.append_column("run", pa.array([name] * t.num_rows)) for name, t in curves.items()])
     if out:
-        outputs.write_parquet(table, out)
+        plots.write_parquet(table, out)
     if figure:
         paper_figures.comparison_figure(ref, curves, figure, legend=legend)
         typer.echo(f"wrote {figure}")

@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 from raymem.actors.accumulator import Accumulator
-from raymem.estimator.records import TrialRecord
-from raymem.estimator.replay import counts_from_log
-from raymem.estimator.run_files import new_run_info, write_labels, write_run_info
-from raymem.estimator.storage import RunStore
+from raymem.store.trial_record import TrialRecord
+from raymem.estimator.log_replay import counts_from_log
+from raymem.store.run_info import new_run_info, write_labels, write_run_info
+from raymem.store.storage import RunStore
 from raymem.estimator.subsets import subset_mask
 
 P99_RATIO_TARGET = 2.0

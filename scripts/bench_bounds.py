@@ -21,7 +21,7 @@ import numpy as np
 from scipy.stats import norm
 
 from raymem.estimator import bounds
-from raymem.estimator.joint import Plan
+from raymem.estimator.joint_bounds import Plan
 
 P_IN = (0.8, 0.9, 0.95, 0.99, 1.0)
 P_OUT = (0.02, 0.2, 0.5, 0.7, 0.9)

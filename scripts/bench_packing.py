@@ -1,7 +1,7 @@
 """Packed training (``--pack K``) against one model per trial, on this machine: prints two tables.
 
 1. Models/hour of a preset's training (default digits; one trial's resources: ``cpus_per_trial``
-   threads, or the GPU), for the unpacked Keras trial (``training.train_and_predict``) and packs of
+   threads, or the GPU), for the unpacked Keras trial (``fit.train_and_predict``) and packs of
    K = 1, 4, 16, 64 (``packing.train_and_predict_pack``), each measured in a fresh process (so its peak
    memory, the max RSS or the GPU allocator's peak, is its own), TensorFlow import excluded, model
    building, training and prediction included. ``--model`` swaps the preset's model (``inception``:
@@ -40,13 +40,13 @@ def _child(args) -> None:
     import numpy as np
 
     from raymem.estimator.subsets import subset_mask, trial_seed
-    from raymem.runner import packing, training
-    from raymem.runner.config import resolve_config
-    from raymem.runner.datasets import load_dataset
+    from raymem.training import packing, fit
+    from raymem.config.experiment import resolve_config
+    from raymem.data.datasets import load_dataset
 
     config = resolve_config(args.preset, {"epochs": args.epochs, "model": args.model})
     data = _synthetic(config, args.synthetic) if args.synthetic else load_dataset(config.dataset)
-    training.limit_tf_threads(config.resources.cpus_per_trial)
+    fit.limit_tf_threads(config.resources.cpus_per_trial)
     import tensorflow as tf  # (imported before the clock starts)
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -58,7 +58,7 @@ def _child(args) -> None:
     seeds = [trial_seed(config.seed, j) for j in range(max(k, 1))]
     started = time.perf_counter()
     if k == 0:  # unpacked: one Keras model per trial, as raymem trains it today
-        outs = [training.train_and_predict(config, data, masks[0], seeds[0])]
+        outs = [fit.train_and_predict(config, data, masks[0], seeds[0])]
     else:
         outs = packing.train_and_predict_pack(config, data, masks, seeds)
     seconds = time.perf_counter() - started
@@ -75,7 +75,7 @@ def _synthetic(config, n: int):
     """``n`` random training images (and n // 6 test images) of the preset's data set's shape and classes."""
     import numpy as np
 
-    from raymem.runner.datasets import ArrayDataset
+    from raymem.data.datasets import ArrayDataset
 
     shape, classes = SYNTHETIC_SHAPES[config.dataset]
     rng = np.random.default_rng(0)
@@ -152,7 +152,7 @@ def main() -> None:
 
 
 def _table(args) -> None:
-    from raymem.runner.config import resolve_config
+    from raymem.config.experiment import resolve_config
 
     config = resolve_config(args.preset, {"epochs": args.epochs, "model": args.model})
     data = f"{args.synthetic:,} synthetic images" if args.synthetic else config.dataset

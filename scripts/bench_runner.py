@@ -60,14 +60,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def bench_config(trials: int, epochs: int):
     """Return the digits preset's ExperimentConfig with ``trials`` and ``epochs``."""
-    from raymem.runner.config import resolve_config
+    from raymem.config.experiment import resolve_config
 
     return resolve_config(PRESET, {"trials": trials, "epochs": epochs})
 
 
 def mask_digest(mask: np.ndarray) -> str:
     """Return a short sha256 of a subset mask (to check both sides trained the same subsets)."""
-    from raymem.estimator.records import pack_bits
+    from raymem.store.trial_record import pack_bits
 
     return hashlib.sha256(pack_bits(np.asarray(mask, dtype=bool))).hexdigest()[:16]
 
@@ -82,11 +82,11 @@ def loop_child(out_json: str, trials: int, epochs: int) -> None:
     tf_import_s = time.time() - import_started
     import dataclasses
 
-    from raymem.estimator.records import TrialRecord
+    from raymem.store.trial_record import TrialRecord
     from raymem.estimator.subsets import subset_mask, trial_seed
-    from raymem.runner import canaries
-    from raymem.runner.datasets import load_dataset
-    from raymem.runner.training import train_and_predict
+    from raymem.data import canaries
+    from raymem.data.datasets import load_dataset
+    from raymem.training.fit import train_and_predict
 
     config = bench_config(trials, epochs)
     data = load_dataset(config.dataset)
@@ -137,8 +137,8 @@ def raymem_command() -> list[str]:
 
 def run_ray(trials: int, epochs: int, keep: bool) -> dict:
     """Run `raymem run digits` on a fresh local Ray; return {launched, wall_s, trials, stdout}."""
-    from raymem.estimator.storage import RunStore
-    from raymem.estimator.trial_log import iter_trials
+    from raymem.store.storage import RunStore
+    from raymem.store.trial_log import iter_trials
 
     storage = tempfile.mkdtemp(prefix="raymem-bench-runs-")
     ray_tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths live under it

@@ -37,7 +37,7 @@ def trial(config, data_ref, trial_id: int, fraction: float) -> dict:
     import numpy as np
     import ray
 
-    from raymem.runner.training import configure_gpu_share, limit_tf_threads, train_and_predict
+    from raymem.training.fit import configure_gpu_share, limit_tf_threads, train_and_predict
 
     started = time.time()
     share = configure_gpu_share(fraction)
@@ -72,8 +72,8 @@ def main() -> int:
     import numpy as np
     import ray
 
-    from raymem.runner.config import resolve_config
-    from raymem.runner.datasets import ArrayDataset
+    from raymem.config.experiment import resolve_config
+    from raymem.data.datasets import ArrayDataset
 
     config = resolve_config("mnist", {"epochs": args.epochs, "trials": args.trials,
                                       "gpus_per_trial": args.fraction, "cpus_per_trial": 1.0})

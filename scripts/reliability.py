@@ -36,16 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
-from raymem.estimator import replay
+from raymem.estimator import log_replay
 from raymem.actors.accumulator import get_or_create_accumulator
-from raymem.connection import NAMESPACE
-from raymem.estimator.records import TrialRecord
-from raymem.estimator.run_files import read_run_info
-from raymem.estimator.storage import RunStore
+from raymem.cluster.connection import NAMESPACE
+from raymem.store.trial_record import TrialRecord
+from raymem.store.run_info import read_run_info
+from raymem.store.storage import RunStore
 from raymem.estimator.subsets import subset_mask, trial_seed
-from raymem.estimator.trial_log import TRIALS_DIR, iter_trials, trial_ids
-from raymem.runner.config import ExperimentConfig, resolve_config
-from raymem.runner.run import RunResult, prepare_run, run_experiment
+from raymem.store.trial_log import TRIALS_DIR, iter_trials, trial_ids
+from raymem.config.experiment import ExperimentConfig, resolve_config
+from raymem.driver.run import RunResult, prepare_run, run_experiment
 
 #: Seconds a scenario waits for its run (or for the moment to inject its fault) before giving up.
 RUN_TIMEOUT_S = 150.0
@@ -205,7 +205,7 @@ def audit(run_dir: str, name: str, trials_asked: int) -> dict:
     ids = trial_ids(store)
     handle = accumulator_handle(name)
     described = ray.get(handle.describe.remote())
-    offline = replay.offline_view(store)
+    offline = log_replay.offline_view(store)
     mem_equal = ray.get(handle.mem_table.remote()).equals(offline.mem_table())
     infl_equal = ray.get(handle.influence_table.remote(test_index=0, top=20)).equals(offline.influence_table(0, top=20))
     return {
@@ -337,7 +337,7 @@ def bad_deliveries(cluster, workdir: str | Path, trials: int = 2) -> Outcome:
     """Hand ``absorb`` each valid record twice, then three invalid ones; record every ack and every rejection."""
     import ray
 
-    from raymem.runner.datasets import load_dataset
+    from raymem.data.datasets import load_dataset
 
     started = time.perf_counter()
     run_dir, name = str(Path(workdir, "bad-deliveries")), "bad-deliveries"

@@ -9,11 +9,11 @@ import pytest
 
 from raymem import api
 from raymem.errors import RaymemError
-from raymem.estimator.storage import RunStore
-from raymem.estimator.trial_log import iter_trials, trial_ids
-from raymem.runner.checkpoints import CHECKPOINTS_DIR, TrialCheckpoints, trial_dir
-from raymem.runner.config import resolve_config
-from raymem.runner.run import check_checkpoint_location, run_experiment, train_storage_path
+from raymem.store.storage import RunStore
+from raymem.store.trial_log import iter_trials, trial_ids
+from raymem.training.checkpoints import CHECKPOINTS_DIR, TrialCheckpoints, trial_dir
+from raymem.config.experiment import resolve_config
+from raymem.driver.run import check_checkpoint_location, run_experiment, train_storage_path
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +71,8 @@ def _ray_dying_after_checkpoint(dying: dict[int, tuple[int, bool]], num_gpus: in
     def hook():
         import os
 
-        import raymem.runner.checkpoints as ck
-        import raymem.runner.trial as trial
+        import raymem.training.checkpoints as ck
+        import raymem.driver.trial as trial
 
         original_build, original_save = trial.build_record, ck.TrialCheckpoints.save
 
@@ -155,7 +155,7 @@ def test_keep_models_keeps_final_weights(tmp_path):
 
 
 def test_restore_skips_unreadable_checkpoints(tmp_path, tf):
-    from raymem.runner.keras_backend import keras
+    from raymem.training.keras_backend import keras
 
     store = RunStore.open(str(tmp_path / "run"))
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from raymem import api
-from raymem.estimator import replay
+from raymem.estimator import log_replay
 from raymem.cli import app
 from raymem.estimator import report
 from raymem.estimator.counts import Counts
@@ -100,7 +100,7 @@ def test_ingest_writes_a_run_that_reads_back_the_same_counts(run_dir, direct):
     assert (run_dir / "run.json").is_file()
     assert len(list((run_dir / "trials").glob("trial-*.parquet"))) == T
     store = api.open_store(str(run_dir))
-    rebuilt = replay.counts_from_log(store, api.read_run_info(store))
+    rebuilt = log_replay.counts_from_log(store, api.read_run_info(store))
     for name in ("n_in", "in_hits", "total_hits", "test_hits"):
         np.testing.assert_array_equal(getattr(rebuilt.all, name), getattr(direct.all, name))
     np.testing.assert_array_equal(rebuilt.pairs_ready(), direct.pairs_ready())
@@ -361,10 +361,11 @@ def test_export_fz_then_compare_with_the_export_agrees(tmp_path, files, sim):
     out = tmp_path / "fz.npz"
     result = invoke("export", str(run_dir), "--out", str(out))
     assert result.exit_code == 0, result.output
-    from raymem.estimator import fz_format, replay
-    from raymem.estimator.storage import RunStore
+    from raymem.paper import fz_format
+    from raymem.estimator import log_replay
+    from raymem.store.storage import RunStore
 
-    counts = replay.offline_view(RunStore.open(str(run_dir))).counts
+    counts = log_replay.offline_view(RunStore.open(str(run_dir))).counts
     same = fz_format.compare_with_fz(counts, fz_format.read_fz(out), min_infl=0.0, min_mem=0.0)
     assert same["mem"]["jaccard"] == 1.0 and same["infl"]["jaccard"] in (1.0, None)
 

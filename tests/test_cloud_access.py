@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import ray.autoscaler.sdk
 
-from raymem import cluster
+from raymem.cluster import launcher as cluster
 from raymem.errors import RaymemError
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"

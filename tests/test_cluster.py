@@ -1,4 +1,4 @@
-"""Tests for raymem.cluster: offline validation of cluster YAML files, `up`/`down`
+"""Tests for raymem.cluster.launcher: offline validation of cluster YAML files, `up`/`down`
 handing only valid files to Ray's launcher, and the local head on 127.0.0.1.
 
 Nothing here launches a cloud node: Ray's launcher SDK is replaced by a recorder.
@@ -22,8 +22,8 @@ import yaml
 
 import ray.autoscaler.sdk
 
-from raymem import cluster
-from raymem.connection import HEAD_RESOURCE
+from raymem.cluster import launcher as cluster
+from raymem.cluster.connection import HEAD_RESOURCE
 from raymem.errors import RaymemError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_repository_cluster_yaml_describes_the_intended_cluster():
     head = node_types[config["head_node_type"]]
     assert head["resources"]["GPU"] == 0
     # The accumulator is pinned with Ray's own head resource, which no cluster file declares.
-    assert HEAD_RESOURCE.startswith("node:") and HEAD_RESOURCE in Path(cluster.__file__).parents[1].joinpath(
+    assert HEAD_RESOURCE.startswith("node:") and HEAD_RESOURCE in Path(cluster.__file__).parents[2].joinpath(
         "cluster.yaml").read_text()
     assert node_types["gpu_8x"]["resources"]["GPU"] == 8
     assert node_types["gpu_1x"]["resources"]["GPU"] == 1

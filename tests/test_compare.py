@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from raymem.errors import RaymemError
-from raymem.estimator import compare, formulas, report, selection
+from raymem.paper import compare
+from raymem.estimator import formulas, report, selection
 from raymem.estimator.counts import Counts
 
 

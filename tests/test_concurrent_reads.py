@@ -14,8 +14,8 @@ from raymem.actors.accumulator import Accumulator
 from raymem.actors.live_counts import LiveCounts, add_outer_products_gil_free
 from raymem.errors import RaymemError
 from raymem.estimator.counts import Counts
-from raymem.estimator.replay import counts_from_log, offline_view
-from raymem.estimator.storage import RunStore
+from raymem.estimator.log_replay import counts_from_log, offline_view
+from raymem.store.storage import RunStore
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_accumulator.py"
 

@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 
 from raymem.cli import app
 from raymem.errors import RaymemError
-from raymem.runner.config import PRESETS, compare_for_resume, gpu_hours, resolve_config
-from raymem.runner.run import plan
+from raymem.config.experiment import PRESETS, compare_for_resume, gpu_hours, resolve_config
+from raymem.driver.run import plan
 
 
 def test_every_preset_is_valid_and_names_known_parts():
-    from raymem.runner.datasets import DATASET_NAMES
-    from raymem.runner.models import _BUILDERS
-    from raymem.runner.catalog import MODEL_NAMES, SCHEDULE_KINDS
+    from raymem.data.datasets import DATASET_NAMES
+    from raymem.training.models import _BUILDERS
+    from raymem.config.catalog import MODEL_NAMES, SCHEDULE_KINDS
 
     assert set(_BUILDERS) == set(MODEL_NAMES)  # every model name in the catalog has a builder
     for name, config in PRESETS.items():

@@ -1,4 +1,4 @@
-"""Tests for raymem.runner.datasets: every loader offline (tfds through tfds.testing.mock_data)."""
+"""Tests for raymem.data.datasets: every loader offline (tfds through tfds.testing.mock_data)."""
 
 import dataclasses
 import hashlib
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from raymem.errors import RaymemError
-from raymem.runner import datasets
-from raymem.runner.datasets import ArrayDataset, StreamingDataset, load_dataset
+from raymem.data import datasets
+from raymem.data.datasets import ArrayDataset, StreamingDataset, load_dataset
 
 
 # --- digits ------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def test_digits_split_is_fixed_and_covers_every_example_once():
 
 
 def test_digits_and_module_import_do_not_load_tensorflow():
-    code = ("import sys, raymem.runner.datasets as d; d.load_dataset('digits'); "
+    code = ("import sys, raymem.data.datasets as d; d.load_dataset('digits'); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -7,9 +7,9 @@ import tempfile
 
 import pytest
 
-from raymem.runner import run as run_module
-from raymem.runner.config import resolve_config
-from raymem.runner.run import AutoscalerDemand, demand_bundles, single_point_of_loss
+from raymem.driver import run as run_module
+from raymem.config.experiment import resolve_config
+from raymem.driver.run import AutoscalerDemand, demand_bundles, single_point_of_loss
 
 
 class Clock:

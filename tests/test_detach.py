@@ -22,11 +22,15 @@ import pytest
 from processes import kill_processes_holding  # tests/processes.py
 import yaml
 
-from raymem import api, connection, jobs
+from raymem import api
+
+from raymem.cluster import connection
+
+from raymem.driver import detached
 from raymem.errors import RaymemError
-from raymem.estimator.storage import RunStore
-from raymem.runner import run as run_module
-from raymem.runner.config import resolve_config
+from raymem.store.storage import RunStore
+from raymem.driver import run as run_module
+from raymem.config.experiment import resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +44,7 @@ class FakeJobs:
         self.stopped: list[str] = []
 
     def submit_job(self, *, entrypoint, submission_id, runtime_env, metadata):
-        experiment = yaml.safe_load(Path(runtime_env["working_dir"], jobs.EXPERIMENT_FILE).read_text())
+        experiment = yaml.safe_load(Path(runtime_env["working_dir"], detached.EXPERIMENT_FILE).read_text())
         self.submitted.append(dict(entrypoint=entrypoint, submission_id=submission_id, env=runtime_env["env_vars"],
                                    experiment=experiment, metadata=metadata))
         self.states[submission_id] = "RUNNING"
@@ -69,8 +73,8 @@ class FakeJobs:
 @pytest.fixture
 def fake_jobs(monkeypatch) -> FakeJobs:
     fake = FakeJobs()
-    monkeypatch.setattr(jobs, "client", lambda url: fake)
-    monkeypatch.setattr(jobs, "dashboard_url", lambda address: "http://127.0.0.1:8265")
+    monkeypatch.setattr(detached, "client", lambda url: fake)
+    monkeypatch.setattr(detached, "dashboard_url", lambda address: "http://127.0.0.1:8265")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return fake
 
@@ -83,7 +87,7 @@ def test_detach_without_an_address_exits_2_with_one_error_line_and_starts_nothin
     started = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(run_module, "run_experiment", lambda *a, **k: started.append("driver"))
-    monkeypatch.setattr(jobs, "submit", lambda *a, **k: started.append("job"))
+    monkeypatch.setattr(detached, "submit", lambda *a, **k: started.append("job"))
     result = CliRunner().invoke(app, ["run", "digits", "--trials", "3", "--storage", str(tmp_path / "runs"), "--detach"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -104,13 +108,13 @@ def test_submit_records_the_job_and_runs_the_same_command(tmp_path, fake_jobs, m
     assert job.job_id.startswith("raymem-digits-") and job.run_uri.endswith("/runs/digits")
     (sent,) = fake_jobs.submitted
     words = shlex.split(sent["entrypoint"])
-    assert words[:5] == [sys.executable, "-m", "raymem.cli", "run", jobs.EXPERIMENT_FILE]
+    assert words[:5] == [sys.executable, "-m", "raymem.cli", "run", detached.EXPERIMENT_FILE]
     assert "--detach" not in words
     assert words[words.index("--storage") + 1] == str(tmp_path / "runs")  # absolute: the job runs elsewhere
     assert words[words.index("--name") + 1] == "digits" and words[words.index("--until-jaccard") + 1] == "0.9"
     assert resolve_config("digits", {"trials": 3, "epochs": 2}).to_dict() == sent["experiment"]
     assert sent["env"][connection.JOB_ID_ENV] == job.job_id
-    record = json.loads((tmp_path / "runs" / "digits" / jobs.JOB_FILE).read_text())
+    record = json.loads((tmp_path / "runs" / "digits" / detached.JOB_FILE).read_text())
     assert record["job_id"] == job.job_id and record["address"] == "127.0.0.1:6379"
     assert not (tmp_path / "runs" / "digits" / "run.json").exists()  # the job's driver creates the run
 
@@ -140,19 +144,19 @@ def test_logs_of_a_run_that_was_never_detached_say_so(tmp_path):
 
 def test_status_of_a_detached_run_with_an_unreachable_cluster(tmp_path, monkeypatch):
     store = RunStore.open(str(tmp_path / "run"))
-    store.write_bytes_atomic(jobs.JOB_FILE, json.dumps(jobs.DetachedRun(
+    store.write_bytes_atomic(detached.JOB_FILE, json.dumps(detached.DetachedRun(
         job_id="raymem-x", name="x", run_uri=store.uri, address="127.0.0.1:1", dashboard_url="http://127.0.0.1:1",
         entrypoint="raymem run", submitted="2026-01-01T00:00:00+00:00").to_dict()).encode())
-    state = jobs.job_state(store)
+    state = detached.job_state(store)
     assert state["state"] == "UNREACHABLE" and state["job_id"] == "raymem-x"
-    assert jobs.stop(store)["state"] == "UNREACHABLE"
+    assert detached.stop(store)["state"] == "UNREACHABLE"
 
 
 def test_a_head_without_a_dashboard_is_named(monkeypatch):
-    monkeypatch.setattr(jobs.connection, "reachable", lambda address: False)
+    monkeypatch.setattr(detached.connection, "reachable", lambda address: False)
     with pytest.raises(RaymemError, match="nothing answers"):
-        jobs.dashboard_url("127.0.0.1:1")
-    assert jobs.dashboard_url("http://127.0.0.1:8265/") == "http://127.0.0.1:8265"
+        detached.dashboard_url("127.0.0.1:1")
+    assert detached.dashboard_url("http://127.0.0.1:8265/") == "http://127.0.0.1:8265"
 
 
 # --------------------------------------------------------------------------- a real head
@@ -173,7 +177,7 @@ def _raymem(*arguments: str, env: dict, timeout: float = 120) -> subprocess.Comp
 @pytest.mark.timeout(420)
 def test_detached_digits_run_on_a_local_head_with_its_dashboard(tmp_path, monkeypatch):
     pytest.importorskip("aiohttp", reason="Ray's Job API needs ray[default]")
-    from raymem import cluster
+    from raymem.cluster import launcher as cluster
 
     temp_dir = tempfile.mkdtemp(prefix="rmdt", dir="/tmp")  # short: Ray's socket paths live under it
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAYMEM_STORAGE")}
@@ -205,7 +209,7 @@ def test_detached_digits_run_on_a_local_head_with_its_dashboard(tmp_path, monkey
         assert early["trials_done"] < 3
 
         deadline = time.monotonic() + 300
-        while (state := jobs.job_state(RunStore.open(str(run_dir)))["state"]) not in jobs.TERMINAL_STATES:
+        while (state := detached.job_state(RunStore.open(str(run_dir)))["state"]) not in detached.TERMINAL_STATES:
             assert time.monotonic() < deadline, "the detached run did not finish in 300 s"
             time.sleep(2)
         logs = _raymem("logs", "digits", "--storage", storage, env=env)
@@ -222,7 +226,7 @@ def test_detached_digits_run_on_a_local_head_with_its_dashboard(tmp_path, monkey
         assert more.returncode == 0, more.stderr[-2000:]
         second = more.stdout.strip().splitlines()[-1]
         deadline = time.monotonic() + 240
-        while jobs.job_state(RunStore.open(str(run_dir)))["state"] not in jobs.TERMINAL_STATES:
+        while detached.job_state(RunStore.open(str(run_dir)))["state"] not in detached.TERMINAL_STATES:
             assert time.monotonic() < deadline
             time.sleep(2)
         assert "4/4 trials in the log (1 trained now" in api.logs("digits", storage=storage)

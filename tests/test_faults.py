@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raymem.estimator import replay
+from raymem.estimator import log_replay
 from raymem.errors import RaymemError
-from raymem.estimator.run_files import read_run_info
-from raymem.estimator.storage import RunStore
-from raymem.estimator.trial_log import iter_trials, trial_ids
+from raymem.store.run_info import read_run_info
+from raymem.store.storage import RunStore
+from raymem.store.trial_log import iter_trials, trial_ids
 
 pytestmark = pytest.mark.slow  # starts Ray
 
@@ -55,9 +55,9 @@ def assert_each_trial_counted_once(run_dir: str, name: str, trials: int) -> list
     assert ray.get(handle.describe.remote())["trials"] == trials
     live = ray.get(handle.mem_table.remote())
     info = read_run_info(store)
-    offline = replay.counts_from_log(store, info)
+    offline = log_replay.counts_from_log(store, info)
     assert offline.trials == trials
-    assert live.equals(replay.offline_view(store).mem_table())
+    assert live.equals(log_replay.offline_view(store).mem_table())
     # brute force: a trial counted twice (or not at all) would show in these sums
     masks = np.array([r.mask for r in records])
     correct = np.array([r.train_correct for r in records])

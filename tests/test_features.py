@@ -1,4 +1,4 @@
-"""Tests for raymem.runner.features: penultimate-layer features that a linear model trains on."""
+"""Tests for raymem.training.features: penultimate-layer features that a linear model trains on."""
 
 import os
 
@@ -9,14 +9,14 @@ import pytest
 
 from raymem.errors import RaymemError
 from raymem.estimator.subsets import subset_mask
-from raymem.runner import features
-from raymem.runner.config import PRESETS, resolve_config
-from raymem.runner.datasets import load_dataset
+from raymem.training import features
+from raymem.config.experiment import PRESETS, resolve_config
+from raymem.data.datasets import load_dataset
 
 
 def test_digits_features_load_as_npz_and_train_a_linear_model(tmp_path):
-    from raymem.runner.models import PENULTIMATE, build_model
-    from raymem.runner.training import train_and_predict
+    from raymem.training.models import PENULTIMATE, build_model
+    from raymem.training.fit import train_and_predict
 
     out = tmp_path / "digits-features.npz"
     summary = features.compute_features("digits", model="small_cnn", epochs=2, out=str(out), seed=0)
@@ -64,7 +64,7 @@ def test_bad_inputs_fail_before_training(tmp_path):
 
 def test_outputs_are_replaced_atomically(tmp_path, monkeypatch):
     """The one atomic writer (used for features, tables, figures): a failed write leaves the old file whole."""
-    from raymem.estimator.files import write_atomic
+    from raymem.store.safe_files import write_atomic
 
     path = str(tmp_path / "f.npz")
     first = {"x_train": np.ones((2, 3), np.float32), "y_train": np.array([0, 1])}

@@ -11,11 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raymem import figures
+from raymem.paper import figures
 from raymem.errors import RaymemError
-from raymem.estimator import compare, formulas, paper_selection, report
+from raymem.paper import compare, shown_examples
+from raymem.estimator import formulas, report
 from raymem.estimator.counts import Counts
-from raymem.estimator.curves import checkpoints, convergence_curve
+from raymem.estimator.convergence_curves import checkpoints, convergence_curve
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"  # the released pairs (shared/reference)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -49,7 +50,7 @@ def reference_influenced_by(test_index):
 
 @pytest.fixture(scope="module")
 def digits():
-    from raymem.runner.datasets import load_dataset
+    from raymem.data.datasets import load_dataset
 
     return load_dataset("digits", None)
 
@@ -236,12 +237,12 @@ def test_bad_inputs_raise_before_writing(tmp_path, digits, digits_run):
 def test_influenced_by_counts_reproduce_the_supplement(name, expect):
     with np.load(REFERENCE / f"{name}_high_infl_pairs_infl0.15_mem0.25.npz", allow_pickle=False) as z:
         tr, tt, infl = z["tr_idx"], z["tt_idx"], z["infl"]
-    assert paper_selection.influenced_by_counts(tt) == expect
+    assert shown_examples.influenced_by_counts(tt) == expect
     assert reference_influenced_by(tt) == expect
-    table = paper_selection.influenced_by_table(tt)
+    table = shown_examples.influenced_by_table(tt)
     assert dict(zip(table.column("influenced_by").to_pylist(), table.column("test_examples").to_pylist())) == expect
     # The selection rule on the released pairs equals the independent implementation.
-    got = [c.tolist() for c in paper_selection.select_training_rows(tr, infl)]
+    got = [c.tolist() for c in shown_examples.select_training_rows(tr, infl)]
     assert got == reference_selection(tr, infl)
     assert all(len(c) == 5 and len(set(c)) == 5 for c in got)
 
@@ -251,10 +252,10 @@ def test_selection_rule_on_few_training_examples(count):
     rng = np.random.default_rng(count)
     tr = np.repeat(np.arange(count) * 7, 3)
     infl = rng.choice([0.2, 0.3, 0.5], tr.size)  # many ties
-    got = [c.tolist() for c in paper_selection.select_training_rows(tr, infl)]
+    got = [c.tolist() for c in shown_examples.select_training_rows(tr, infl)]
     assert got == reference_selection(tr, infl)
     assert len(got) == 3 and all(len(c) == 5 for c in got)
-    assert paper_selection.select_training_rows([], []) == []
+    assert shown_examples.select_training_rows([], []) == []
 
 
 def test_selection_rule_matches_the_printed_code_when_there_are_no_ties():
@@ -268,7 +269,7 @@ def test_selection_rule_matches_the_printed_code_when_there_are_no_ties():
     idx_sort_selected = np.argsort(-max_infl_of_train_selected)
     base_idx = np.linspace(0, len(idx_train_selected) - n_copies, n_egs).astype(int)
     printed = [[idx_train_selected[idx_sort_selected[x + i_copy]] for x in base_idx] for i_copy in range(n_copies)]
-    assert [c.tolist() for c in paper_selection.select_training_rows(tr, infl)] == [[int(i) for i in c] for c in printed]
+    assert [c.tolist() for c in shown_examples.select_training_rows(tr, infl)] == [[int(i) for i in c] for c in printed]
 
 
 # ---- convergence --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from raymem.errors import RaymemError
-from raymem.estimator import fz_format
+from raymem.paper import fz_format
 from raymem.estimator.counts import Counts
 
 

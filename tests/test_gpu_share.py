@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raymem.runner import training
+from raymem.training import fit
 
 
 class FakeConfig:
@@ -32,8 +32,8 @@ def fake_tf(tf, monkeypatch):
         monkeypatch.setattr(tf.config, "set_logical_device_configuration", fake.set_logical_device_configuration)
         monkeypatch.setattr(tf.config.experimental, "set_memory_growth", fake.set_memory_growth)
         asked = []
-        monkeypatch.setattr(training, "gpu_total_memory_mb", lambda index: asked.append(index) or total_mb)
-        monkeypatch.setattr(training, "_GPU_SHARE", None)
+        monkeypatch.setattr(fit, "gpu_total_memory_mb", lambda index: asked.append(index) or total_mb)
+        monkeypatch.setattr(fit, "_GPU_SHARE", None)
         return fake, asked
     return install
 
@@ -41,31 +41,31 @@ def fake_tf(tf, monkeypatch):
 def test_quarter_gpu_gets_a_logical_device_capped_at_its_share(fake_tf, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     fake, asked = fake_tf(["GPU:0"], total_mb=80_000)
-    done = training.configure_gpu_share(0.25)
+    done = fit.configure_gpu_share(0.25)
     assert asked == ["3"]  # the physical GPU Ray gave this process
-    assert fake.logical == {"GPU:0": [int(80_000 * 0.25 * training.GPU_SHARE_HEADROOM)]}
+    assert fake.logical == {"GPU:0": [int(80_000 * 0.25 * fit.GPU_SHARE_HEADROOM)]}
     assert done == {"gpu_share": "memory_limit", "gpu_memory_limit_mb": 18_000}
-    assert training.configure_gpu_share(0.25) is done  # once per process
+    assert fit.configure_gpu_share(0.25) is done  # once per process
     assert fake.growth == {}
 
 
 def test_unknown_memory_falls_back_to_growth(fake_tf):
     fake, _ = fake_tf(["GPU:0"], total_mb=None)
-    assert training.configure_gpu_share(0.5) == {"gpu_share": "memory_growth"}
+    assert fit.configure_gpu_share(0.5) == {"gpu_share": "memory_growth"}
     assert fake.growth == {"GPU:0": True} and fake.logical == {}
 
 
 def test_whole_gpus_and_cpu_trials_are_left_alone(fake_tf):
     fake, asked = fake_tf(["GPU:0"], total_mb=80_000)
-    assert training.configure_gpu_share(1.0) == {} and training.configure_gpu_share(0.0) == {}
+    assert fit.configure_gpu_share(1.0) == {} and fit.configure_gpu_share(0.0) == {}
     assert fake.logical == {} and asked == []
 
 
 def test_already_initialised_tensorflow_is_reported_not_fatal(fake_tf):
     fake_tf(["GPU:0"], total_mb=80_000, initialised=True)
-    assert training.configure_gpu_share(0.25) == {"gpu_share": "already initialised"}
+    assert fit.configure_gpu_share(0.25) == {"gpu_share": "already initialised"}
 
 
 def test_no_gpu_visible(fake_tf):
     fake_tf([], total_mb=None)
-    assert training.configure_gpu_share(0.25) == {"gpu_share": "none visible"}
+    assert fit.configure_gpu_share(0.25) == {"gpu_share": "none visible"}

@@ -11,11 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from raymem.estimator.run_files import read_labels, write_labels
-from raymem.estimator.storage import RunStore
-from raymem.runner import datasets, label_cache
-from raymem.runner.config import resolve_config
-from raymem.runner.run import prepare_run
+from raymem.store.run_info import read_labels, write_labels
+from raymem.store.storage import RunStore
+from raymem.data import datasets, label_cache
+from raymem.config.experiment import resolve_config
+from raymem.driver.run import prepare_run
 
 N = 10
 

@@ -1,4 +1,4 @@
-"""One driver per run (``runner.lease``): a second driver is refused while the first one's heartbeat is fresh."""
+"""One driver per run (``driver.lease``): a second driver is refused while the first one's heartbeat is fresh."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import pytest
 
 from raymem.errors import RaymemError
-from raymem.estimator.storage import RunStore
-from raymem.runner import lease as lease_module
-from raymem.runner.lease import LEASE_FILE, STALE_SECONDS, DriverLease, read_lease
+from raymem.store.storage import RunStore
+from raymem.driver import lease as lease_module
+from raymem.driver.lease import LEASE_FILE, STALE_SECONDS, DriverLease, read_lease
 
 
 def _foreign_lease(store: RunStore, age: float, token: str = "someone-else") -> None:
@@ -119,7 +119,7 @@ def test_raymem_run_on_a_run_another_driver_holds_exits_2_before_ray_starts(tmp_
 
 
 def test_status_names_the_driver_and_a_stopped_jobs_lease_is_released(tmp_path):
-    from raymem.runner.lease import driver_state, release_stopped_job
+    from raymem.driver.lease import driver_state, release_stopped_job
 
     store = RunStore.open(str(tmp_path / "run"))
     assert driver_state(store) is None

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from raymem import api
 from raymem.cli import app
 from raymem.errors import RaymemError
-from raymem.estimator import marginal
-from raymem.estimator.records import TrialRecord
-from raymem.estimator.run_files import new_run_info, read_run_info, write_labels, write_run_info
-from raymem.estimator.storage import RunStore
+from raymem.paper import marginal_utility
+from raymem.store.trial_record import TrialRecord
+from raymem.store.run_info import new_run_info, read_run_info, write_labels, write_run_info
+from raymem.store.storage import RunStore
 from raymem.estimator.subsets import subset_mask, trial_mask
-from raymem.estimator.trial_log import iter_trials, trial_ids, write_trial
+from raymem.store.trial_log import iter_trials, trial_ids, write_trial
 
 SOURCE_TRIALS = 8
 
@@ -37,23 +37,23 @@ def test_arm_sets_exclude_exactly_their_set_and_the_control_is_reproducible():
     n = 200
     pairs_train = np.array([5, 5, 17, 42, 17, 199])
     pairs_test = np.array([3, 4, 3, 9, 0, 9])
-    sets = marginal.make_sets(pairs_train, pairs_test, n_train=n, seed=11)
+    sets = marginal_utility.make_sets(pairs_train, pairs_test, n_train=n, seed=11)
     np.testing.assert_array_equal(sets["high_influence"], [5, 17, 42, 199])
     np.testing.assert_array_equal(sets["influenced_test"], [0, 3, 4, 9])
     assert len(sets["random"]) == 4 and len(np.unique(sets["random"])) == 4
-    masks = marginal.arm_masks(n, sets)
+    masks = marginal_utility.arm_masks(n, sets)
     assert masks[0].all()                                                              # full: all of S
     np.testing.assert_array_equal(np.flatnonzero(~masks[1]), sets["high_influence"])  # S minus exactly S_h
     np.testing.assert_array_equal(np.flatnonzero(~masks[2]), sets["random"])          # S minus exactly R
     assert masks[1].sum() == masks[2].sum() == n - 4                                   # same size
     # reproducible from the seed; another seed draws another control; the pairs do not move it
-    again = marginal.make_sets(pairs_train[::-1], pairs_test, n_train=n, seed=11)
+    again = marginal_utility.make_sets(pairs_train[::-1], pairs_test, n_train=n, seed=11)
     np.testing.assert_array_equal(again["random"], sets["random"])
-    assert not np.array_equal(marginal.random_removal(12, n, 4), sets["random"])
+    assert not np.array_equal(marginal_utility.random_removal(12, n, 4), sets["random"])
     # not a trial's subset stream: the control differs from subset_mask's draws with the same seed
     assert not np.array_equal(np.sort(np.flatnonzero(subset_mask(11, 1, n, 4))), sets["random"])
     with pytest.raises(RaymemError):
-        marginal.random_removal(0, 3, 4)
+        marginal_utility.random_removal(0, 3, 4)
 
 
 def test_random_control_is_uniform_over_the_training_set():
@@ -61,35 +61,35 @@ def test_random_control_is_uniform_over_the_training_set():
     n, size = 20, 5
     counts = np.zeros(n)
     for seed in range(2000):
-        counts[marginal.random_removal(seed, n, size)] += 1
+        counts[marginal_utility.random_removal(seed, n, size)] += 1
     assert stats.chisquare(counts).pvalue > 1e-3
 
 
 def test_trial_k_trains_arm_k_mod_3_through_the_one_mask_source():
     sets = {"high_influence": np.array([1, 2]), "random": np.array([0, 7]), "influenced_test": np.array([3])}
-    masks = marginal.arm_masks(10, sets)
+    masks = marginal_utility.arm_masks(10, sets)
     run = {"seed": 0, "n_train": 10, "subset_size": 7, "arm_masks": masks}
     for k in range(9):
         np.testing.assert_array_equal(trial_mask(run, k), masks[k % 3])
-        assert marginal.ARMS[marginal.arm_of(k)] == marginal.ARMS[k % 3]
+        assert marginal_utility.ARMS[marginal_utility.arm_of(k)] == marginal_utility.ARMS[k % 3]
     plain = {"seed": 4, "n_train": 10, "subset_size": 7}
     np.testing.assert_array_equal(trial_mask(plain, 5), subset_mask(4, 5, 10, 7))  # ordinary runs unchanged
-    assert marginal.trial_ids(2) == [0, 1, 2, 3, 4, 5]
+    assert marginal_utility.trial_ids(2) == [0, 1, 2, 3, 4, 5]
 
 
 # ---- intervals ---------------------------------------------------------------------------------
 
 def test_t_interval_matches_a_table_and_scipy():
-    c = marginal.t_interval([0.8, 0.9, 1.0], delta=0.05)
+    c = marginal_utility.t_interval([0.8, 0.9, 1.0], delta=0.05)
     # mean 0.9, sd 0.1, se 0.1/sqrt(3), t_{0.975, 2} = 4.302653 (any t table)
     half = 4.302653 * 0.1 / math.sqrt(3)
     assert c["mean"] == pytest.approx(0.9) and c["std"] == pytest.approx(0.1)
     assert c["lo"] == pytest.approx(0.9 - half, abs=1e-6) and c["hi"] == pytest.approx(min(1.0, 0.9 + half))
     values = np.array([0.71, 0.74, 0.69, 0.73, 0.75])
     lo, hi = stats.t.interval(0.9, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
-    c = marginal.t_interval(values, delta=0.1)
+    c = marginal_utility.t_interval(values, delta=0.1)
     assert (c["lo"], c["hi"]) == (pytest.approx(lo), pytest.approx(hi))
-    one = marginal.t_interval([0.5])
+    one = marginal_utility.t_interval([0.5])
     assert one["mean"] == 0.5 and one["lo"] is None and one["std"] is None
 
 
@@ -97,10 +97,10 @@ def test_welch_interval_matches_scipy():
     a = np.array([0.76, 0.75, 0.77, 0.76, 0.78, 0.75])
     b = np.array([0.73, 0.74, 0.72, 0.735])
     expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    c = marginal.welch_interval(a, b, delta=0.05)
+    c = marginal_utility.welch_interval(a, b, delta=0.05)
     assert c["drop"] == pytest.approx(a.mean() - b.mean())
     assert (c["lo"], c["hi"]) == (pytest.approx(expected.low), pytest.approx(expected.high))
-    assert marginal.welch_interval([0.5], [0.4, 0.45])["lo"] is None
+    assert marginal_utility.welch_interval([0.5], [0.4, 0.45])["lo"] is None
 
 
 def test_summarize_groups_trials_by_arm_and_scales_the_contribution():
@@ -108,8 +108,8 @@ def test_summarize_groups_trials_by_arm_and_scales_the_contribution():
     ids = np.arange(12)
     correct = rng.random((12, 50)) < 0.8
     influenced = np.array([1, 5, 7, 30])
-    s = marginal.summarize(ids, correct, influenced, delta=0.05)
-    for a, arm in enumerate(marginal.ARMS):
+    s = marginal_utility.summarize(ids, correct, influenced, delta=0.05)
+    for a, arm in enumerate(marginal_utility.ARMS):
         rows = correct[ids % 3 == a]
         assert s[arm]["trial_ids"] == ids[ids % 3 == a].tolist() and s[arm]["models"] == 4
         assert s[arm]["test"]["mean"] == pytest.approx(rows.mean())
@@ -126,8 +126,8 @@ def test_summarize_groups_trials_by_arm_and_scales_the_contribution():
 def _fake_source(tmp_path: Path, name: str = "src") -> str:
     """A digits run as `raymem run` would leave it (config, fingerprint, labels, subset masks), with random
     correctness instead of trained models: enough to create (not train) a marginal run."""
-    from raymem.runner.config import resolve_config
-    from raymem.runner.datasets import load_dataset
+    from raymem.config.experiment import resolve_config
+    from raymem.data.datasets import load_dataset
 
     config = resolve_config("digits", {"trials": SOURCE_TRIALS, "epochs": 2, "batch_size": 64})
     data = load_dataset("digits")
@@ -147,7 +147,7 @@ def _fake_source(tmp_path: Path, name: str = "src") -> str:
 
 
 def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(tmp_path):
-    from raymem.runner import marginal as runner_marginal
+    from raymem.driver import marginal_run as runner_marginal
 
     source = _fake_source(tmp_path)
     pairs = api.pairs(source, min_infl=0.5, min_mem=0.5)
@@ -159,13 +159,13 @@ def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(
     info = read_run_info(store)
     assert info.kind == "marginal" and info.source == "runner" and info.seed == 3
     assert info.design["source_run_id"] == read_run_info(RunStore.open(source)).run_id
-    assert [a["name"] for a in info.design["arms"]] == list(marginal.ARMS)
+    assert [a["name"] for a in info.design["arms"]] == list(marginal_utility.ARMS)
     assert info.config["trials"] == 6 and info.config["estimator"]["track_pairs"] is False
     assert info.config["recipe"] == read_run_info(RunStore.open(source)).config["recipe"]
-    sets = marginal.read_sets(store, info)
-    expected = marginal.make_sets(pairs.column("train_index").to_numpy(), pairs.column("test_index").to_numpy(),
+    sets = marginal_utility.read_sets(store, info)
+    expected = marginal_utility.make_sets(pairs.column("train_index").to_numpy(), pairs.column("test_index").to_numpy(),
                                   n_train=info.n_train, seed=3)
-    for name in marginal.SET_NAMES:
+    for name in marginal_utility.SET_NAMES:
         np.testing.assert_array_equal(sets[name], expected[name])
     assert json.loads((tmp_path / "src" / "run.json").read_text()).get("kind") is None  # ordinary runs unchanged
     # resume: more models per arm; the stored sets, seed and selection are kept; a changed selection is refused
@@ -176,24 +176,24 @@ def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(
     with pytest.raises(RaymemError, match="seed"):
         runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3, seed=4)
     # a tampered sets file is refused before anything trains on it
-    other = marginal.random_removal(99, info.n_train, len(sets["random"]))
-    marginal.write_sets(store, {**sets, "random": other})
+    other = marginal_utility.random_removal(99, info.n_train, len(sets["random"]))
+    marginal_utility.write_sets(store, {**sets, "random": other})
     with pytest.raises(RaymemError, match="sha256"):
         runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3)
-    (tmp_path / "src-marginal" / marginal.SETS_FILE).write_bytes(b"not parquet")
+    (tmp_path / "src-marginal" / marginal_utility.SETS_FILE).write_bytes(b"not parquet")
     with pytest.raises(RaymemError, match="unreadable"):
         runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3)
 
 
 def test_accumulator_checks_each_record_against_its_arm_set(tmp_path):
     from raymem.actors.accumulator import Accumulator
-    from raymem.runner import marginal as runner_marginal
+    from raymem.driver import marginal_run as runner_marginal
 
     source = _fake_source(tmp_path)
     store = RunStore.open(str(tmp_path / "m"))
     runner_marginal.prepare(RunStore.open(source), store, "m", 1, min_infl=0.5, min_mem=0.5)
     info = read_run_info(store)
-    masks = marginal.read_arm_masks(store, info)
+    masks = marginal_utility.read_arm_masks(store, info)
     acc = Accumulator(store.uri, with_pairs=False, pair_reader_process=False)
 
     def record(k, mask):
@@ -249,8 +249,8 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("isolated_ray")
 def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
-    from raymem.runner.config import resolve_config
-    from raymem.runner.run import run_experiment
+    from raymem.config.experiment import resolve_config
+    from raymem.driver.run import run_experiment
 
     source_dir = tmp_path / "src"
     config = resolve_config("digits", dict(trials=4, epochs=2, batch_size=64))
@@ -261,7 +261,7 @@ def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
     mdir = tmp_path / "src-marginal"
     store = RunStore.open(str(mdir))
     info = read_run_info(store)
-    masks = marginal.read_arm_masks(store, info)
+    masks = marginal_utility.read_arm_masks(store, info)
     records = {r.trial_id: r for r in iter_trials(store)}
     assert sorted(records) == [0, 1, 2]
     for k, r in records.items():
@@ -271,7 +271,7 @@ def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
     # K = 2: only trials 3, 4, 5 train (the arms interleave, nothing moves), then the intervals exist
     second = api.marginal("src", 2, storage=str(tmp_path), num_cpus=2, progress=False)
     assert second["trained_now"] == [3, 4, 5] and trial_ids(store) == list(range(6))
-    for arm in marginal.ARMS:
+    for arm in marginal_utility.ARMS:
         for where in ("test", "influenced"):
             c = second[arm][where]
             assert c["models"] == 2 and c["lo"] <= c["mean"] <= c["hi"]

@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import binom
 
 from raymem.errors import RaymemError
-from raymem.estimator import bounds, fdr, joint, report, stopping
+from raymem.estimator import bounds, fdr, joint_bounds, report, stopping
 from raymem.estimator.counts import Counts
 
 P_IN = (0.8, 0.9, 0.95, 0.99, 1.0)
@@ -51,8 +51,8 @@ def test_fixed_and_anytime_contain_the_point_estimate_and_nest_in_delta():
     h_in, h_out = np.meshgrid(np.arange(0, 71, 7), np.arange(0, 31, 3), indexing="ij")
     estimate = h_in / 70 - h_out / 30
     for method in ("fixed", "anytime"):
-        wide = bounds.difference_interval(h_in, 70, h_out, 30, 0.01, method=method, plan=joint.Plan(100, 0.7, 3.0))
-        narrow = bounds.difference_interval(h_in, 70, h_out, 30, 0.1, method=method, plan=joint.Plan(100, 0.7, 3.0))
+        wide = bounds.difference_interval(h_in, 70, h_out, 30, 0.01, method=method, plan=joint_bounds.Plan(100, 0.7, 3.0))
+        narrow = bounds.difference_interval(h_in, 70, h_out, 30, 0.1, method=method, plan=joint_bounds.Plan(100, 0.7, 3.0))
         assert (wide[0] <= narrow[0] + 1e-12).all() and (narrow[1] <= wide[1] + 1e-12).all()
         assert (narrow[0] <= estimate + 1e-12).all() and (estimate <= narrow[1] + 1e-12).all()
 
@@ -77,7 +77,7 @@ def test_anytime_pathwise_coverage_over_many_looks(p_in, p_out):
     n_in = np.cumsum(included, axis=1)
     out_hits = np.cumsum(~included & correct, axis=1)
     missed = np.zeros(paths, dtype=bool)
-    plan = joint.Plan(trials, 0.7)
+    plan = joint_bounds.Plan(trials, 0.7)
     for t in np.linspace(trials // looks, trials, looks).astype(int):
         k = t - 1
         lo, hi = report.difference_interval_per_distinct_counts(
@@ -94,7 +94,7 @@ def test_anytime_is_tightest_near_the_planned_trials():
     def half(t, planned):
         n_in = round(0.7 * t)
         lo, hi = bounds.difference_interval(round(0.95 * n_in), n_in, round(0.5 * (t - n_in)), t - n_in, 0.05,
-                                            method="anytime", plan=joint.Plan(planned, 0.7))
+                                            method="anytime", plan=joint_bounds.Plan(planned, 0.7))
         return float(hi - lo) / 2
     assert half(2000, 2000) < half(2000, 100)
     assert half(100, 100) < half(100, 2000)

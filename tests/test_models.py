@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
-from raymem.runner.augment import make_augment_fn, random_pad_crop_flip  # noqa: E402
-from raymem.runner.models import MODEL_NAMES, build_model, feature_extractor  # noqa: E402
+from raymem.training.augment import make_augment_fn, random_pad_crop_flip  # noqa: E402
+from raymem.training.models import MODEL_NAMES, build_model, feature_extractor  # noqa: E402
 
 # name -> (tiny input shape for a training step, classes, penultimate width known for that model)
 TINY_CASES = {

@@ -18,9 +18,9 @@ import pytest
 
 from raymem.errors import RaymemError
 from raymem.estimator.subsets import subset_mask, trial_seed
-from raymem.runner.catalog import MODEL_NAMES
-from raymem.runner.config import resolve_config
-from raymem.runner.datasets import ArrayDataset, load_dataset
+from raymem.config.catalog import MODEL_NAMES
+from raymem.config.experiment import resolve_config
+from raymem.data.datasets import ArrayDataset, load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_cli_bad_pack_exits_2_with_one_error_line_and_starts_nothing(tmp_path, a
 def test_a_layer_the_replay_does_not_know_is_refused_with_its_name(tf):
     import keras
 
-    from raymem.runner.packed_model import PackedModel
+    from raymem.training.packed_model import PackedModel
 
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
@@ -104,8 +104,8 @@ def test_each_copy_is_its_own_keras_model_from_the_unpacked_initial_weights(tf, 
     a training pass moves its batch-normalization averages exactly as Keras moves them."""
     import keras
 
-    from raymem.runner import packing
-    from raymem.runner.models import build_model
+    from raymem.training import packing
+    from raymem.training.models import build_model
 
     if model == "linear":  # a linear model on feature vectors
         data = ArrayDataset("vec", digits.x_train.reshape(len(digits.x_train), -1)[:50], digits.y_train[:50],
@@ -124,7 +124,7 @@ def test_each_copy_is_its_own_keras_model_from_the_unpacked_initial_weights(tf, 
     deep = model in ("resnet50", "densenet100")  # float32 rounding grows with depth
     tol = dict(rtol=1e-3, atol=2e-3) if deep else dict(rtol=1e-4, atol=1e-4)
     for k, seed in enumerate(seeds):
-        keras.utils.set_random_seed(seed)  # exactly as training.train_model builds trial k's model
+        keras.utils.set_random_seed(seed)  # exactly as fit.train_model builds trial k's model
         reference = build_model(config.model, tuple(data.input_shape), data.num_classes)
         for mine, theirs in zip(initial[k], reference.get_weights(), strict=True):
             np.testing.assert_array_equal(mine, theirs)
@@ -141,8 +141,8 @@ def test_a_packed_training_step_is_each_copys_own_keras_step_batch_norm_included
     copy k's weights and moving averages afterwards are those of its Keras model stepped on its own batch."""
     import keras
 
-    from raymem.runner import packing
-    from raymem.runner.models import build_model
+    from raymem.training import packing
+    from raymem.training.models import build_model
 
     data = _small(digits, 60)
     config = resolve_config("digits", {"model": "inception"})
@@ -173,7 +173,7 @@ def test_an_example_outside_a_copys_subset_cannot_reach_that_copy(tf, digits, mo
     """Same seeds, one example changed (label and pixels): the copy that does not hold it ends bit-identical
     (weights and, for inception, batch-normalization averages), the copy that holds it changes (so the
     check would see a leak)."""
-    from raymem.runner import packing
+    from raymem.training import packing
 
     n, k = 120, 3
     config = resolve_config("digits", {"epochs": 2, "batch_size": 16, "xla": "off", "model": model})
@@ -201,7 +201,7 @@ def test_an_example_outside_a_copys_subset_cannot_reach_that_copy(tf, digits, mo
 
 
 def test_each_copy_reads_only_its_subset_in_batches_of_the_recipe(digits):
-    from raymem.runner import packing
+    from raymem.training import packing
 
     n, k = 200, 4
     config = resolve_config("digits", {"batch_size": 32})
@@ -240,7 +240,8 @@ def test_packed_and_unpacked_trials_give_the_same_estimates(digits):
     Every seed is fixed, so the outcome is reproducible, not a coin flip per run."""
     from raymem.estimator import report
     from raymem.estimator.counts import VectorCounts
-    from raymem.runner import canaries, packing, training
+    from raymem.data import canaries
+    from raymem.training import packing, fit
 
     n, trials = 600, 16
     labels = canaries.flip_labels(digits.y_train[:n], 0.05, digits.num_classes, 0)
@@ -250,8 +251,8 @@ def test_packed_and_unpacked_trials_give_the_same_estimates(digits):
     m = config.subset_size(n)
     masks = np.stack([subset_mask(0, k, n, m) for k in range(trials)])
     seeds = [trial_seed(0, k) for k in range(trials)]
-    training.limit_tf_threads(1)
-    unpacked = [training.train_and_predict(config, data, masks[k], seeds[k]) for k in range(trials)]
+    fit.limit_tf_threads(1)
+    unpacked = [fit.train_and_predict(config, data, masks[k], seeds[k]) for k in range(trials)]
     packed = packing.train_and_predict_pack(config, data, masks, seeds)
 
     estimates = {}
@@ -280,12 +281,12 @@ def test_packed_and_unpacked_trials_give_the_same_estimates(digits):
 def test_packs_are_scheduled_logged_retried_and_resumed_like_trials(tmp_path, isolated_ray):
     import ray
 
-    from raymem.estimator.storage import RunStore
-    from raymem.estimator.trial_log import iter_trials
-    from raymem.runner.run import run_experiment
+    from raymem.store.storage import RunStore
+    from raymem.store.trial_log import iter_trials
+    from raymem.driver.run import run_experiment
 
     def hook():  # the first attempt of the pack holding trial 1 fails (a worker setup hook, as test_runner does)
-        import raymem.runner.trial as trial
+        import raymem.driver.trial as trial
 
         original = trial.build_pack_records
 
@@ -324,7 +325,7 @@ def test_packs_are_scheduled_logged_retried_and_resumed_like_trials(tmp_path, is
 
 
 def test_auto_pack_picks_the_largest_sublinear_k():
-    from raymem.runner.packing import choose_pack
+    from raymem.training.packing import choose_pack
 
     rows = [{"pack": 1, "step_seconds": 1.0}, {"pack": 2, "step_seconds": 1.1}, {"pack": 4, "step_seconds": 1.5},
             {"pack": 8, "step_seconds": 2.9}, {"pack": 16, "step_seconds": 5.5}]
@@ -333,7 +334,7 @@ def test_auto_pack_picks_the_largest_sublinear_k():
 
 
 def test_a_pack_size_that_leaves_trial_slots_idle_is_named():
-    from raymem.runner.run import idle_slots_warning
+    from raymem.driver.run import idle_slots_warning
 
     assert idle_slots_warning(16, packs=1, slots=2) == ("warning: --pack 16 makes 1 pack of the missing trials for 2 "
                                                         "trial slots, so 1 slot stays idle; a smaller K (or --pack auto) "

@@ -285,8 +285,8 @@ def test_intervals_per_distinct_counts_equal_the_plain_ones(trials):
 # ---- RunView: the one reader over counts and what the run knows ---------------------------------
 
 def test_run_view_adds_canaries_and_run_facts(truth_run):
-    from raymem.estimator.run_files import new_run_info
-    from raymem.estimator.view import RunView
+    from raymem.store.run_info import new_run_info
+    from raymem.estimator.run_view import RunView
 
     info = new_run_info(name="truth", n_train=60, n_test=30, subset_size=truth_run.subset_size, seed=0,
                         config={"trials": 500}, fingerprint={}, source="ingest")

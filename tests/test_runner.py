@@ -16,11 +16,11 @@ import pytest
 
 from raymem import api
 from raymem.errors import RaymemError
-from raymem.estimator.run_files import read_run_info
-from raymem.estimator.storage import RunStore
-from raymem.estimator.trial_log import iter_trials, trial_ids
-from raymem.runner.config import resolve_config
-from raymem.runner.run import run_experiment
+from raymem.store.run_info import read_run_info
+from raymem.store.storage import RunStore
+from raymem.store.trial_log import iter_trials, trial_ids
+from raymem.config.experiment import resolve_config
+from raymem.driver.run import run_experiment
 
 RAYMEM = str(Path(sys.executable).with_name("raymem"))
 
@@ -67,7 +67,7 @@ def _ray_failing_first_attempts(trial_ids):
     failing = set(trial_ids)
 
     def hook():
-        import raymem.runner.trial as trial
+        import raymem.driver.trial as trial
 
         original = trial.build_record
 
@@ -224,7 +224,7 @@ def test_multi_node_trial_runs_a_worker_group_of_two_with_tf_keras(tmp_path):
 def test_stop_kills_the_live_accumulator_and_readers_fall_back_to_the_log(tmp_path):
     import ray
 
-    from raymem.connection import NAMESPACE
+    from raymem.cluster.connection import NAMESPACE
 
     run_dir = tmp_path / "stopme"
     run_experiment(tiny(trials=2), name="stopme", run_uri=str(run_dir), num_cpus=2, progress=False, shutdown=False)

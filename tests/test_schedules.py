@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
-from raymem.runner.schedules import (  # noqa: E402
+from raymem.training.schedules import (  # noqa: E402
     SCHEDULE_KINDS,
     constant,
     make_optimizer,

@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymem.errors import RaymemError
-from raymem.estimator import bounds, compare, fz_format, paper_selection, report, scope
+from raymem.estimator import bounds, report, influence_scope
+from raymem.paper import compare, fz_format, shown_examples
 from raymem.estimator import fdr as fdr_module
 from raymem.estimator.counts import Counts
-from raymem.estimator.replay import counts_from_log, offline_view, run_influence_scope
-from raymem.estimator.run_files import read_run_info, write_run_info
-from raymem.estimator.storage import RunStore
+from raymem.estimator.log_replay import counts_from_log, offline_view, run_influence_scope
+from raymem.store.run_info import read_run_info, write_run_info
+from raymem.store.storage import RunStore
 
 N, N_TEST, T = 30, 20, 240
 DELTA = 0.05
@@ -132,19 +133,19 @@ def test_pair_count_bytes_of_imagenet_shaped_labels():
     train = np.repeat(np.arange(1000), 1281)
     test = np.repeat(np.arange(1000), 50)
     n, n_test = train.size, test.size
-    assert scope.pair_count_bytes("class", n, n_test, train_labels=train, test_labels=test) == 4 * 1000 * 1281 * 50
-    assert scope.pair_count_bytes("class", n, n_test, train_labels=train, test_labels=test) == 256_200_000
-    assert scope.pair_count_bytes("full", n, n_test) == 4 * n * n_test == 256_200_000_000
-    assert scope.pair_count_bytes("class", n, n_test, num_classes=1000) == 256_200_000
-    assert scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS) == 4 * class_family()
+    assert influence_scope.pair_count_bytes("class", n, n_test, train_labels=train, test_labels=test) == 4 * 1000 * 1281 * 50
+    assert influence_scope.pair_count_bytes("class", n, n_test, train_labels=train, test_labels=test) == 256_200_000
+    assert influence_scope.pair_count_bytes("full", n, n_test) == 4 * n * n_test == 256_200_000_000
+    assert influence_scope.pair_count_bytes("class", n, n_test, num_classes=1000) == 256_200_000
+    assert influence_scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS) == 4 * class_family()
     with pytest.raises(RaymemError, match="labels"):
-        scope.pair_count_bytes("class", n, n_test)
+        influence_scope.pair_count_bytes("class", n, n_test)
     # a pair shard's slice: what its counts hold
     for rows in [(0, 9), (9, 22), (13, 13)]:
         klass = Counts.empty(N, N_TEST, rows=rows, influence_scope="class", train_labels=TRAIN_LABELS, test_labels=TEST_LABELS)
-        assert scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS,
+        assert influence_scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS,
                                       rows=rows) == 4 * klass.pair_cells_kept == klass.pair_storage.nbytes
-        assert scope.pair_count_bytes("full", N, N_TEST, rows=rows) == Counts.empty(N, N_TEST, rows=rows).h_in.nbytes
+        assert influence_scope.pair_count_bytes("full", N, N_TEST, rows=rows) == Counts.empty(N, N_TEST, rows=rows).h_in.nbytes
 
 
 # ---- reads: the full answer restricted to same-label pairs ---------------------------------------------
@@ -270,14 +271,14 @@ def test_export_fz_of_a_class_scope_run_equals_the_full_runs(run, tmp_path):
 def test_top_influenced_from_counts_is_the_full_row_within_the_class(run):
     full, klass = count(run, "full"), count(run, "class")
     rows = [3, 8, 15, 20, 0]
-    got = paper_selection.top_influenced_from_counts(klass, rows, 3)
-    want = paper_selection.top_influenced_from_counts(full, rows, 3, test_columns=lambda i: SAME[i])
+    got = shown_examples.top_influenced_from_counts(klass, rows, 3)
+    want = shown_examples.top_influenced_from_counts(full, rows, 3, test_columns=lambda i: SAME[i])
     assert got.equals(want)
     assert 15 in got.column("train_index").to_pylist()  # its class has test examples, its planted pair is not one
 
 
 def test_figures_of_a_class_scope_run_show_same_label_examples(run, tmp_path):
-    from raymem import figures
+    from raymem.paper import figures
 
     klass = count(run, "class")
     summary = figures.figures_for_counts(tmp_path / "fig", klass, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS)
@@ -393,7 +394,7 @@ def test_class_counts_refuse_the_full_matrix_read(run):
 
 
 def test_config_key_and_the_imagenet_preset():
-    from raymem.runner.config import PRESETS, compare_for_resume, resolve_config
+    from raymem.config.experiment import PRESETS, compare_for_resume, resolve_config
 
     assert resolve_config("digits").estimator.influence_scope == "full"
     imagenet = PRESETS["imagenet"]

@@ -10,15 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymem.estimator import replay
+from raymem.estimator import log_replay
 from raymem.actors import pair_shard
 from raymem.actors.accumulator import get_or_create_accumulator
-from raymem.connection import NAMESPACE
+from raymem.cluster.connection import NAMESPACE
 from raymem.errors import RaymemError
-from raymem.estimator.records import TrialRecord
-from raymem.estimator.run_files import new_run_info, write_labels, write_run_info
-from raymem.estimator.storage import RunStore
-from raymem.estimator.trial_log import trial_path
+from raymem.store.trial_record import TrialRecord
+from raymem.store.run_info import new_run_info, write_labels, write_run_info
+from raymem.store.storage import RunStore
+from raymem.store.trial_log import trial_path
 
 pytestmark = pytest.mark.slow  # starts Ray
 
@@ -94,7 +94,7 @@ def test_sharded_accumulator_equals_unsharded_and_the_log_through_a_shard_crash(
         if k == 12:  # a shard dies; Ray restarts it and it rebuilds its rows from the log
             shard = ray.get_actor("three.pairs-2-of-3", namespace=NAMESPACE)
             ray.kill(shard, no_restart=False)
-    offline = replay.offline_view(RunStore.open(three_dir))
+    offline = log_replay.offline_view(RunStore.open(three_dir))
     reads = [("pairs_table", {}), ("pairs_table", {"min_infl": 0.05, "min_mem": 0.0}),
              ("pairs_table", {"min_infl": -1.0, "min_mem": -1.0, "simultaneous": True}),  # every pair, in order
              ("influence_table", {"test_index": 2, "top": 7}), ("influence_table", {"test_index": 5, "top": 80}),
@@ -134,7 +134,7 @@ def test_restarted_accumulator_reconciles_shards_with_the_log(tmp_path, local_ra
     for record in recs[:5]:
         ray.get(acc.absorb.remote(record))
     # simulate the crash window: the last trial reaches the log but no shard
-    from raymem.estimator.trial_log import write_trial
+    from raymem.store.trial_log import write_trial
 
     write_trial(RunStore.open(run_dir), recs[5])
     old_pid = ray.get(acc.describe.remote())["pid"]
@@ -146,7 +146,7 @@ def test_restarted_accumulator_reconciles_shards_with_the_log(tmp_path, local_ra
     shard = ray.get_actor("rec.pairs-1-of-2", namespace=NAMESPACE)
     assert ray.get(shard.done_trial_ids.remote()) == list(range(6))
     assert_same(ray.get(acc.pairs_table.remote(min_infl=0.0, min_mem=0.0)),
-                replay.offline_view(RunStore.open(run_dir)).pairs_table(min_infl=0.0, min_mem=0.0))
+                log_replay.offline_view(RunStore.open(run_dir)).pairs_table(min_infl=0.0, min_mem=0.0))
 
 
 def restart_and_wait(ray, handle, timeout_s: float = 60.0) -> dict:
@@ -196,7 +196,7 @@ def test_shards_recover_from_a_hard_kill_a_deleted_trial_file_and_an_old_run_of_
     assert restart_and_wait(ray, acc)["trials"] == 5
     for record in recs[6:]:
         ray.get(acc.absorb.remote(record))
-    offline = replay.offline_view(RunStore.open(run_dir))
+    offline = log_replay.offline_view(RunStore.open(run_dir))
     for name in names:
         assert ray.get(ray.get_actor(name, namespace=NAMESPACE).done_trial_ids.remote()) == [0, 2, 3, 4, 5, 6, 7]
     assert_same(ray.get(acc.pairs_table.remote(min_infl=-1.0, min_mem=-1.0)),

@@ -11,10 +11,10 @@ import pyarrow.fs as pafs
 import pytest
 
 from raymem.errors import RaymemError
-from raymem.estimator.run_files import (
+from raymem.store.run_info import (
     LABELS_FILE, RUN_INFO_FILE, RunInfo, new_run_info, read_labels, read_run_info, write_labels, write_run_info,
 )
-from raymem.estimator.storage import TEMP_PREFIX, RunStore, run_location, validate_run_name
+from raymem.store.storage import TEMP_PREFIX, RunStore, run_location, validate_run_name
 
 
 def _stores(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for raymem.runner.training: streaming (ImageNet, mocked) trials and the shared training pieces."""
+"""Tests for raymem.training.fit: streaming (ImageNet, mocked) trials and the shared training pieces."""
 
 import collections
 import dataclasses
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from raymem.estimator.subsets import subset_mask
-from raymem.runner import training
-from raymem.runner.config import resolve_config
-from raymem.runner.datasets import ArrayDataset, StreamingDataset, load_dataset
+from raymem.training import fit
+from raymem.config.experiment import resolve_config
+from raymem.data.datasets import ArrayDataset, StreamingDataset, load_dataset
 
 N_MOCK = 24          # mocked ImageNet examples per split
 IMAGE_SIZE = 16      # StreamingDataset.image_size override: tiny images keep the CPU work small
@@ -49,7 +49,7 @@ def _mask():
 def test_streaming_pipeline_reads_only_the_subset_with_the_run_labels(tfds, mocked_imagenet):
     data, mask = mocked_imagenet, _mask()
     config = _imagenet_config(augment_pad=0, augment_flip=False)
-    pipeline = training.train_pipeline(config, data, mask, seed=3)
+    pipeline = fit.train_pipeline(config, data, mask, seed=3)
     epochs = [list(tfds.as_numpy(pipeline)) for _ in range(2)]
     images = _images_in_index_order(tfds, data, "train")
     orders = []
@@ -71,7 +71,7 @@ def test_streaming_pipeline_augments_with_pad_crop_and_flip(tfds, mocked_imagene
     config = _imagenet_config()
     assert config.recipe.augment_pad == 32 and config.recipe.augment_flip  # the paper's ImageNet augmentation
     images = _images_in_index_order(tfds, data, "train")
-    batches = list(tfds.as_numpy(training.train_pipeline(config, data, mask, seed=3)))
+    batches = list(tfds.as_numpy(fit.train_pipeline(config, data, mask, seed=3)))
     augmented = np.concatenate([image for image, _ in batches])
     seen = np.concatenate([labels for _, labels in batches]) - LABEL_OFFSET
     assert augmented.shape == (SUBSET, IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -85,7 +85,7 @@ def test_streaming_trial_trains_on_the_subset_and_predicts_in_index_order(tf, tf
     config = _imagenet_config(epochs=2)
     seen_labels = []
 
-    real_pipeline = training.train_pipeline
+    real_pipeline = fit.train_pipeline
 
     def recording_pipeline(*args, **kwargs):
         def record(labels):
@@ -100,7 +100,7 @@ def test_streaming_trial_trains_on_the_subset_and_predicts_in_index_order(tf, tf
         return real_pipeline(*args, **kwargs).map(recorded)
 
     built = []
-    from raymem.runner import models
+    from raymem.training import models
 
     real_build = models.build_model
 
@@ -108,9 +108,9 @@ def test_streaming_trial_trains_on_the_subset_and_predicts_in_index_order(tf, tf
         built.append(real_build(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(training, "train_pipeline", recording_pipeline)
+    monkeypatch.setattr(fit, "train_pipeline", recording_pipeline)
     monkeypatch.setattr(models, "build_model", capturing_build)
-    train_pred, test_pred, metadata = training.train_and_predict(config, data, mask, seed=11)
+    train_pred, test_pred, metadata = fit.train_and_predict(config, data, mask, seed=11)
 
     # the model saw every subset example once per epoch, with its run label, and nothing else
     counts = collections.Counter(np.asarray(seen_labels) - LABEL_OFFSET)
@@ -136,12 +136,12 @@ def test_streaming_predictions_come_in_index_order(tf, tfds, mocked_imagenet):
     for split in ("train", "test"):
         expected = model.predict(_images_in_index_order(tfds, mocked_imagenet, split), verbose=0)
         assert len(np.unique(expected[:, 0])) == N_MOCK  # every example has its own output
-        streamed = training.predict_outputs(model, training.split_inputs(mocked_imagenet, split))
+        streamed = fit.predict_outputs(model, fit.split_inputs(mocked_imagenet, split))
         np.testing.assert_allclose(streamed, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_trial_record_is_scored_against_the_run_labels(mocked_imagenet, monkeypatch):
-    from raymem.runner import trial
+    from raymem.driver import trial
 
     data = mocked_imagenet
     file_labels = load_dataset("imagenet2012").y_train  # still mocked: the labels stored in the files
@@ -153,9 +153,9 @@ def test_trial_record_is_scored_against_the_run_labels(mocked_imagenet, monkeypa
     def predicts_the_file_labels(config, data, mask, seed, **_options):  # strategy, checkpoints, ...: unused
         return file_labels.astype(np.int32), data.y_test.astype(np.int32), {}
 
-    monkeypatch.setattr(training, "train_and_predict", predicts_the_file_labels)
+    monkeypatch.setattr(fit, "train_and_predict", predicts_the_file_labels)
     monkeypatch.setattr(trial, "_placement", lambda: {})
-    monkeypatch.setattr(training, "limit_tf_threads", lambda num_cpus: None)
+    monkeypatch.setattr(fit, "limit_tf_threads", lambda num_cpus: None)
     run = {"run_id": "r", "seed": 7, "n_train": N_MOCK, "n_test": data.n_test, "subset_size": SUBSET}
     record = trial.build_record(_imagenet_config(), run, data, trial_id=3, attempt=1)
     np.testing.assert_array_equal(record.train_correct, ~flipped)  # wrong exactly where the run relabelled
@@ -170,7 +170,7 @@ def test_array_pipeline_reads_only_the_subset():
     data = ArrayDataset("tiny", x, np.arange(n, dtype=np.int64) % 4, x[:5], np.arange(5, dtype=np.int64) % 4, 4)
     mask = subset_mask(1, 2, n, 28)
     config = resolve_config("digits", {"batch_size": 8})
-    batches = list(training.train_pipeline(config, data, mask, seed=1).as_numpy_iterator())
+    batches = list(fit.train_pipeline(config, data, mask, seed=1).as_numpy_iterator())
     assert [len(labels) for _, labels in batches] == [8, 8, 8, 4]
     inputs = np.concatenate([features for features, _ in batches])
     rows = [int(np.flatnonzero((x == row).all(axis=1))[0]) for row in inputs]
@@ -182,9 +182,9 @@ def test_array_pipeline_reads_only_the_subset():
     ("auto", False, False), ("auto", True, True), ("on", False, True), ("off", True, False),
 ])
 def test_accelerator_settings_follow_auto_on_off(monkeypatch, setting, gpu, expected):
-    monkeypatch.setattr(training, "_gpus_present", lambda: gpu)
+    monkeypatch.setattr(fit, "_gpus_present", lambda: gpu)
     config = resolve_config("digits", {"mixed_precision": setting, "xla": setting})
-    assert training.accelerator_settings(config) == {"mixed_precision": expected, "xla": expected}
+    assert fit.accelerator_settings(config) == {"mixed_precision": expected, "xla": expected}
 
 
 def test_mixed_precision_policy_is_set_for_every_model():
@@ -197,9 +197,9 @@ def test_mixed_precision_policy_is_set_for_every_model():
     mask = np.ones(20, dtype=bool)
     base = {"model": "linear", "epochs": 1, "batch_size": 10, "xla": "off"}
     try:
-        on, _ = training.train_model(resolve_config("digits", {**base, "mixed_precision": "on"}), data, mask, 0)
+        on, _ = fit.train_model(resolve_config("digits", {**base, "mixed_precision": "on"}), data, mask, 0)
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
-        off, _ = training.train_model(resolve_config("digits", {**base, "mixed_precision": "off"}), data, mask, 0)
+        off, _ = fit.train_model(resolve_config("digits", {**base, "mixed_precision": "off"}), data, mask, 0)
         assert keras.mixed_precision.global_policy().name == "float32"  # not left over from the previous model
         assert on.get_layer("logits").compute_dtype == "float16" and off.get_layer("logits").compute_dtype == "float32"
     finally:

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymem.errors import RaymemError
-from raymem.estimator.records import TrialRecord, pack_bits, record_checksum, unpack_bits, validate_record
-from raymem.estimator.run_files import new_run_info, write_run_info
-from raymem.estimator.storage import TEMP_PREFIX, RunStore
-from raymem.estimator.trial_log import iter_trials, read_trial, trial_ids, trial_path, write_trial
+from raymem.store.trial_record import TrialRecord, pack_bits, record_checksum, unpack_bits, validate_record
+from raymem.store.run_info import new_run_info, write_run_info
+from raymem.store.storage import TEMP_PREFIX, RunStore
+from raymem.store.trial_log import iter_trials, read_trial, trial_ids, trial_path, write_trial
 
 N_TRAIN, N_TEST, SUBSET = 21, 11, 15  # lengths that are not multiples of 8
 

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from raymem import api
 from raymem.cli import app
-from raymem.estimator.records import TrialRecord
-from raymem.estimator.run_files import read_run_info
-from raymem.estimator.storage import RunStore
-from raymem.estimator.trial_log import write_trial
+from raymem.store.trial_record import TrialRecord
+from raymem.store.run_info import read_run_info
+from raymem.store.storage import RunStore
+from raymem.store.trial_log import write_trial
 
 
 def _run_with_metadata(tmp_path):

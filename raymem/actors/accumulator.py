@@ -31,17 +31,17 @@ import numpy as np
 from raymem.actors import pair_shard
 from raymem.actors.live_counts import LiveCounts
 from raymem.actors.pair_reader import PairReader, ReaderUnavailable
-from raymem.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
+from raymem.cluster.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
 from raymem.errors import RaymemError
 from raymem.estimator import formulas, report
-from raymem.estimator.records import TrialRecord, validate_record
-from raymem.estimator.replay import counts_from_log, flipped_labels, run_influence_scope
-from raymem.estimator.run_files import RunInfo, read_labels, read_run_info
-from raymem.estimator.storage import RunStore
-from raymem.estimator.marginal import mask_source
+from raymem.store.trial_record import TrialRecord, validate_record
+from raymem.estimator.log_replay import counts_from_log, flipped_labels, run_influence_scope
+from raymem.store.run_info import RunInfo, read_labels, read_run_info
+from raymem.store.storage import RunStore
+from raymem.paper.marginal_utility import mask_source
 from raymem.estimator.subsets import trial_mask
-from raymem.estimator.trial_log import write_trial
-from raymem.estimator.view import RunView
+from raymem.store.trial_log import write_trial
+from raymem.estimator.run_view import RunView
 #: Completed trials kept for the throughput estimate.
 THROUGHPUT_WINDOW = 50
 #: Threads of the accumulator actor: absorbs and reads at the same time (see live_counts).

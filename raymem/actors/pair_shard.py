@@ -36,13 +36,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raymem.connection import DURABLE_ACTOR_OPTIONS, HEAD_RESOURCE, NAMESPACE
+from raymem.cluster.connection import DURABLE_ACTOR_OPTIONS, HEAD_RESOURCE, NAMESPACE
 from raymem.errors import RaymemError
 from raymem.estimator import report
-from raymem.estimator.replay import counts_from_log
-from raymem.estimator.run_files import RunInfo, read_run_info
-from raymem.estimator.storage import RunStore
-from raymem.estimator.trial_log import iter_trials
+from raymem.estimator.log_replay import counts_from_log
+from raymem.store.run_info import RunInfo, read_run_info
+from raymem.store.storage import RunStore
+from raymem.store.trial_log import iter_trials
 
 #: Ray reserves this much memory per shard for each byte of its pair matrix (buffers, table building).
 MEMORY_HEADROOM = 1.3

@@ -6,9 +6,9 @@ by one of four methods (``INTERVAL_METHODS``):
 
 - "anytime" (the default): a time-uniform confidence sequence, valid at every look however often one
   looks and whenever one stops (a joint region for both terms from a beta-binomial mixture martingale
-  and Ville's inequality, projected onto the difference; see ``raymem.estimator.joint``).
+  and Ville's inequality, projected onto the difference; see ``raymem.estimator.joint_bounds``).
 - "fixed": valid at one fixed, pre-planned trial count (exact binomial tails combined by Fisher's
-  method, projected onto the difference; ``raymem.estimator.joint``).
+  method, projected onto the difference; ``raymem.estimator.joint_bounds``).
 - "chernoff": a KL-form Chernoff interval per term at delta / 2, [lo_in - hi_out, hi_in - lo_out]
   (the method before issue 9, kept unchanged for comparison; valid at a fixed trial count).
 - "hoeffding": the same with Hoeffding intervals.
@@ -24,8 +24,8 @@ import math
 import numpy as np
 
 from raymem.errors import RaymemError
-from raymem.estimator import joint
-from raymem.estimator.joint import Plan
+from raymem.estimator import joint_bounds
+from raymem.estimator.joint_bounds import Plan
 
 #: How far q is kept from 0 and 1 inside kl_bernoulli, so that logarithms stay finite.
 KL_Q_CLIP = 1e-15
@@ -188,7 +188,7 @@ def difference_interval(hits_in, n_in, hits_out, n_out, delta: float, method: st
     if method in ("anytime", "fixed"):
         _counts(hits_in, n_in)
         _counts(hits_out, n_out)
-        return joint.difference_interval(hits_in, n_in, hits_out, n_out, delta, method, plan)
+        return joint_bounds.difference_interval(hits_in, n_in, hits_out, n_out, delta, method, plan)
     interval = chernoff_interval if method == "chernoff" else hoeffding_interval
     lo_in, hi_in = interval(hits_in, n_in, delta / 2.0)
     lo_out, hi_out = interval(hits_out, n_out, delta / 2.0)

@@ -13,7 +13,7 @@ exact while counts stay below 2**24). A Counts object may cover only a slice of 
 The same statistics are also kept for the trials with an even id, so that split-half
 consistency (even vs. odd trials) costs no second pass over the log.
 
-Influence scope (``raymem.estimator.scope``): ``full`` keeps ``h_in`` as one (rows, n_test) matrix;
+Influence scope (``raymem.estimator.influence_scope``): ``full`` keeps ``h_in`` as one (rows, n_test) matrix;
 ``class`` keeps only the cells whose training and test example share a label, one block per class in
 one flat float32 array (``pair_storage``), updated by the same buffered products on each block's
 rows and columns. Readers go through the scope-independent accessors (``pair_blocks``,
@@ -30,7 +30,7 @@ import numpy as np
 
 from raymem.errors import RaymemError
 from raymem.estimator import formulas
-from raymem.estimator.scope import DEFAULT_SCOPE, PairBlock, PairLayout, check_scope
+from raymem.estimator.influence_scope import DEFAULT_SCOPE, PairBlock, PairLayout, check_scope
 
 #: float32 holds every integer below this exactly; counts must stay under it.
 MAX_EXACT_COUNT = 2**24

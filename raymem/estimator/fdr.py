@@ -30,8 +30,8 @@ import math
 
 import numpy as np
 
-from raymem.estimator import bounds, joint
-from raymem.estimator.distinct import per_distinct
+from raymem.estimator import bounds, joint_bounds
+from raymem.estimator.per_distinct import per_distinct
 
 #: Bisection steps (on ln delta) of the p-values of the per-term methods (chernoff, hoeffding).
 PVALUE_BISECTION_STEPS = 40
@@ -54,7 +54,7 @@ def procedure(method: str) -> str:
 
 
 def pair_pvalues(h_in, n_in, n_out, test_hits, min_infl: float, *, method: str, fdr: float, n_hypotheses: int,
-                 plan: joint.Plan | None = None, tuning_family: int | None = None) -> np.ndarray:
+                 plan: joint_bounds.Plan | None = None, tuning_family: int | None = None) -> np.ndarray:
     """One-sided p-values for H0: infl <= min_infl, for cells given by their counts (int arrays, same shape).
 
     Values above `fdr` are reported as 1 (they cannot be rejected at level fdr). The anytime mixture
@@ -73,7 +73,7 @@ def pair_pvalues(h_in, n_in, n_out, test_hits, min_infl: float, *, method: str, 
         family = max(int(tuning_family or m), 1)
 
         def fn(h, a, o, b):
-            return joint.lower_pvalue(h, a, o, b, min_infl, method, plan,
+            return joint_bounds.lower_pvalue(h, a, o, b, min_infl, method, plan,
                                       budget_for_tuning=math.log(family / fdr), p_max=fdr, p_floor=floor)
     else:
         def fn(h, a, o, b):

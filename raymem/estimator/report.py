@@ -16,8 +16,8 @@ from raymem.errors import RaymemError
 from raymem.estimator import bounds, formulas, selection, stopping
 from raymem.estimator import fdr as fdr_module
 from raymem.estimator.counts import Counts, VectorCounts
-from raymem.estimator.distinct import per_distinct
-from raymem.estimator.joint import Plan
+from raymem.estimator.per_distinct import per_distinct
+from raymem.estimator.joint_bounds import Plan
 
 DEFAULT_DELTA = 0.05
 #: The interval method every reader uses unless told otherwise (valid at every look).

@@ -20,8 +20,8 @@ import numpy as np
 
 from raymem.estimator import bounds, formulas, selection
 from raymem.estimator.counts import Counts, VectorCounts
-from raymem.estimator.distinct import per_distinct
-from raymem.estimator.joint import Plan
+from raymem.estimator.per_distinct import per_distinct
+from raymem.estimator.joint_bounds import Plan
 
 #: The memorization threshold of the split-half criterion (the paper's).
 JACCARD_THRESHOLD = formulas.PAPER_MIN_MEM

@@ -22,7 +22,7 @@ def trial_mask(run: dict, trial_id: int) -> np.ndarray:
     """The mask source of every run: the training mask of trial ``trial_id`` of the run ``run`` describes.
 
     ``run`` holds ``seed``, ``n_train`` and ``subset_size``; a run of trials on explicit example sets (a marginal
-    run, ``raymem.estimator.marginal``) also holds ``arm_masks``, bool (arms, n_train): trial k trains row
+    run, ``raymem.paper.marginal_utility``) also holds ``arm_masks``, bool (arms, n_train): trial k trains row
     ``k % arms``. Otherwise the trial trains its random subset (:func:`subset_mask`). The trials and the
     accumulator that checks their records both call this.
     """

@@ -1,0 +1,464 @@
+"""Experiment configs: a typed, nested config, the named presets, and how files and flags override them.
+
+An experiment is a data set, a model, the subset ratio, the number of trials and a seed, plus four
+sections:
+
+- ``recipe``: how one model trains (epochs, batch size, SGD with momentum, learning-rate schedule,
+  augmentation, accelerator switches);
+- ``resources``: what one trial asks Ray for, and how often it is tried;
+- ``estimator``: how the accumulator keeps the counts (pair matrix, its batching and sharding);
+- ``budget``: the paper's time per epoch, for GPU-hour estimates only.
+
+:func:`resolve_config` starts from a preset, applies a YAML/TOML file, then overrides (flags or
+``--set section.key=value``), and validates the result before anything starts: every name is checked
+against what exists (``catalog``, the data sets), every number against its range, and an error names
+the key, the bad value and the valid choices. Files and overrides may give a key flat
+(``epochs: 80``) or in its section (``recipe: {epochs: 80}`` / ``recipe.epochs``).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raymem.errors import RaymemError
+from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
+from raymem.config.catalog import MODEL_NAMES, SCHEDULE_OPTIONS
+from raymem.data.datasets import DATASET_NAMES, NPZ_PREFIX, PARQUET_PREFIX, TFDS_STREAMING_NAMES
+
+#: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
+LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
+
+Switch = Literal["auto", "on", "off"]
+
+
+
+def _one_of(value: str, choices, what: str) -> str:
+    """``value`` if it is one of ``choices``; else the ValueError pydantic reports with the key and its value."""
+    if value not in choices:
+        raise ValueError(f"is not {what}; choose one of {', '.join(choices)}")
+    return value
+
+
+class _Section(BaseModel):
+    """A frozen config part: unknown keys are refused, values are checked on construction."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Recipe(_Section):
+    """How one model trains (supplement, section B)."""
+
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    base_lr: float = Field(gt=0, allow_inf_nan=False)
+    schedule: str
+    schedule_params: dict[str, Any] = Field(default_factory=dict)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    augment_pad: int = Field(default=0, ge=0)          # random crop after zero padding by this many pixels
+    augment_flip: bool = False                          # random left-right flips
+    mixed_precision: Switch = "auto"                    # auto: on when the trial sees a GPU
+    xla: Switch = "auto"
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        return _one_of(value, SCHEDULE_OPTIONS, "a schedule")
+
+    @model_validator(mode="after")
+    def _schedule_params_fit(self) -> "Recipe":
+        allowed = SCHEDULE_OPTIONS[self.schedule]
+        for key, value in self.schedule_params.items():
+            if key not in allowed:
+                raise ValueError(f"schedule_params.{key} is not a parameter of schedule {self.schedule!r}; "
+                                 f"its parameters: {', '.join(allowed) or 'none'}")
+            if key == "decay_epochs":
+                ok = isinstance(value, list) and all(_is_number(v) and v >= 0 for v in value) and value == sorted(value)
+                if not ok:
+                    raise ValueError(f"schedule_params.decay_epochs={value!r} must be a list of increasing epochs >= 0")
+            elif not _is_number(value) or value < 0 or (key == "warmup_fraction" and value >= 1) \
+                    or (key == "decay_factor" and value == 0):
+                raise ValueError(f"schedule_params.{key}={value!r} must be a number "
+                                 + ("in [0, 1)" if key == "warmup_fraction" else "> 0" if key == "decay_factor" else ">= 0"))
+        return self
+
+
+class Resources(_Section):
+    """What one trial asks Ray for, and how many times it is tried."""
+
+    cpus_per_trial: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    gpus_per_trial: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # <1 shares a GPU; >1 one node's GPUs
+    nodes_per_trial: int = Field(default=1, gt=0)       # >1: a multi-worker Ray Train group (tf-keras path)
+    max_attempts: int = Field(default=3, gt=0)          # tries per trial before it is reported failed
+    checkpoint_every: int | None = Field(default=None, gt=0)  # save a trial's state every N epochs (None: off)
+    keep_models: bool = False                           # keep each trial's final weights in RUN/checkpoints/
+    max_pending: int | None = Field(default=None, gt=0)  # cap on the trials' resources shown to the autoscaler
+    # trials trained together as one packed model (training.packing), asking for one trial's resources;
+    # "auto": the largest K whose measured step time still grows sub-linearly, capped by memory
+    pack: int | Literal["auto"] = 1
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_value(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("must be a whole number >= 1 (trials per pack) or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_groups(self) -> "Resources":
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ValueError(f"gpus_per_trial={self.gpus_per_trial:g} must be a whole number when above 1 "
+                             "(fractions share one GPU)")
+        if self.nodes_per_trial > 1 and 0 < self.gpus_per_trial < 1:
+            raise ValueError("nodes_per_trial > 1 needs whole GPUs per node (gpus_per_trial >= 1) or CPU-only workers")
+        return self
+
+
+class EstimatorSettings(_Section):
+    """How the accumulator keeps the count tensors."""
+
+    track_pairs: bool = True       # keep the n_train x n_test pair matrix (influence)
+    pair_batch: int = Field(default=64, gt=0)    # trials buffered per pair-matrix update
+    pair_shards: int = Field(default=1, gt=0)    # split the pair matrix by training rows over this many actors
+    # "full": every (train, test) pair; "class": only pairs of the same label, one block per class (ImageNet: 256 MB)
+    influence_scope: Literal["full", "class"] = "full"
+
+
+class Budget(_Section):
+    """The paper's time per epoch (supplement B), used only for GPU-hour estimates."""
+
+    paper_epoch_seconds: float | None = Field(default=None, gt=0)
+    paper_gpus: float | None = Field(default=None, gt=0)
+
+
+class ExperimentConfig(_Section):
+    """One experiment: what is studied (data, model, subsets, trials) and its four sections."""
+
+    preset: str
+    dataset: str
+    model: str
+    trials: int = Field(gt=0)
+    subset_ratio: float = Field(default=PAPER_SUBSET_RATIO, gt=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+    flip_labels: float = Field(default=0.0, ge=0, lt=1)  # fraction of training labels flipped as canaries
+    recipe: Recipe
+    resources: Resources = Field(default_factory=Resources)
+    estimator: EstimatorSettings = Field(default_factory=EstimatorSettings)
+    budget: Budget = Field(default_factory=Budget)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value in DATASET_NAMES or (value.startswith((NPZ_PREFIX, PARQUET_PREFIX)) and value.split(":", 1)[1]):
+            return value
+        raise ValueError(f"is not a data set; choose one of {', '.join(DATASET_NAMES)}, "
+                         f"{NPZ_PREFIX}FILE.npz or {PARQUET_PREFIX}DIR")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return _one_of(value, MODEL_NAMES, "a model")
+
+    @model_validator(mode="after")
+    def _pack_fits(self) -> "ExperimentConfig":
+        pack = self.resources.pack
+        if pack == 1:
+            return self
+        if self.dataset in TFDS_STREAMING_NAMES:
+            raise ValueError(f"resources.pack={pack!r} trains the copies of a pack from one in-memory training set, and "
+                             f"data set {self.dataset!r} streams from files; use pack=1")
+        if pack != "auto" and pack > self.trials:
+            raise ValueError(f"resources.pack={pack} is larger than trials={self.trials}; use pack <= trials")
+        if self.uses_train_group:
+            raise ValueError(f"resources.pack={pack!r} packs small trials into one warm task; it cannot be combined "
+                             "with gpus_per_trial > 1 or nodes_per_trial > 1; use pack=1")
+        return self
+
+    @property
+    def uses_train_group(self) -> bool:
+        """Big trials (several GPUs or nodes) run as a Ray Train worker group; small ones as warm tasks."""
+        return self.resources.gpus_per_trial > 1 or self.resources.nodes_per_trial > 1
+
+    def subset_size(self, n_train: int) -> int:
+        """Return m, the size of every trial's training subset, for a training set of ``n_train``."""
+        return subset_size(n_train, self.subset_ratio)
+
+    def to_dict(self) -> dict:
+        """Return the config as a nested JSON-able dict (what run.json stores)."""
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict:
+        """Return ``{key: value}`` with every section's keys at the top (key names are unique)."""
+        return flatten(self.to_dict())
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "recipe": Recipe, "resources": Resources, "estimator": EstimatorSettings, "budget": Budget,
+}
+TOP_KEYS = tuple(k for k in ExperimentConfig.model_fields if k not in SECTIONS)
+#: Flat key -> its section (None for the top-level keys).
+KEY_SECTION: dict[str, str | None] = {
+    **{key: None for key in TOP_KEYS},
+    **{key: section for section, cls in SECTIONS.items() for key in cls.model_fields},
+}
+#: Keys that may change between invocations of the same run (everything else must match to resume).
+RESUMABLE_KEYS = ("trials", "cpus_per_trial", "gpus_per_trial", "nodes_per_trial", "max_attempts", "pack",
+                  "checkpoint_every", "keep_models", "max_pending",
+                  "mixed_precision", "xla", "pair_batch", "pair_shards", "influence_scope", "paper_epoch_seconds",
+                  "paper_gpus")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def flatten(config: dict) -> dict:
+    """Return a stored config (nested, or flat as runs before sections stored it) with flat keys."""
+    out = {}
+    for key, value in config.items():
+        if key in SECTIONS and isinstance(value, dict):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+_CIFAR_RECIPE = dict(epochs=160, batch_size=512, base_lr=0.4, schedule="warmup_linear_decay",
+                     schedule_params={"warmup_fraction": 0.15}, augment_pad=4, augment_flip=True)
+_ONE_GPU = dict(gpus_per_trial=1.0, cpus_per_trial=4.0, checkpoint_every=5)  # a CIFAR trial: hours; lose <= 5 epochs
+
+
+def _preset(preset: str, dataset: str, model: str, recipe: dict, resources: dict, *, trials: int = 2000,
+            estimator: dict | None = None, paper_epoch_seconds: float | None = None, paper_gpus: float | None = None):
+    return ExperimentConfig(
+        preset=preset, dataset=dataset, model=model, trials=trials, recipe=Recipe(**recipe),
+        resources=Resources(**resources), estimator=EstimatorSettings(**(estimator or {})),
+        budget=Budget(paper_epoch_seconds=paper_epoch_seconds, paper_gpus=paper_gpus),
+    )
+
+
+PRESETS: dict[str, ExperimentConfig] = {
+    # The embedded default: sklearn's bundled 8x8 digits, trains in seconds on a CPU. 30 epochs (as the
+    # paper's MNIST) is what it takes to fit flipped labels: with 12 the canaries are not memorized.
+    "digits": _preset("digits", "digits", "small_cnn", trials=64, recipe=dict(
+        epochs=30, batch_size=32, base_lr=0.05, schedule="warmup_linear_decay", schedule_params={"warmup_fraction": 0.15}),
+        resources=dict(cpus_per_trial=1.0, gpus_per_trial=0.0)),
+    "mnist": _preset("mnist", "mnist", "inception", recipe=dict(
+        epochs=30, batch_size=256, base_lr=0.1, schedule="warmup_linear_decay", schedule_params={"warmup_fraction": 0.15}),
+        resources=dict(gpus_per_trial=0.25, cpus_per_trial=2.0), paper_epoch_seconds=7, paper_gpus=1),
+    "cifar10": _preset("cifar10", "cifar10", "resnet50", _CIFAR_RECIPE, _ONE_GPU, paper_epoch_seconds=90, paper_gpus=1),
+    "cifar100": _preset("cifar100", "cifar100", "resnet50", _CIFAR_RECIPE, _ONE_GPU, paper_epoch_seconds=90, paper_gpus=1),
+    "cifar100-resnet18": _preset("cifar100-resnet18", "cifar100", "resnet18", _CIFAR_RECIPE, _ONE_GPU,
+                                 paper_epoch_seconds=17, paper_gpus=1),
+    "cifar100-inception": _preset("cifar100-inception", "cifar100", "inception", _CIFAR_RECIPE, _ONE_GPU,
+                                  paper_epoch_seconds=14, paper_gpus=1),
+    # DenseNet: batch size and learning rate halved for its memory load (supplement B).
+    "cifar100-densenet100": _preset("cifar100-densenet100", "cifar100", "densenet100",
+                                    {**_CIFAR_RECIPE, "batch_size": 256, "base_lr": 0.2}, _ONE_GPU,
+                                    paper_epoch_seconds=45, paper_gpus=1),
+    # Linear model on precomputed penultimate features, 40 epochs: first
+    # `raymem features cifar100 --out cifar100-features.npz` (or --dataset npz:OTHER.npz).
+    "cifar100-linear": _preset("cifar100-linear", "npz:cifar100-features.npz", "linear",
+                               {**_CIFAR_RECIPE, "epochs": 40, "augment_pad": 0, "augment_flip": False},
+                               dict(gpus_per_trial=0.125, cpus_per_trial=1.0), paper_epoch_seconds=0.5, paper_gpus=1),
+    # Influence per class, as the paper released it: ~1,281 x 50 float32 pair counts per class, 256 MB in all,
+    # held by the accumulator itself (the full 1.28M x 50,000 matrix would be 256 GB: --set influence_scope=full
+    # with pair_shards=16 and --storage s3://... so the shards can go to nodes with the memory)
+    "imagenet": _preset("imagenet", "imagenet2012", "resnet50", recipe=dict(
+        epochs=100, batch_size=896, base_lr=0.7, schedule="warmup_piecewise",
+        schedule_params={"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0},
+        augment_pad=32, augment_flip=True), resources=dict(gpus_per_trial=8.0, cpus_per_trial=32.0, checkpoint_every=1),
+        estimator=dict(track_pairs=True, pair_batch=16, pair_shards=1, influence_scope="class"),
+        paper_epoch_seconds=1800, paper_gpus=8),
+}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML or TOML experiment file into a dict of overrides (it may name a ``preset``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RaymemError(f"experiment file {path} does not exist; pass a preset name ({', '.join(PRESETS)}) or a .yaml/.toml file.")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise RaymemError(f"experiment file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({reason}); fix its syntax.") from None
+    if not isinstance(data, dict):
+        raise RaymemError(f"experiment file {path} must hold a mapping of config keys; see the README's config section.")
+    return data
+
+
+def parse_settings(settings: list[str] | None) -> dict:
+    """Turn ``--set`` items (``key=value`` or ``section.key=value``; values read as YAML) into overrides."""
+    overrides: dict = {}
+    for item in settings or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise RaymemError(f"--set {item!r} is not KEY=VALUE; write e.g. --set recipe.epochs=80.")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            overrides[key.strip()] = text
+    return overrides
+
+
+def _nest(values: dict, source: str) -> dict:
+    """Place flat, dotted and sectioned keys into the nested layout; refuse unknown keys."""
+    nested: dict = {}
+    for key, value in values.items():
+        section, _, sub = key.partition(".")
+        if sub and section in SECTIONS and sub in SECTIONS[section].model_fields:
+            nested.setdefault(section, {})[sub] = value
+        elif key in SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                if sub_key not in SECTIONS[key].model_fields:
+                    _unknown(f"{key}.{sub_key}", source)
+                nested.setdefault(key, {})[sub_key] = sub_value
+        elif key in KEY_SECTION:
+            target = KEY_SECTION[key]
+            (nested.setdefault(target, {}) if target else nested)[key] = value
+        else:
+            _unknown(key, source)
+    return nested
+
+
+def _unknown(key: str, source: str):
+    raise RaymemError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(sorted(KEY_SECTION))} "
+                      f"(flat, or as section.key with sections {', '.join(SECTIONS)}).")
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            and key in SECTIONS else value
+    return out
+
+
+def with_overrides(base: ExperimentConfig, overrides: dict, source: str, *, keep_none: bool = False) -> ExperimentConfig:
+    """Return ``base`` with ``overrides`` (flat, dotted or sectioned keys), validated.
+
+    None values mean "not given" (flags left out) and are ignored, unless ``keep_none`` (``--set key=null``:
+    an explicit None, e.g. checkpoints off).
+
+    Raises:
+        RaymemError: naming the key, the bad value and what would be valid.
+    """
+    values = {k: v for k, v in overrides.items() if keep_none or v is not None}
+    merged = _merge(base.to_dict(), _nest(values, source))
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise RaymemError(_describe(exc, merged, source)) from None
+
+
+def _describe(exc: ValidationError, merged: dict, source: str) -> str:
+    """One sentence for the first problem pydantic found: the key, its value, what is wrong."""
+    error = exc.errors(include_url=False)[0]
+    location = [str(part) for part in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        return f"unknown config key {'.'.join(location)!r} in {source}; valid keys: {', '.join(sorted(KEY_SECTION))}."
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and (not location or location[-1] not in KEY_SECTION):
+        where = f"section {'.'.join(location)} of the config" if location else "the config"
+        return f"{where} in {source} is invalid: {message}; fix that key."  # a check across keys of one section
+    key = ".".join(location) or "config"
+    shown = error.get("input", _lookup(merged, location))
+    return f"config key {key}={shown!r} in {source} is invalid: {message}; fix that key."
+
+
+def _lookup(tree: dict, location: list[str]):
+    for part in location:
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def resolve_config(experiment: str, overrides: dict | None = None) -> ExperimentConfig:
+    """Return the config of a preset name or a ``.yaml``/``.toml`` file, with ``overrides`` applied.
+
+    Args:
+        experiment: a key of :data:`PRESETS`, or a config file that may name a ``preset`` (default digits).
+        overrides: flat (``epochs``), dotted (``recipe.epochs``) or sectioned keys; None values are ignored.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        RaymemError: an unknown experiment, an unreadable file, an unknown key or a bad value.
+    """
+    if experiment in PRESETS:
+        values: dict = {}
+        base, source = PRESETS[experiment], experiment
+    elif experiment.endswith((".yaml", ".yml", ".toml")):
+        values = read_config_file(experiment)
+        preset = values.pop("preset", "digits")
+        if preset not in PRESETS:
+            raise RaymemError(f"experiment file {experiment} names preset {preset!r}; use one of {', '.join(PRESETS)}.")
+        base, source = PRESETS[preset], experiment
+    else:
+        raise RaymemError(f"unknown experiment {experiment!r}; use a preset ({', '.join(PRESETS)}) or a .yaml/.toml file.")
+    config = with_overrides(base, values, source)
+    return with_overrides(config, overrides or {}, f"{source} with the given flags") if overrides else config
+
+
+def compare_for_resume(stored: dict, new: ExperimentConfig, run: str) -> None:
+    """Refuse to resume ``run`` with a config that differs in anything but :data:`RESUMABLE_KEYS`.
+
+    ``stored`` is the config in run.json, nested or flat (runs from before the sections stored it flat).
+    """
+    fixed = {k: v for k, v in new.flat().items() if k not in RESUMABLE_KEYS}
+    old = {k: v for k, v in flatten(stored).items() if k not in RESUMABLE_KEYS}
+    diff = sorted(k for k in set(fixed) | set(old) if fixed.get(k) != old.get(k))
+    if diff:
+        k = diff[0]
+        raise RaymemError(
+            f"run {run} was started with {k}={old.get(k)!r} but this invocation has {k}={fixed.get(k)!r}; "
+            "resume it with the same config or start a new run with --name."
+        )
+
+
+def gpu_hours(config: ExperimentConfig) -> float | None:
+    """Return the GPU-hours of the configured trials at the paper's per-epoch time (None when unknown)."""
+    budget = config.budget
+    if budget.paper_epoch_seconds is None or budget.paper_gpus is None:
+        return None
+    return config.trials * config.recipe.epochs * budget.paper_epoch_seconds * budget.paper_gpus / 3600.0
+
+
+def describe_resources(resources: Resources) -> str:
+    """``4 CPU, 1 GPU`` / ``32 CPU, 8 GPU x 2 nodes``: what one trial asks for."""
+    text = f"{resources.cpus_per_trial:g} CPU" + (f", {resources.gpus_per_trial:g} GPU" if resources.gpus_per_trial else "")
+    return text + (f" x {resources.nodes_per_trial} nodes" if resources.nodes_per_trial > 1 else "")
+
+
+def describe_augment(recipe: Recipe) -> str:
+    """``pad-crop 4, flip`` or ``-``."""
+    return ", ".join(filter(None, [f"pad-crop {recipe.augment_pad}" if recipe.augment_pad else "",
+                                   "flip" if recipe.augment_flip else ""])) or "-"
+
+
+def presets_table(budget_trials: int = 2000) -> list[list[str]]:
+    """Return rows (header first) describing every preset, with the GPU-hours of ``budget_trials`` trials."""
+    rows = [["preset", "data set", "model", "epochs", "batch", "base LR", "schedule", "augment",
+             "per trial", "paper s/epoch", f"GPU-h for {budget_trials:,} trials"]]
+    for key, c in PRESETS.items():
+        c = c.model_copy(update={"trials": budget_trials})
+        hours, r, b = gpu_hours(c), c.recipe, c.budget
+        epoch_time = "-" if b.paper_epoch_seconds is None else (
+            f"{b.paper_epoch_seconds:g} ({b.paper_gpus:g} GPU)" if b.paper_gpus != 1 else f"{b.paper_epoch_seconds:g}")
+        rows.append([key, c.dataset, c.model, str(r.epochs), str(r.batch_size), f"{r.base_lr:g}", r.schedule,
+                     describe_augment(r), describe_resources(c.resources), epoch_time,
+                     "-" if hours is None else f"{hours:,.0f}"])
+    return rows

@@ -1,0 +1,441 @@
+"""``raymem run``: schedule a run's missing trials on Ray and wait until each is acknowledged.
+
+The driver resolves the config, opens (or creates) the run directory, gets or starts the run's
+accumulator (which replays the trial log), asks it which trial ids are done, and keeps a window
+of the missing trials in flight. Trials ask Ray for the resources their config names and wait
+for them (so an autoscaler sees the demand); the window follows the cluster's size as nodes come
+and go. A trial that raises, or whose node dies, is tried again up to ``max_attempts`` times and
+then reported as failed. Killing the driver loses only the trials in flight: running it again
+trains only what the log does not hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raymem.errors import RaymemError
+from raymem.store.run_info import new_run_info, read_labels, read_run_info, write_labels, write_run_info
+from raymem.store.storage import RunStore
+from raymem.data import canaries
+from raymem.config.experiment import LEGACY_KERAS_ENV, ExperimentConfig, compare_for_resume, gpu_hours
+from raymem.driver.lease import DriverLease
+from raymem.driver.progress import Progress
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_uri: str
+    trials_target: int
+    trials_done: int
+    trained_now: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    retried: dict[int, int] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    max_in_flight: int = 0
+    stopped_early: str | None = None   # why no more trials were submitted before the budget (--until-*)
+    pack: int = 1                                              # trials per pack (resolved when "auto")
+    pack_measurements: list = field(default_factory=list)      # --pack auto: {"pack", "step_seconds", ...}
+
+
+def plan(config: ExperimentConfig) -> dict:
+    """What a run of ``config`` would do, without starting anything (``--dry-run``).
+
+    Returns:
+        ``preset, dataset, model, trials, subset_ratio, recipe (dict), per_trial (cpus, gpus, nodes),
+        executor, pair_shards, estimated_gpu_hours, estimate_basis``.
+    """
+    hours = gpu_hours(config)
+    r, budget = config.resources, config.budget
+    basis = "no paper timing for this preset"
+    if hours is not None:
+        basis = (f"{config.trials:,} trials x {config.recipe.epochs} epochs x {budget.paper_epoch_seconds:g} s/epoch "
+                 f"x {budget.paper_gpus:g} GPU (the paper's P100 timing, supplement B)")
+    return {
+        "preset": config.preset,
+        "dataset": config.dataset,
+        "model": config.model,
+        "trials": config.trials,
+        "subset_ratio": config.subset_ratio,
+        "recipe": config.recipe.model_dump(mode="json"),
+        "per_trial": {"cpus": r.cpus_per_trial, "gpus": r.gpus_per_trial, "nodes": r.nodes_per_trial},
+        "pack": r.pack,
+        "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks"
+                    + ("" if r.pack == 1 else f", packs of {r.pack} trials (one trial's resources each)"),
+        "pair_shards": config.estimator.pair_shards if config.estimator.track_pairs and config.estimator.pair_shards > 1 else 0,
+        "influence_scope": config.estimator.influence_scope,
+        "estimated_gpu_hours": hours,
+        "estimate_basis": basis,
+    }
+
+
+def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> tuple:
+    """Create the run directory, or check that an existing one matches; return (info, run labels)."""
+    fingerprint = data.fingerprint()
+    if store.exists("run.json"):
+        info = read_run_info(store)
+        if info.source != "runner":
+            raise RaymemError(f"{store.uri} holds ingested results, not a raymem run; pick another --name.")
+        if info.fingerprint != fingerprint:
+            raise RaymemError(
+                f"run {name} was trained on data with fingerprint {info.fingerprint.get('labels_sha256', '?')[:12]} "
+                f"but {config.dataset} now has {fingerprint.get('labels_sha256', '?')[:12]}; use the same data or a new --name."
+            )
+        compare_for_resume(info.config, config, name)
+        if info.config != config.to_dict():  # a resumable key changed (more trials, other resources, scope, ...)
+            info = dataclasses.replace(info, config=config.to_dict())
+            write_run_info(store, info)
+        train_labels, _, _ = read_labels(store)
+        return info, train_labels
+    labels = canaries.flip_labels(data.y_train, config.flip_labels, data.num_classes, config.seed)
+    info = new_run_info(
+        name=name, n_train=len(data.y_train), n_test=len(data.y_test), subset_size=config.subset_size(len(data.y_train)),
+        seed=config.seed, config=config.to_dict(), fingerprint=fingerprint, source="runner",
+    )
+    write_labels(store, labels, data.y_test, data.y_train)
+    write_run_info(store, info)  # last: a run directory without run.json is not a run yet
+    return info, labels
+
+
+def check_checkpoint_location(config: ExperimentConfig, store: RunStore) -> None:
+    """With checkpoints on, refuse a run whose checkpoint location cannot be written, before anything starts."""
+    if not config.resources.checkpoint_every and not config.resources.keep_models:
+        return
+    from raymem.training.checkpoints import CHECKPOINTS_DIR, check_writable
+
+    try:
+        check_writable(store)
+    except Exception as exc:  # noqa: BLE001 - any storage error: permissions, a read-only mount, credentials
+        raise RaymemError(
+            f"cannot write checkpoints under {store.location(CHECKPOINTS_DIR)} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); give a writable --storage or turn checkpoints off with "
+            "--set checkpoint_every=null."
+        ) from None
+
+
+def train_storage_path(run_uri: str) -> str:
+    """Ray Train's ``storage_path`` for worker-group trials: ``RUN/ray-train`` in the run's own storage.
+
+    An ``s3://``/``gs://`` run (or a shared file system) is reachable from every node, so Ray Train's run
+    state survives the driver's machine; a local run directory is used as it is (the driver's disk, as before,
+    but inside the run instead of a temporary directory).
+    """
+    if "://" in run_uri:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(run_uri)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/ray-train", parts.query, ""))
+    import os
+
+    return os.path.join(os.path.abspath(os.path.expanduser(run_uri)), "ray-train")
+
+
+#: Seconds between two updates of the resources requested from the autoscaler while the demand shrinks.
+DEMAND_UPDATE_S = 5.0
+#: Filesystem types (``/proc/mounts``) that every node of a cluster can mount: a run directory there is shared.
+SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "fuse.s3fs",
+                   "fuse.gcsfuse", "fuse.juicefs", "fuse.mountpoint-s3", "fuse.goofys", "efs", "9p", "virtiofs")
+
+
+def demand_bundles(config: ExperimentConfig, trials: int) -> list[dict]:
+    """The resource bundles of ``trials`` trials, as ``request_resources`` takes them (one per worker of a trial)."""
+    r = config.resources
+    bundle = {k: v for k, v in (("CPU", r.cpus_per_trial), ("GPU", r.gpus_per_trial)) if v > 0}
+    return [dict(bundle) for _ in range(max(0, trials) * r.nodes_per_trial)] if bundle else []
+
+
+class AutoscalerDemand:
+    """Shows the autoscaler the resources of every remaining trial (capped by ``resources.max_pending``).
+
+    The driver submits a window of trials that follows the cluster's current size; alone, that lets an
+    autoscaler that starts with no GPU worker see two waiting trials and grow by doubling, one node boot
+    per step. ``ray.autoscaler.sdk.request_resources`` asks for the whole remaining demand at once (the
+    autoscaler then launches every node it needs in one step, up to each node type's ``max_workers``);
+    the request shrinks as trials finish, so nodes are released as the run nears its end, and
+    :meth:`release` withdraws it (request of nothing) when the run ends or the driver stops.
+    A failing request never fails the run.
+    """
+
+    def __init__(self, config: ExperimentConfig, request=None, clock=time.monotonic):
+        self.config, self.clock = config, clock
+        self._request = request
+        self.requested: int | None = None
+        self._last = float("-inf")
+        self.calls: list[int] = []
+
+    def _send(self, bundles: list[dict]) -> None:
+        request = self._request
+        if request is None:
+            from ray.autoscaler.sdk import request_resources as request
+        try:
+            request(bundles=bundles)
+        except Exception:  # noqa: BLE001 - e.g. no autoscaler state on this cluster: only a hint is lost
+            pass
+
+    def update(self, remaining: int) -> None:
+        """Request the bundles of ``min(remaining, max_pending)`` trials (again when that number changed)."""
+        cap = self.config.resources.max_pending
+        wanted = max(0, min(remaining, cap) if cap else remaining)
+        if wanted == self.requested:
+            return
+        growing = self.requested is None or wanted > self.requested
+        if not growing and wanted and self.clock() - self._last < DEMAND_UPDATE_S:
+            return  # shrink at most every few seconds; drop to zero at once
+        self._send(demand_bundles(self.config, wanted))
+        self.requested, self._last = wanted, self.clock()
+        self.calls.append(wanted)
+
+    def release(self) -> None:
+        """Withdraw the request (the cluster may scale down)."""
+        if self.requested:
+            self._send([])
+            self.calls.append(0)
+        self.requested = 0
+
+
+def _mount_type(path: str) -> str | None:
+    """The filesystem type of the mount holding ``path`` (Linux ``/proc/mounts``), or None."""
+    try:
+        with open("/proc/mounts") as mounts:
+            entries = [line.split()[1:3] for line in mounts if len(line.split()) >= 3]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best = max((m for m in entries if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else None
+
+
+def single_point_of_loss(run_uri: str, nodes: int, mount_type: str | None = None) -> str | None:
+    """The warning for a run whose log lives on one node's local disk of a multi-node cluster, or None."""
+    if "://" in run_uri or nodes <= 1:
+        return None
+    path = os.path.abspath(os.path.expanduser(run_uri))
+    kind = mount_type if mount_type is not None else _mount_type(os.path.dirname(path) or "/")
+    if kind and kind.lower().startswith(SHARED_FS_TYPES):
+        return None
+    return (f"warning: run directory {path} is on this machine's local disk ({kind or 'unknown filesystem'}) but the "
+            f"cluster has {nodes} nodes: losing this node loses the run's trial log and checkpoints; use "
+            "--storage s3://BUCKET/runs (or gs://, or a shared file system) for cluster runs.")
+
+
+def warn_if_single_point_of_loss(run_uri: str, stream=None) -> str | None:
+    """Print :func:`single_point_of_loss`'s warning (stderr) for the connected cluster; return it."""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    message = single_point_of_loss(run_uri, nodes)
+    if message:
+        print(message, file=stream or sys.stderr, flush=True)
+    return message
+
+
+def idle_slots_warning(pack: int, packs: int, slots: int) -> str | None:
+    """A warning when ``packs`` packs of ``pack`` trials leave some of the cluster's ``slots`` trial slots idle."""
+    if pack <= 1 or packs >= slots:
+        return None
+    return (f"warning: --pack {pack} makes {packs} pack{'s' if packs > 1 else ''} of the missing trials for {slots} "
+            f"trial slots, so {slots - packs} slot{'s stay' if slots - packs > 1 else ' stays'} idle; a smaller K "
+            f"(or --pack auto) keeps them busy.")
+
+
+def cluster_capacity(config: ExperimentConfig) -> int:
+    """How many trials of this config fit in the cluster's current total resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = []
+    if config.resources.gpus_per_trial > 0:
+        fits.append(total.get("GPU", 0) // (config.resources.gpus_per_trial * config.resources.nodes_per_trial))
+    if config.resources.cpus_per_trial > 0:
+        fits.append(total.get("CPU", 0) // (config.resources.cpus_per_trial * config.resources.nodes_per_trial))
+    return int(min(fits)) if fits else 1
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    name: str,
+    run_uri: str,
+    address: str | None = None,
+    data_dir: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: float | None = None,
+    progress: bool = True,
+    shutdown: bool = True,
+    until_halfwidth: float | None = None,
+    until_jaccard: float | None = None,
+) -> RunResult:
+    """Train the run's missing trials; return what happened. See the module docstring.
+
+    With ``until_halfwidth`` / ``until_jaccard`` the driver asks the accumulator after each counted trial
+    whether the criteria are met (on the anytime bars, valid however often it asks) and then stops
+    submitting; the trials in flight finish and are counted.
+
+    Raises:
+        RaymemError: another live driver holds the run (``driver.lease``), before anything starts.
+    """
+    started = time.perf_counter()
+    store = RunStore.open(run_uri)
+    with DriverLease(store, name):  # one driver per run: a second one would train the same trials again
+        return _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, num_gpus, progress,
+                               shutdown, until_halfwidth, until_jaccard, started)
+
+
+def _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, num_gpus, progress, shutdown,
+                    until_halfwidth, until_jaccard, started) -> RunResult:
+    """:func:`run_experiment` once the driver holds the run's lease."""
+    import ray
+
+    from raymem.actors.accumulator import get_or_create_accumulator
+    from raymem.cluster import connection
+    from raymem.data.label_cache import load_run_dataset, remember_source
+    from raymem.driver.trial import measure_pack, run_big_trial, run_pack, run_small_trial
+
+    data = load_run_dataset(config.dataset, data_dir, store)  # a streamed set's labels from the run dir when resuming
+    check_checkpoint_location(config, store)
+    info, train_labels = prepare_run(config, store, name, data)
+    remember_source(store, data)
+    address, started_here = connection.connect_or_start(address, num_cpus, num_gpus)
+    if started_here:
+        connection.write_live_address(store, address)
+    else:
+        warn_if_single_point_of_loss(run_uri)
+    demand = AutoscalerDemand(config)
+    try:
+        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.estimator.track_pairs, batch_size=config.estimator.pair_batch,
+                                                pair_shards=config.estimator.pair_shards)
+        ray.get(accumulator.reload_info.remote())
+        done = set(ray.get(accumulator.done_trial_ids.remote()))
+        missing = [k for k in range(config.trials) if k not in done]
+        run = {"run_id": info.run_id, "name": name, "seed": info.seed, "n_train": info.n_train,
+               "n_test": info.n_test, "subset_size": info.subset_size, "run_uri": run_uri}
+        if info.kind != "subsets":  # trials on explicit example sets: each trial's mask is its arm's (subsets.trial_mask)
+            from raymem.paper.marginal_utility import mask_source
+
+            run.update(mask_source(store, info))
+        # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
+        # a StreamingDataset is only its labels and where its files are, so it travels whole.
+        payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
+        if config.uses_train_group:
+            storage_path = train_storage_path(run_uri)
+            options = {"num_cpus": 0, "max_retries": 0}
+            if config.resources.nodes_per_trial > 1:
+                # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
+                # inherit this runtime environment) build with tf-keras (see keras_backend).
+                options["runtime_env"] = {"env_vars": {LEGACY_KERAS_ENV: "1"}}
+            task = ray.remote(run_big_trial).options(**options)
+
+            def submit(k, attempt):
+                return task.remote(config, run, [payload], accumulator, k, attempt, storage_path)
+        else:
+            # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).
+            per_trial = dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
+            task = ray.remote(max_calls=0)(run_small_trial).options(**per_trial)
+            pack_task = ray.remote(max_calls=0)(run_pack).options(**per_trial)
+
+            def submit(k, attempt):
+                if isinstance(k, tuple):  # a pack of trial ids, trained together, asking for one trial's resources
+                    return pack_task.remote(config, run, payload, accumulator, list(k), attempt)
+                return task.remote(config, run, payload, accumulator, k, attempt)
+
+        result = RunResult(name, store.uri, config.trials, len(done))
+        pack = config.resources.pack
+        if pack == "auto" and missing:
+            # measured where trials run (one trial's resources); no larger than needed to keep every slot busy
+            slots = max(1, cluster_capacity(config))
+            measure = ray.remote(max_calls=0)(measure_pack).options(**per_trial)
+            pack, result.pack_measurements = ray.get(measure.remote(config, payload, -(-len(missing) // slots)))
+        result.pack = pack = int(pack) if pack != "auto" else 1
+        units = missing if pack == 1 else [tuple(missing[i:i + pack]) for i in range(0, len(missing), pack)]
+        if missing and (idle := idle_slots_warning(pack, len(units), cluster_capacity(config))):
+            print(idle, file=sys.stderr, flush=True)
+        bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
+        stopping = until_halfwidth is not None or until_jaccard is not None
+        _drive(config, units, submit, result, bar, demand,
+               (lambda: criteria_met(accumulator, until_halfwidth, until_jaccard)) if stopping else None)
+        bar.close()
+        result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
+        result.wall_seconds = time.perf_counter() - started
+        return result
+    finally:
+        demand.release()
+        if started_here:
+            connection.clear_live_address(store)
+            if shutdown:
+                ray.shutdown()
+
+
+def criteria_met(accumulator, until_halfwidth: float | None, until_jaccard: float | None) -> str | None:
+    """Ask the accumulator whether every stopping criterion given is met; return why (a sentence) or None."""
+    import ray
+
+    status = ray.get(accumulator.status.remote(until_halfwidth=until_halfwidth, until_jaccard=until_jaccard,
+                                               pairs_fdr=None))
+    stopping = status.get("stopping") or {}
+    if not stopping.get("all_met"):
+        return None
+    met = [f"{name.replace('_', ' ')} {c['value']:.3f} (target {c['target']:g})"
+           for name, c in stopping.items() if isinstance(c, dict)]
+    return f"{', '.join(met)} after {status['trials_done']} trials"
+
+
+def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, bar: Progress,
+           demand: AutoscalerDemand | None = None, stop_check=None) -> None:
+    """Keep a window of trials (trial ids, or packs: tuples of them) in flight; retry failures up to
+    max_attempts (a pack is retried whole); record outcomes per trial id.
+
+    ``demand`` (optional) shows the remaining trials' resources to the autoscaler. ``stop_check()``
+    (optional) is called after trials are counted; a reason it returns stops submitting
+    (the trials in flight still finish and are counted).
+    """
+    import ray
+
+    queue = deque(missing)
+    attempts: dict[int, int] = {}
+    in_flight: dict = {}
+    last_capacity_check = 0.0
+    window = 1
+    while queue or in_flight:
+        if demand is not None:
+            demand.update(len(queue) + len(in_flight))
+        now = time.monotonic()
+        if now - last_capacity_check > 2.0:
+            capacity = cluster_capacity(config)
+            window = max(2, 2 * capacity)  # running trials plus as many waiting: demand an autoscaler sees
+            last_capacity_check = now
+        while queue and len(in_flight) < window:
+            k = queue.popleft()
+            attempts[k] = attempts.get(k, 0) + 1
+            in_flight[submit(k, attempts[k])] = k
+        result.max_in_flight = max(result.max_in_flight, len(in_flight))
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            k = in_flight.pop(ref)
+            members = list(k) if isinstance(k, tuple) else [k]
+            try:
+                ray.get(ref)
+            except Exception as exc:  # a trial's error or its worker/node dying: try again elsewhere
+                if attempts[k] < config.resources.max_attempts:
+                    result.retried.update({member: attempts[k] for member in members})
+                    queue.appendleft(k)
+                    bar.advance(retried=len(members))
+                else:
+                    why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+                    result.failed.update({member: why for member in members})
+                    bar.advance(failed=len(members))
+                continue
+            result.trained_now.extend(members)
+            bar.advance(done=len(members))
+            if stop_check is not None and queue and result.stopped_early is None:
+                result.stopped_early = stop_check()
+                if result.stopped_early:
+                    queue.clear()
+        bar.show(running=min(len(in_flight), max(1, window // 2)))
