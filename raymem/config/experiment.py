@@ -14,14 +14,21 @@ sections:
 against what exists (``catalog``, the data sets), every number against its range, and an error names
 the key, the bad value and the valid choices. Files and overrides may give a key flat
 (``epochs: 80``) or in its section (``recipe: {epochs: 80}`` / ``recipe.epochs``).
+
+Each preset is a plain file, ``presets/<name>.yaml``: a complete config in the format of a user's file, read by the
+same reader, so a preset can be read, diffed and copied as it is. Each key is described once, on its field
+(``description``, and the ``RESUMABLE`` mark of keys that may change on resume); :func:`config_keys` hands those
+to help texts and key tables.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +43,9 @@ LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 
 Switch = Literal["auto", "on", "off"]
 
+#: The mark (``json_schema_extra``) of a field that may change between invocations of the same run; everything
+#: else must match the stored config to resume it.
+RESUMABLE = {"resumable": True}
 
 
 def _one_of(value: str, choices, what: str) -> str:
@@ -54,16 +64,24 @@ class _Section(BaseModel):
 class Recipe(_Section):
     """How one model trains (supplement, section B)."""
 
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    base_lr: float = Field(gt=0, allow_inf_nan=False)
-    schedule: str
-    schedule_params: dict[str, Any] = Field(default_factory=dict)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    augment_pad: int = Field(default=0, ge=0)          # random crop after zero padding by this many pixels
-    augment_flip: bool = False                          # random left-right flips
-    mixed_precision: Switch = "auto"                    # auto: on when the trial sees a GPU
-    xla: Switch = "auto"
+    epochs: int = Field(gt=0, description="Training epochs of one trial.")
+    batch_size: int = Field(gt=0, description="Examples per SGD step.")
+    base_lr: float = Field(gt=0, allow_inf_nan=False, description="Peak learning rate of the schedule.")
+    schedule: str = Field(description=f"Learning-rate schedule: {', '.join(SCHEDULE_OPTIONS)}.")
+    schedule_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Parameters of the schedule: "
+                    + "; ".join(f"{kind}: {', '.join(params)}" for kind, params in SCHEDULE_OPTIONS.items() if params)
+                    + ".")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    augment_pad: int = Field(default=0, ge=0,
+                             description="Random crop after zero padding by this many pixels (0: off).")
+    augment_flip: bool = Field(default=False, description="Random left-right flips.")
+    mixed_precision: Switch = Field(default="auto", json_schema_extra=RESUMABLE,
+                                    description="Mixed-precision training: auto, on or off; auto is on when the trial "
+                                                "sees a GPU.")
+    xla: Switch = Field(default="auto", json_schema_extra=RESUMABLE,
+                        description="XLA compilation: auto, on or off; auto is on when the trial sees a GPU.")
 
     @field_validator("schedule")
     @classmethod
@@ -83,24 +101,34 @@ class Recipe(_Section):
                     raise ValueError(f"schedule_params.decay_epochs={value!r} must be a list of increasing epochs >= 0")
             elif not _is_number(value) or value < 0 or (key == "warmup_fraction" and value >= 1) \
                     or (key == "decay_factor" and value == 0):
-                raise ValueError(f"schedule_params.{key}={value!r} must be a number "
-                                 + ("in [0, 1)" if key == "warmup_fraction" else "> 0" if key == "decay_factor" else ">= 0"))
+                bound = "in [0, 1)" if key == "warmup_fraction" else "> 0" if key == "decay_factor" else ">= 0"
+                raise ValueError(f"schedule_params.{key}={value!r} must be a number {bound}")
         return self
 
 
 class Resources(_Section):
     """What one trial asks Ray for, and how many times it is tried."""
 
-    cpus_per_trial: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    gpus_per_trial: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # <1 shares a GPU; >1 one node's GPUs
-    nodes_per_trial: int = Field(default=1, gt=0)       # >1: a multi-worker Ray Train group (tf-keras path)
-    max_attempts: int = Field(default=3, gt=0)          # tries per trial before it is reported failed
-    checkpoint_every: int | None = Field(default=None, gt=0)  # save a trial's state every N epochs (None: off)
-    keep_models: bool = False                           # keep each trial's final weights in RUN/checkpoints/
-    max_pending: int | None = Field(default=None, gt=0)  # cap on the trials' resources shown to the autoscaler
-    # trials trained together as one packed model (training.packing), asking for one trial's resources;
-    # "auto": the largest K whose measured step time still grows sub-linearly, capped by memory
-    pack: int | Literal["auto"] = 1
+    cpus_per_trial: float = Field(default=1.0, ge=0, allow_inf_nan=False, json_schema_extra=RESUMABLE,
+                                  description="CPUs one trial asks Ray for.")
+    gpus_per_trial: float = Field(default=0.0, ge=0, allow_inf_nan=False, json_schema_extra=RESUMABLE,
+                                  description="GPUs one trial asks Ray for: below 1 shares a GPU, above 1 takes that "
+                                              "many GPUs of one node (a whole number).")
+    nodes_per_trial: int = Field(default=1, gt=0, json_schema_extra=RESUMABLE,
+                                 description="Nodes of one trial; above 1 a multi-worker Ray Train group "
+                                             "(tf-keras path).")
+    max_attempts: int = Field(default=3, gt=0, json_schema_extra=RESUMABLE,
+                              description="Tries per trial before it is reported failed.")
+    checkpoint_every: int | None = Field(default=None, gt=0, json_schema_extra=RESUMABLE,
+                                         description="Save a trial's state every N epochs (null: off).")
+    keep_models: bool = Field(default=False, json_schema_extra=RESUMABLE,
+                              description="Keep each trial's final weights in RUN/checkpoints/.")
+    max_pending: int | None = Field(default=None, gt=0, json_schema_extra=RESUMABLE,
+                                    description="Cap on the trials' resources shown to the autoscaler (null: no cap).")
+    pack: int | Literal["auto"] = Field(
+        default=1, json_schema_extra=RESUMABLE,
+        description="Trials trained together as one packed model, asking for one trial's resources; auto: the "
+                    "largest K whose measured step time still grows sub-linearly, capped by memory.")
 
     @field_validator("pack", mode="before")
     @classmethod
@@ -126,34 +154,43 @@ class Resources(_Section):
 class EstimatorSettings(_Section):
     """How the accumulator keeps the count tensors."""
 
-    track_pairs: bool = True       # keep the n_train x n_test pair matrix (influence)
-    pair_batch: int = Field(default=64, gt=0)    # trials buffered per pair-matrix update
-    pair_shards: int = Field(default=1, gt=0)    # split the pair matrix by training rows over this many actors
-    # "full": every (train, test) pair; "class": only pairs of the same label, one block per class (ImageNet: 256 MB)
-    influence_scope: Literal["full", "class"] = "full"
+    track_pairs: bool = Field(default=True, description="Keep the n_train x n_test pair matrix (influence).")
+    pair_batch: int = Field(default=64, gt=0, json_schema_extra=RESUMABLE,
+                            description="Trials buffered per pair-matrix update.")
+    pair_shards: int = Field(default=1, gt=0, json_schema_extra=RESUMABLE,
+                             description="Split the pair matrix by training rows over this many actors.")
+    influence_scope: Literal["full", "class"] = Field(
+        default="full", json_schema_extra=RESUMABLE,
+        description="full: every (train, test) pair; class: only pairs of the same label, one block per class.")
 
 
 class Budget(_Section):
     """The paper's time per epoch (supplement B), used only for GPU-hour estimates."""
 
-    paper_epoch_seconds: float | None = Field(default=None, gt=0)
-    paper_gpus: float | None = Field(default=None, gt=0)
+    paper_epoch_seconds: float | None = Field(default=None, gt=0, json_schema_extra=RESUMABLE,
+                                              description="The paper's seconds per epoch (supplement B), for GPU-hour "
+                                                          "estimates only (null: unknown).")
+    paper_gpus: float | None = Field(default=None, gt=0, json_schema_extra=RESUMABLE,
+                                     description="GPUs the paper's epoch time was measured on (null: unknown).")
 
 
 class ExperimentConfig(_Section):
     """One experiment: what is studied (data, model, subsets, trials) and its four sections."""
 
-    preset: str
-    dataset: str
-    model: str
-    trials: int = Field(gt=0)
-    subset_ratio: float = Field(default=PAPER_SUBSET_RATIO, gt=0, lt=1)
-    seed: int = Field(default=0, ge=0)
-    flip_labels: float = Field(default=0.0, ge=0, lt=1)  # fraction of training labels flipped as canaries
-    recipe: Recipe
-    resources: Resources = Field(default_factory=Resources)
-    estimator: EstimatorSettings = Field(default_factory=EstimatorSettings)
-    budget: Budget = Field(default_factory=Budget)
+    preset: str = Field(description="Name of the preset the config starts from.")
+    dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz or "
+                                     f"{PARQUET_PREFIX}DIR.")
+    model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}.")
+    trials: int = Field(gt=0, json_schema_extra=RESUMABLE,
+                        description="Trials planned for the run: models trained on random subsets.")
+    subset_ratio: float = Field(default=PAPER_SUBSET_RATIO, gt=0, lt=1,
+                                description="m / n: the fraction of the training set in each trial's subset.")
+    seed: int = Field(default=0, ge=0, description="Run seed; trial k's subset is drawn from (seed, k).")
+    flip_labels: float = Field(default=0.0, ge=0, lt=1, description="Fraction of training labels flipped as canaries.")
+    recipe: Recipe = Field(description=Recipe.__doc__)
+    resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
+    estimator: EstimatorSettings = Field(default_factory=EstimatorSettings, description=EstimatorSettings.__doc__)
+    budget: Budget = Field(default_factory=Budget, description=Budget.__doc__)
 
     @field_validator("dataset")
     @classmethod
@@ -174,8 +211,8 @@ class ExperimentConfig(_Section):
         if pack == 1:
             return self
         if self.dataset in TFDS_STREAMING_NAMES:
-            raise ValueError(f"resources.pack={pack!r} trains the copies of a pack from one in-memory training set, and "
-                             f"data set {self.dataset!r} streams from files; use pack=1")
+            raise ValueError(f"resources.pack={pack!r} trains the copies of a pack from one in-memory training set, "
+                             f"and data set {self.dataset!r} streams from files; use pack=1")
         if pack != "auto" and pack > self.trials:
             raise ValueError(f"resources.pack={pack} is larger than trials={self.trials}; use pack <= trials")
         if self.uses_train_group:
@@ -210,11 +247,67 @@ KEY_SECTION: dict[str, str | None] = {
     **{key: None for key in TOP_KEYS},
     **{key: section for section, cls in SECTIONS.items() for key in cls.model_fields},
 }
-#: Keys that may change between invocations of the same run (everything else must match to resume).
-RESUMABLE_KEYS = ("trials", "cpus_per_trial", "gpus_per_trial", "nodes_per_trial", "max_attempts", "pack",
-                  "checkpoint_every", "keep_models", "max_pending",
-                  "mixed_precision", "xla", "pair_batch", "pair_shards", "influence_scope", "paper_epoch_seconds",
-                  "paper_gpus")
+
+
+def config_keys() -> list[dict]:
+    """Return every config key, in the order of a config file, with what a help text or a key table shows.
+
+    Each key is a dict: ``key`` (dotted path, ``recipe.epochs``), ``name`` (flat name, ``epochs``), ``section``
+    (None for the top-level keys), ``type`` (``int``, ``auto, on or off``, ``int or null``), ``default`` (its
+    JSON value; None when ``required``), ``required`` (no default: every preset gives it), ``description`` and
+    ``resumable`` (whether it may change when a run is resumed).
+    """
+    keys = []
+    for section, fields in [(None, {k: ExperimentConfig.model_fields[k] for k in TOP_KEYS}),
+                            *((name, cls.model_fields) for name, cls in SECTIONS.items())]:
+        for name, field in fields.items():
+            required = field.is_required()
+            default = None if required else field.get_default(call_default_factory=True)
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            keys.append({
+                "key": f"{section}.{name}" if section else name, "name": name, "section": section,
+                "type": _type_name(field.annotation), "default": default, "required": required,
+                "description": field.description, "resumable": bool(extra.get("resumable", False)),
+            })
+    return keys
+
+
+def _type_name(annotation) -> str:
+    """``int``, ``float or null``, ``auto, on or off``, ``mapping``: a field's type as a config file writes it.
+
+    In words rather than ``|``, which would split a cell of a Markdown table.
+    """
+    names = _type_names(annotation)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _type_names(annotation) -> list[str]:
+    """The alternatives a type allows: ``int | Literal["auto"]`` -> ``["int", "auto"]``."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return [str(arg) for arg in get_args(annotation)]
+    if origin in (Union, UnionType):
+        return [name for arg in get_args(annotation) for name in _type_names(arg)]
+    if annotation is type(None):
+        return ["null"]
+    if origin is dict:
+        return ["mapping"]
+    return [getattr(annotation, "__name__", str(annotation))]
+
+
+def keys_table() -> list[list[str]]:
+    """Return rows (header first) describing every config key, for ``--help`` texts and the README's key table."""
+    rows = [["key", "type", "default", "on resume", "description"]]
+    for key in config_keys():
+        default = "(preset)" if key["required"] else json.dumps(key["default"]).strip('"')
+        rows.append([key["key"], key["type"], default, "may change" if key["resumable"] else "must match",
+                     key["description"]])
+    return rows
+
+
+#: Flat names of the keys that may change between invocations of the same run (marked ``RESUMABLE`` on
+#: their fields); everything else must match to resume.
+RESUMABLE_KEYS: tuple[str, ...] = tuple(key["name"] for key in config_keys() if key["resumable"])
 
 
 def _is_number(value) -> bool:
@@ -232,69 +325,22 @@ def flatten(config: dict) -> dict:
     return out
 
 
-_CIFAR_RECIPE = dict(epochs=160, batch_size=512, base_lr=0.4, schedule="warmup_linear_decay",
-                     schedule_params={"warmup_fraction": 0.15}, augment_pad=4, augment_flip=True)
-_ONE_GPU = dict(gpus_per_trial=1.0, cpus_per_trial=4.0, checkpoint_every=5)  # a CIFAR trial: hours; lose <= 5 epochs
-
-
-def _preset(preset: str, dataset: str, model: str, recipe: dict, resources: dict, *, trials: int = 2000,
-            estimator: dict | None = None, paper_epoch_seconds: float | None = None, paper_gpus: float | None = None):
-    return ExperimentConfig(
-        preset=preset, dataset=dataset, model=model, trials=trials, recipe=Recipe(**recipe),
-        resources=Resources(**resources), estimator=EstimatorSettings(**(estimator or {})),
-        budget=Budget(paper_epoch_seconds=paper_epoch_seconds, paper_gpus=paper_gpus),
-    )
-
-
-PRESETS: dict[str, ExperimentConfig] = {
-    # The embedded default: sklearn's bundled 8x8 digits, trains in seconds on a CPU. 30 epochs (as the
-    # paper's MNIST) is what it takes to fit flipped labels: with 12 the canaries are not memorized.
-    "digits": _preset("digits", "digits", "small_cnn", trials=64, recipe=dict(
-        epochs=30, batch_size=32, base_lr=0.05, schedule="warmup_linear_decay", schedule_params={"warmup_fraction": 0.15}),
-        resources=dict(cpus_per_trial=1.0, gpus_per_trial=0.0)),
-    "mnist": _preset("mnist", "mnist", "inception", recipe=dict(
-        epochs=30, batch_size=256, base_lr=0.1, schedule="warmup_linear_decay", schedule_params={"warmup_fraction": 0.15}),
-        resources=dict(gpus_per_trial=0.25, cpus_per_trial=2.0), paper_epoch_seconds=7, paper_gpus=1),
-    "cifar10": _preset("cifar10", "cifar10", "resnet50", _CIFAR_RECIPE, _ONE_GPU, paper_epoch_seconds=90, paper_gpus=1),
-    "cifar100": _preset("cifar100", "cifar100", "resnet50", _CIFAR_RECIPE, _ONE_GPU, paper_epoch_seconds=90, paper_gpus=1),
-    "cifar100-resnet18": _preset("cifar100-resnet18", "cifar100", "resnet18", _CIFAR_RECIPE, _ONE_GPU,
-                                 paper_epoch_seconds=17, paper_gpus=1),
-    "cifar100-inception": _preset("cifar100-inception", "cifar100", "inception", _CIFAR_RECIPE, _ONE_GPU,
-                                  paper_epoch_seconds=14, paper_gpus=1),
-    # DenseNet: batch size and learning rate halved for its memory load (supplement B).
-    "cifar100-densenet100": _preset("cifar100-densenet100", "cifar100", "densenet100",
-                                    {**_CIFAR_RECIPE, "batch_size": 256, "base_lr": 0.2}, _ONE_GPU,
-                                    paper_epoch_seconds=45, paper_gpus=1),
-    # Linear model on precomputed penultimate features, 40 epochs: first
-    # `raymem features cifar100 --out cifar100-features.npz` (or --dataset npz:OTHER.npz).
-    "cifar100-linear": _preset("cifar100-linear", "npz:cifar100-features.npz", "linear",
-                               {**_CIFAR_RECIPE, "epochs": 40, "augment_pad": 0, "augment_flip": False},
-                               dict(gpus_per_trial=0.125, cpus_per_trial=1.0), paper_epoch_seconds=0.5, paper_gpus=1),
-    # Influence per class, as the paper released it: ~1,281 x 50 float32 pair counts per class, 256 MB in all,
-    # held by the accumulator itself (the full 1.28M x 50,000 matrix would be 256 GB: --set influence_scope=full
-    # with pair_shards=16 and --storage s3://... so the shards can go to nodes with the memory)
-    "imagenet": _preset("imagenet", "imagenet2012", "resnet50", recipe=dict(
-        epochs=100, batch_size=896, base_lr=0.7, schedule="warmup_piecewise",
-        schedule_params={"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0},
-        augment_pad=32, augment_flip=True), resources=dict(gpus_per_trial=8.0, cpus_per_trial=32.0, checkpoint_every=1),
-        estimator=dict(track_pairs=True, pair_batch=16, pair_shards=1, influence_scope="class"),
-        paper_epoch_seconds=1800, paper_gpus=8),
-}
-
-
 def read_config_file(path: str | Path) -> dict:
     """Read a YAML or TOML experiment file into a dict of overrides (it may name a ``preset``)."""
     path = Path(path)
     if not path.is_file():
-        raise RaymemError(f"experiment file {path} does not exist; pass a preset name ({', '.join(PRESETS)}) or a .yaml/.toml file.")
+        raise RaymemError(f"experiment file {path} does not exist; pass a preset name ({', '.join(preset_names())}) "
+                          "or a .yaml/.toml file.")
     text = path.read_text()
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         reason = " ".join(str(exc).split())
-        raise RaymemError(f"experiment file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({reason}); fix its syntax.") from None
+        kind = "TOML" if path.suffix == ".toml" else "YAML"
+        raise RaymemError(f"experiment file {path} is not valid {kind} ({reason}); fix its syntax.") from None
     if not isinstance(data, dict):
-        raise RaymemError(f"experiment file {path} must hold a mapping of config keys; see the README's config section.")
+        raise RaymemError(f"experiment file {path} must hold a mapping of config keys; "
+                          "see the README's config section.")
     return data
 
 
@@ -345,7 +391,8 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def with_overrides(base: ExperimentConfig, overrides: dict, source: str, *, keep_none: bool = False) -> ExperimentConfig:
+def with_overrides(base: ExperimentConfig, overrides: dict, source: str, *,
+                   keep_none: bool = False) -> ExperimentConfig:
     """Return ``base`` with ``overrides`` (flat, dotted or sectioned keys), validated.
 
     None values mean "not given" (flags left out) and are ignored, unless ``keep_none`` (``--set key=null``:
@@ -355,7 +402,10 @@ def with_overrides(base: ExperimentConfig, overrides: dict, source: str, *, keep
         RaymemError: naming the key, the bad value and what would be valid.
     """
     values = {k: v for k, v in overrides.items() if keep_none or v is not None}
-    merged = _merge(base.to_dict(), _nest(values, source))
+    return _validate(_merge(base.to_dict(), _nest(values, source)), source)
+
+
+def _validate(merged: dict, source: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
@@ -368,6 +418,8 @@ def _describe(exc: ValidationError, merged: dict, source: str) -> str:
     location = [str(part) for part in error["loc"]]
     if error["type"] == "extra_forbidden":
         return f"unknown config key {'.'.join(location)!r} in {source}; valid keys: {', '.join(sorted(KEY_SECTION))}."
+    if error["type"] == "missing":
+        return f"config key {'.'.join(location)} is missing in {source}; add it, as every preset file does."
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "value_error" and (not location or location[-1] not in KEY_SECTION):
         where = f"section {'.'.join(location)} of the config" if location else "the config"
@@ -383,6 +435,52 @@ def _lookup(tree: dict, location: list[str]):
             return None
         tree = tree[part]
     return tree
+
+
+#: The preset files shipped in the package: ``<name>.yaml``, each a complete config in a user file's format.
+PRESET_DIR = Path(__file__).with_name("presets")
+#: The order ``raymem presets`` lists them in: the embedded default, then the paper's experiments by data size.
+#: A preset file not named here follows, in name order.
+_PRESET_ORDER = ("digits", "mnist", "cifar10", "cifar100", "cifar100-resnet18", "cifar100-inception",
+                 "cifar100-densenet100", "cifar100-linear", "imagenet")
+
+
+def preset_names() -> list[str]:
+    """Return the names of the shipped presets (their file names without ``.yaml``), in listing order."""
+    found = {path.stem for path in PRESET_DIR.glob("*.yaml")}
+    return [name for name in _PRESET_ORDER if name in found] + sorted(found - set(_PRESET_ORDER))
+
+
+def preset_file(name: str) -> Path:
+    """Return the path of preset ``name``'s file (to read, or to copy as the start of one's own config)."""
+    names = preset_names()
+    if name not in names:
+        raise RaymemError(f"unknown preset {name!r}; use one of {', '.join(names)}.")
+    return PRESET_DIR / f"{name}.yaml"
+
+
+def load_config_file(path: str | Path) -> ExperimentConfig:
+    """Return the config a complete config file describes (a preset file), validated with no preset under it.
+
+    Raises:
+        RaymemError: an unreadable file, an unknown key, a missing or a bad value.
+    """
+    return _validate(_nest(read_config_file(path), str(path)), str(path))
+
+
+def _load_presets() -> dict[str, ExperimentConfig]:
+    presets = {}
+    for name in preset_names():
+        config = load_config_file(PRESET_DIR / f"{name}.yaml")
+        if config.preset != name:
+            raise RaymemError(f"preset file {name}.yaml says preset: {config.preset}; a preset file names itself, "
+                              f"so write preset: {name}.")
+        presets[name] = config
+    return presets
+
+
+#: Preset name -> its config, read from :data:`PRESET_DIR` on import.
+PRESETS: dict[str, ExperimentConfig] = _load_presets()
 
 
 def resolve_config(experiment: str, overrides: dict | None = None) -> ExperimentConfig:
@@ -408,7 +506,8 @@ def resolve_config(experiment: str, overrides: dict | None = None) -> Experiment
             raise RaymemError(f"experiment file {experiment} names preset {preset!r}; use one of {', '.join(PRESETS)}.")
         base, source = PRESETS[preset], experiment
     else:
-        raise RaymemError(f"unknown experiment {experiment!r}; use a preset ({', '.join(PRESETS)}) or a .yaml/.toml file.")
+        raise RaymemError(f"unknown experiment {experiment!r}; use a preset ({', '.join(PRESETS)}) "
+                          "or a .yaml/.toml file.")
     config = with_overrides(base, values, source)
     return with_overrides(config, overrides or {}, f"{source} with the given flags") if overrides else config
 
@@ -439,7 +538,8 @@ def gpu_hours(config: ExperimentConfig) -> float | None:
 
 def describe_resources(resources: Resources) -> str:
     """``4 CPU, 1 GPU`` / ``32 CPU, 8 GPU x 2 nodes``: what one trial asks for."""
-    text = f"{resources.cpus_per_trial:g} CPU" + (f", {resources.gpus_per_trial:g} GPU" if resources.gpus_per_trial else "")
+    gpus = f", {resources.gpus_per_trial:g} GPU" if resources.gpus_per_trial else ""
+    text = f"{resources.cpus_per_trial:g} CPU" + gpus
     return text + (f" x {resources.nodes_per_trial} nodes" if resources.nodes_per_trial > 1 else "")
 
 
