@@ -154,6 +154,7 @@ def test_keep_models_keeps_final_weights(tmp_path):
         assert store.list(trial_dir(k)) == ["final.json", "final.npz"]
 
 
+@pytest.mark.slow
 def test_restore_skips_unreadable_checkpoints(tmp_path, tf):
     from raymem.training.keras_backend import keras
 

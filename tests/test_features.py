@@ -14,6 +14,7 @@ from raymem.config.experiment import PRESETS, resolve_config
 from raymem.data.datasets import load_dataset
 
 
+@pytest.mark.slow
 def test_digits_features_load_as_npz_and_train_a_linear_model(tmp_path):
     from raymem.training.models import PENULTIMATE, build_model
     from raymem.training.fit import train_and_predict

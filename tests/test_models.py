@@ -14,6 +14,8 @@ from raymem.errors import RaymemError  # noqa: E402
 from raymem.training.augment import make_augment_fn, random_pad_crop_flip  # noqa: E402
 from raymem.training.models import MODEL_NAMES, build_model, feature_extractor  # noqa: E402
 
+pytestmark = pytest.mark.slow  # builds and trains Keras models
+
 # name -> (tiny input shape for a training step, classes, penultimate width known for that model)
 TINY_CASES = {
     "resnet50": ((32, 32, 3), 100, 2048),

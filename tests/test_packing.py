@@ -77,6 +77,7 @@ def test_cli_bad_pack_exits_2_with_one_error_line_and_starts_nothing(tmp_path, a
     assert not (tmp_path / "runs").exists()  # no run directory, no Ray
 
 
+@pytest.mark.slow
 def test_a_layer_the_replay_does_not_know_is_refused_with_its_name(tf):
     import keras
 
@@ -97,6 +98,7 @@ def test_a_layer_the_replay_does_not_know_is_refused_with_its_name(tf):
 # ------------------------------------------------------------------------------------ the packed model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_each_copy_is_its_own_keras_model_from_the_unpacked_initial_weights(tf, digits, model):
     """Every catalog model, 3 copies: the copy's weights are its Keras model's bit for bit; its logits are
@@ -136,6 +138,7 @@ def test_each_copy_is_its_own_keras_model_from_the_unpacked_initial_weights(tf, 
             np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5)   # moving averages moved alike
 
 
+@pytest.mark.slow
 def test_a_packed_training_step_is_each_copys_own_keras_step_batch_norm_included(tf, digits):
     """One SGD step (learning rate 1, so the gradient is the whole change) on a different batch per copy:
     copy k's weights and moving averages afterwards are those of its Keras model stepped on its own batch."""
@@ -168,6 +171,7 @@ def test_a_packed_training_step_is_each_copys_own_keras_step_batch_norm_included
             np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["small_cnn", "inception"])
 def test_an_example_outside_a_copys_subset_cannot_reach_that_copy(tf, digits, model):
     """Same seeds, one example changed (label and pixels): the copy that does not hold it ends bit-identical

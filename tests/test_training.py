@@ -14,6 +14,8 @@ from raymem.training import fit
 from raymem.config.experiment import resolve_config
 from raymem.data.datasets import ArrayDataset, StreamingDataset, load_dataset
 
+pytestmark = pytest.mark.slow  # trains Keras models (mocked ImageNet through tfds)
+
 N_MOCK = 24          # mocked ImageNet examples per split
 IMAGE_SIZE = 16      # StreamingDataset.image_size override: tiny images keep the CPU work small
 SUBSET = 17          # examples in the trial's subset

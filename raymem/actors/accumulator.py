@@ -150,8 +150,8 @@ class Accumulator:
             if not (np.array_equal(record.train_correct, record.train_pred == self.train_labels)
                     and np.array_equal(record.test_correct, record.test_pred == self.test_labels)):
                 raise RaymemError(
-                    f"trial {record.trial_id} has correctness bits that disagree with its predictions and the run's labels; "
-                    "build records with TrialRecord.from_predictions."
+                    f"trial {record.trial_id} has correctness bits that disagree with its predictions and the run's "
+                    "labels; build records with TrialRecord.from_predictions."
                 )
 
     # ---- reads (same answers as the offline path) ------------------------------------------
@@ -292,14 +292,15 @@ def get_or_create_accumulator(info: RunInfo, run_uri: str, *, with_pairs: bool, 
             f"an accumulator named {info.name!r} for another run ({alive_id}) is alive on this cluster; "
             "pick another --name or stop that run's accumulator."
         )
-    live = ray.get(handle.describe.remote()).get("pair_shards", 0)  # 0: an accumulator from before sharding
+    described = ray.get(handle.describe.remote())
+    live = described["pair_shards"]
     if live != shards:
         raise RaymemError(
             f"the live accumulator of run {info.name} splits its pair matrix over {max(live, 1)} actor(s) but this "
             f"invocation asks for {max(shards, 1)}; run `raymem stop {info.name}` first (its counts are rebuilt from "
             "the log) or keep the old --pair-shards."
         )
-    live_scope = ray.get(handle.describe.remote()).get("influence_scope", "full")
+    live_scope = described["influence_scope"]
     if live_scope != run_influence_scope(info):
         raise RaymemError(
             f"the live accumulator of run {info.name} counts influence in {live_scope} scope but this invocation "

@@ -36,9 +36,8 @@ def check_scope(scope, where: str = "--influence-scope") -> str:
 
 
 def scope_of_config(config, where: str = "run.json") -> str:
-    """The influence scope a stored run config asks for: ``estimator.influence_scope`` (nested, as runs
-    store it), ``influence_scope`` (flat, as older runs stored their keys), or "full" when neither is
-    there (runs from before the scope existed, ingested runs)."""
+    """The influence scope a stored run config asks for: ``estimator.influence_scope``, else a top-level
+    ``influence_scope``, else "full" (the default scope)."""
     if not isinstance(config, dict):
         return DEFAULT_SCOPE
     section = config.get("estimator")
@@ -183,7 +182,8 @@ class PairLayout:
         for b, label in enumerate(self.labels.tolist()):
             local_rows = self.row_order[self.row_bounds[b]:self.row_bounds[b + 1]]
             cols = self.col_order[self.col_bounds[b]:self.col_bounds[b + 1]]
-            out.append(PairBlock(int(label), local_rows + self.row_start, cols, local_rows, self.block_view(storage, b)))
+            out.append(PairBlock(int(label), local_rows + self.row_start, cols, local_rows,
+                                 self.block_view(storage, b)))
         return out
 
     def hypotheses(self, local_row_mask: np.ndarray) -> int:

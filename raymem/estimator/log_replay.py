@@ -18,8 +18,7 @@ from raymem.estimator.run_view import RunView
 
 
 def run_influence_scope(info: RunInfo) -> str:
-    """The influence scope of a run: its stored config's ``estimator.influence_scope`` (or the flat
-    ``influence_scope`` of older runs); "full" when the config has neither (old and ingested runs)."""
+    """The influence scope of a run, from its stored config (:func:`scope_of_config`)."""
     return scope_of_config(info.config, f"run.json of run {info.name}")
 
 

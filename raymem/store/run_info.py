@@ -53,7 +53,7 @@ class RunInfo:
     source: str        # "ingest" or "runner"
     created: str       # ISO time
     format_version: int = FORMAT_VERSION
-    kind: str = "subsets"  # RUN_KINDS; run.json leaves it out for "subsets" (every run before marginal runs)
+    kind: str = "subsets"  # RUN_KINDS; run.json leaves it out for "subsets" (the default)
     design: dict = dataclasses.field(default_factory=dict)  # a marginal run: its source run, arms and sets
 
 
@@ -111,7 +111,7 @@ def write_run_info(store: RunStore, info: RunInfo) -> None:
     fields = dataclasses.asdict(info)
     for key, (_, default) in _OPTIONAL_FIELDS.items():
         if fields[key] == default:
-            del fields[key]  # run.json of an ordinary run stays as it was
+            del fields[key]  # run.json holds these keys only where a run departs from the default
     try:
         text = json.dumps(fields, sort_keys=True, indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -144,7 +144,8 @@ def read_run_info(store: RunStore) -> RunInfo:
     if missing:
         raise RaymemError(f"{where} lacks the keys {missing}; restore it from a backup or recreate the run.")
     info = RunInfo(**{name: data[name] for name in _FIELD_TYPES},
-                   **{name: data[name] if name in data else type(default)(default) for name, (_, default) in _OPTIONAL_FIELDS.items()})
+                   **{name: data[name] if name in data else type(default)(default)
+                      for name, (_, default) in _OPTIONAL_FIELDS.items()})
     problem = _run_info_problem(info)
     if problem:
         raise RaymemError(f"{where} is invalid: {problem}; restore it from a backup or recreate the run.")
@@ -165,7 +166,8 @@ def write_labels(store: RunStore, train_labels, test_labels, original_train_labe
     """Write ``labels.parquet`` atomically; ``original_train_labels`` defaults to the training labels."""
     train = _as_label_vector(train_labels, "train_labels")
     test = _as_label_vector(test_labels, "test_labels")
-    original = train if original_train_labels is None else _as_label_vector(original_train_labels, "original_train_labels")
+    original = (train if original_train_labels is None
+                else _as_label_vector(original_train_labels, "original_train_labels"))
     if original.shape != train.shape:
         raise RaymemError(
             f"original_train_labels has {original.size} entries but train_labels has {train.size}; "

@@ -2,8 +2,8 @@
 
 Users need each model's accuracy (the supplement quotes it); operators need retries, nodes and
 resumed checkpoints. Only the ``trial_id`` and ``metadata`` columns of each trial file are read.
-Keys a trial's metadata lacks (trials ingested from elsewhere, or logged before raymem recorded
-them) are null.
+Keys a trial's metadata lacks are null: trials ingested from elsewhere carry none of them, and some
+are recorded only where they apply (``checkpoint_warnings``, ``resumed_from_epoch``).
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def configure_gpu_share(fraction: float) -> dict:
         if total:
             limit = int(total * fraction * GPU_SHARE_HEADROOM)
             for gpu in gpus:
-                tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
             _GPU_SHARE = {"gpu_share": "memory_limit", "gpu_memory_limit_mb": limit}
         else:
             for gpu in gpus:
@@ -134,7 +135,8 @@ def _augmented_batches(config: ExperimentConfig, pairs, input_rank: int, global_
     from raymem.training.augment import make_augment_fn
 
     if input_rank == 3 and (config.recipe.augment_pad or config.recipe.augment_flip):
-        pairs = pairs.map(make_augment_fn(config.recipe.augment_pad, config.recipe.augment_flip), num_parallel_calls=tf.data.AUTOTUNE)
+        pairs = pairs.map(make_augment_fn(config.recipe.augment_pad, config.recipe.augment_flip),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     return pairs.batch(global_batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -199,7 +201,8 @@ def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, str
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
         model = build_model(config.model, tuple(data.input_shape), data.num_classes)
-        schedule = make_schedule(config.recipe.schedule, config.recipe.base_lr, config.recipe.epochs, steps_per_epoch, **config.recipe.schedule_params)
+        schedule = make_schedule(config.recipe.schedule, config.recipe.base_lr, config.recipe.epochs, steps_per_epoch,
+                                 **config.recipe.schedule_params)
         model.compile(
             optimizer=make_optimizer(schedule, momentum=config.recipe.momentum),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -256,7 +259,7 @@ def train_and_predict(
         metadata["checkpoints_saved"] = list(checkpoints.saved)
         if checkpoints.warnings:
             metadata["checkpoint_warnings"] = list(checkpoints.warnings)
-        if getattr(checkpoints, "keep_final", False) and checkpoints.save_enabled:
+        if checkpoints.keep_final and checkpoints.save_enabled:
             checkpoints.save_final(model)
     trained = time.perf_counter()
     if predict_on_local_copy:
