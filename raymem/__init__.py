@@ -1,29 +1,35 @@
-"""raymem: label memorization and influence estimates (Feldman & Zhang 2020) on Ray.
+"""raymem: which training examples a network memorizes, and which test predictions each drives
+(Feldman & Zhang 2020), on an elastic Ray runner with a streaming estimator.
 
-The public API is :mod:`raymem.api`; its functions are available here too, imported on first use so
-that ``import raymem.estimator`` stays light (no Ray, no TensorFlow)::
+The front door is :class:`Run`; :func:`run`, :func:`ingest` and :func:`ingest_from` make runs and return them::
 
     import raymem
     result = raymem.run("digits", overrides={"trials": 16})
-    mem = raymem.estimates("digits")            # a pyarrow.Table
+    run = raymem.Run("digits")                  # under $RAYMEM_STORAGE or ./runs
+    mem = run.estimates()                       # a pyarrow.Table
+    top = run.pairs(fdr=0.1)
+
+Every name of :mod:`raymem.api` is here too, imported on first use so that ``import raymem.estimator`` stays light
+(no Ray, no TensorFlow).
 """
 
 __version__ = "0.1.0"
 
-#: The names of :mod:`raymem.api` exported here.
 __all__ = [
-    "run", "plan", "load_config", "estimates", "pairs", "influence", "status", "compare", "ingest",
-    "ingest_files", "features", "presets", "stop", "up", "down", "RaymemError",
+    "Run", "DriverOptions", "PairSelection", "RaymemError",
+    "run", "plan", "load_config", "presets", "ingest", "ingest_files", "ingest_from", "features",
+    "estimates", "pairs", "influence", "status", "trials", "figures", "export", "compare", "compare_many",
+    "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage",
 ]
 
 
 def __getattr__(name: str):
-    if name == "RaymemError":
-        from raymem.errors import RaymemError
-
-        return RaymemError
     if name in __all__:
         from raymem import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'raymem' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -45,7 +45,7 @@ from raymem.store.storage import RunStore
 from raymem.estimator.subsets import subset_mask, trial_seed
 from raymem.store.trial_log import TRIALS_DIR, iter_trials, trial_ids
 from raymem.config.experiment import ExperimentConfig, resolve_config
-from raymem.driver.run import RunResult, prepare_run, run_experiment
+from raymem.driver.run import RunResult, prepare_run, DriverOptions, run_experiment
 
 #: Seconds a scenario waits for its run (or for the moment to inject its fault) before giving up.
 RUN_TIMEOUT_S = 150.0
@@ -137,7 +137,7 @@ class BackgroundRun:
 
     def _run(self) -> None:
         try:
-            self.result = run_experiment(self.config, name=self.name, run_uri=self.run_dir, progress=False)
+            self.result = run_experiment(self.config, name=self.name, run_uri=self.run_dir, options=DriverOptions(progress=False))
         except BaseException as exc:  # handed to the caller by wait()
             self.error = exc
 

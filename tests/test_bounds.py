@@ -230,7 +230,7 @@ def test_bad_delta_names_the_flag(delta):
                  lambda: bounds.hoeffding_interval(1, 2, delta),
                  lambda: bounds.difference_interval(1, 2, 1, 2, delta),
                  lambda: bounds.family_delta(delta, 10, True)):
-        with pytest.raises(RaymemError, match="--delta"):
+        with pytest.raises(RaymemError, match="delta"):
             call()
 
 

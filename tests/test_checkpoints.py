@@ -13,7 +13,7 @@ from raymem.store.storage import RunStore
 from raymem.store.trial_log import iter_trials, trial_ids
 from raymem.training.checkpoints import CHECKPOINTS_DIR, TrialCheckpoints, trial_dir
 from raymem.config.experiment import resolve_config
-from raymem.driver.run import check_checkpoint_location, run_experiment, train_storage_path
+from raymem.driver.run import check_checkpoint_location, DriverOptions, run_experiment, train_storage_path
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ def _ray_dying_after_checkpoint(dying: dict[int, tuple[int, bool]], num_gpus: in
 def test_killed_worker_resumes_from_checkpoint_and_torn_one_falls_back(tmp_path):
     _ray_dying_after_checkpoint({1: (2, False), 2: (3, True)})
     run_dir = tmp_path / "ckpt"
-    result = run_experiment(tiny(checkpoint_every=1), name="ckpt", run_uri=str(run_dir), progress=False)
+    result = run_experiment(tiny(checkpoint_every=1), name="ckpt", run_uri=str(run_dir), options=DriverOptions(progress=False))
     assert not result.failed, result.failed
     assert sorted(result.retried) == [1, 2]
     store = RunStore.open(str(run_dir))
@@ -129,7 +129,7 @@ def test_a_multi_node_group_resumes_every_worker_from_rank_zeros_checkpoint(tmp_
     _ray_dying_after_checkpoint({0: (2, False)}, num_gpus=2)
     run_dir = tmp_path / "group"
     config = tiny(trials=1, epochs=4, gpus_per_trial=1, cpus_per_trial=1.0, nodes_per_trial=2, checkpoint_every=1)
-    result = run_experiment(config, name="group", run_uri=str(run_dir), progress=False)
+    result = run_experiment(config, name="group", run_uri=str(run_dir), options=DriverOptions(progress=False))
     assert not result.failed, result.failed
     assert result.retried == {0: 1}
     store = RunStore.open(str(run_dir))
@@ -146,8 +146,7 @@ def test_a_multi_node_group_resumes_every_worker_from_rank_zeros_checkpoint(tmp_
 @pytest.mark.timeout(200)
 def test_keep_models_keeps_final_weights(tmp_path):
     run_dir = tmp_path / "keep"
-    result = run_experiment(tiny(trials=2, epochs=2, keep_models=True), name="keep", run_uri=str(run_dir),
-                            num_cpus=2, progress=False)
+    result = run_experiment(tiny(trials=2, epochs=2, keep_models=True), name="keep", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
     assert result.trials_done == 2
     store = RunStore.open(str(run_dir))
     for k in range(2):

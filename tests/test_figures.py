@@ -11,12 +11,31 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from raymem.estimator.bars import Bars
 from raymem.paper import figures
 from raymem.errors import RaymemError
 from raymem.paper import compare, shown_examples
 from raymem.estimator import formulas, report
 from raymem.estimator.counts import Counts
 from raymem.estimator.convergence_curves import checkpoints, convergence_curve
+
+DATA_KEYS = ("train_labels", "test_labels", "original_train_labels", "train_images", "test_images", "class_names")
+SHOWN_KEYS = ("mem", "pairs", "counts", "top_influenced", "convergence")
+LAYOUT_KEYS = ("klass", "max_memorized", "n_test_examples")
+
+
+def draw(out, **given):
+    """``figures.paper_figures`` with its inputs given by name (the test cases read better so)."""
+    data = figures.RunData(**{k: given[k] for k in DATA_KEYS if k in given})
+    shown = figures.Shown(**{k: given[k] for k in SHOWN_KEYS if k in given})
+    layout = figures.Layout(**{k: given[k] for k in LAYOUT_KEYS if k in given})
+    return figures.paper_figures(out, shown, data, layout)
+
+
+def draw_counts(out, counts, bars=None, records=None, **given):
+    """``figures.figures_for_counts`` with its inputs given by name."""
+    data = figures.RunData(**{k: given[k] for k in DATA_KEYS if k in given})
+    return figures.figures_for_counts(out, counts, data, bars or Bars(), records=records)
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"  # the released pairs (shared/reference)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -99,7 +118,7 @@ def png_ok(path: Path) -> bool:
 
 def test_every_figure_is_written_and_shows_the_supplement_selection(tmp_path, digits, digits_run):
     out = tmp_path / "figs"
-    summary = figures.figures_for_counts(
+    summary = draw_counts(
         out, digits_run.counts, train_labels=digits_run.train_labels, test_labels=digits.y_test,
         original_train_labels=digits_run.original, records=digits_run.records,
         train_images=digits.x_train, test_images=digits.x_test,
@@ -155,7 +174,7 @@ def test_an_explicit_class_and_pairs_only_rows(tmp_path, digits, digits_run):
     counts = digits_run.counts
     mem = report.mem_table(counts)
     pairs = report.pairs_table(counts)
-    summary = figures.paper_figures(
+    summary = draw(
         tmp_path, mem=mem, pairs=pairs, train_labels=digits_run.train_labels, test_labels=digits.y_test,
         train_images=digits.x_train[..., 0], test_images=digits.x_test[..., 0], klass=3, max_memorized=5,
     )
@@ -170,7 +189,7 @@ def test_an_explicit_class_and_pairs_only_rows(tmp_path, digits, digits_run):
 
 def test_a_run_without_images_writes_what_it_can(tmp_path, digits, digits_run):
     counts = digits_run.counts
-    summary = figures.paper_figures(
+    summary = draw(
         tmp_path / "out", mem=report.mem_table(counts), pairs=report.pairs_table(counts),
         train_labels=digits.y_train, test_labels=digits.y_test,
         convergence=convergence_curve(digits_run.records, counts.n_train, counts.n_test),
@@ -184,7 +203,7 @@ def test_a_run_without_images_writes_what_it_can(tmp_path, digits, digits_run):
 
 def test_no_pairs_and_no_trials(tmp_path, digits):
     counts = Counts.empty(digits.n_train, digits.n_test)
-    summary = figures.paper_figures(
+    summary = draw(
         tmp_path, mem=report.mem_table(counts), pairs=report.pairs_table(counts),
         train_labels=digits.y_train, test_labels=digits.y_test,
         train_images=digits.x_train, test_images=digits.x_test,
@@ -200,7 +219,7 @@ def test_unknown_class_names_the_range_and_writes_nothing(tmp_path, digits, digi
     counts = digits_run.counts
     out = tmp_path / "figs"
     with pytest.raises(RaymemError, match=r"class .* --class in 0\.\.9"):
-        figures.paper_figures(out, mem=report.mem_table(counts), pairs=report.pairs_table(counts),
+        draw(out, mem=report.mem_table(counts), pairs=report.pairs_table(counts),
                               train_labels=digits.y_train, test_labels=digits.y_test,
                               train_images=digits.x_train, test_images=digits.x_test, klass=klass)
     assert not out.exists()
@@ -213,18 +232,18 @@ def test_bad_inputs_raise_before_writing(tmp_path, digits, digits_run):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(RaymemError, match="is a file"):
-        figures.paper_figures(a_file, **args)
+        draw(a_file, **args)
     with pytest.raises(RaymemError, match="does not exist"):
-        figures.paper_figures(tmp_path / "no" / "such", **args)
+        draw(tmp_path / "no" / "such", **args)
     out = tmp_path / "figs"
     with pytest.raises(RaymemError, match="train_images holds 5 images"):
-        figures.paper_figures(out, **args, train_images=digits.x_train[:5])
+        draw(out, **args, train_images=digits.x_train[:5])
     with pytest.raises(RaymemError, match="not images"):
-        figures.paper_figures(out, **args, train_images=digits.x_train.reshape(digits.n_train, -1))
+        draw(out, **args, train_images=digits.x_train.reshape(digits.n_train, -1))
     with pytest.raises(RaymemError, match="lacks the columns infl"):
-        figures.paper_figures(out, **{**args, "pairs": pairs.drop(["infl"])})
+        draw(out, **{**args, "pairs": pairs.drop(["infl"])})
     with pytest.raises(RaymemError, match="beyond"):
-        figures.paper_figures(out, **{**args, "test_labels": digits.y_test[:3]})
+        draw(out, **{**args, "test_labels": digits.y_test[:3]})
     assert not out.exists()
 
 
@@ -290,7 +309,7 @@ def test_convergence_curve_ends_at_the_status_summary(digits_run):
     prefix = Counts.empty(counts.n_train, counts.n_test, with_pairs=False)
     for r in digits_run.records[:k]:
         prefix.add(r.trial_id, r.mask, r.train_correct, r.test_correct)
-    lo, hi = report.mem_intervals(prefix.all, report.DEFAULT_DELTA, counts.n_train, False)
+    lo, hi = report.mem_intervals(prefix.all, Bars(), counts.n_train)
     assert curve.to_pylist()[3]["median_halfwidth"] == pytest.approx(float(np.median((hi - lo) / 2)))
     assert np.all(np.diff(curve.column("median_halfwidth").to_numpy()) < 0.05)  # shrinks (up to noise)
     with pytest.raises(RaymemError, match="total="):

@@ -154,7 +154,7 @@ def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(
     assert pairs.num_rows > 0
     store = RunStore.open(api.marginal_location(source, "src-marginal"))
     assert store.uri == str(tmp_path / "src-marginal")
-    p = runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 2, min_infl=0.5, min_mem=0.5, seed=3)
+    p = runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 2, min_infl=0.5, min_mem=0.5, seed=3))
     assert p.created and p.missing == [0, 1, 2, 3, 4, 5]
     info = read_run_info(store)
     assert info.kind == "marginal" and info.source == "runner" and info.seed == 3
@@ -169,20 +169,20 @@ def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(
         np.testing.assert_array_equal(sets[name], expected[name])
     assert json.loads((tmp_path / "src" / "run.json").read_text()).get("kind") is None  # ordinary runs unchanged
     # resume: more models per arm; the stored sets, seed and selection are kept; a changed selection is refused
-    p2 = runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3)
+    p2 = runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3))
     assert not p2.created and p2.missing == list(range(9)) and read_run_info(store).design["trials_per_arm"] == 3
     with pytest.raises(RaymemError, match="min_infl"):
-        runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3, min_infl=0.2)
+        runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3, min_infl=0.2))
     with pytest.raises(RaymemError, match="seed"):
-        runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3, seed=4)
+        runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3, seed=4))
     # a tampered sets file is refused before anything trains on it
     other = marginal_utility.random_removal(99, info.n_train, len(sets["random"]))
     marginal_utility.write_sets(store, {**sets, "random": other})
     with pytest.raises(RaymemError, match="sha256"):
-        runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3)
+        runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3))
     (tmp_path / "src-marginal" / marginal_utility.SETS_FILE).write_bytes(b"not parquet")
     with pytest.raises(RaymemError, match="unreadable"):
-        runner_marginal.prepare(RunStore.open(source), store, "src-marginal", 3)
+        runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3))
 
 
 def test_accumulator_checks_each_record_against_its_arm_set(tmp_path):
@@ -191,7 +191,7 @@ def test_accumulator_checks_each_record_against_its_arm_set(tmp_path):
 
     source = _fake_source(tmp_path)
     store = RunStore.open(str(tmp_path / "m"))
-    runner_marginal.prepare(RunStore.open(source), store, "m", 1, min_infl=0.5, min_mem=0.5)
+    runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("m", 1, min_infl=0.5, min_mem=0.5))
     info = read_run_info(store)
     masks = marginal_utility.read_arm_masks(store, info)
     acc = Accumulator(store.uri, with_pairs=False, pair_reader_process=False)
@@ -250,11 +250,11 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path):
 @pytest.mark.usefixtures("isolated_ray")
 def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
     from raymem.config.experiment import resolve_config
-    from raymem.driver.run import run_experiment
+    from raymem.driver.run import DriverOptions, run_experiment
 
     source_dir = tmp_path / "src"
     config = resolve_config("digits", dict(trials=4, epochs=2, batch_size=64))
-    run_experiment(config, name="src", run_uri=str(source_dir), num_cpus=2, progress=False)
+    run_experiment(config, name="src", run_uri=str(source_dir), options=DriverOptions(num_cpus=2, progress=False))
     # K = 1: three trials, one per arm, each on its arm's set, in the marginal run's own directory
     first = api.marginal("src", 1, storage=str(tmp_path), num_cpus=2, progress=False)
     assert first["created"] and first["trained_now"] == [0, 1, 2] and not first["failed"]

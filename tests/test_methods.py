@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
+from raymem.estimator.bars import Bars
+from raymem.estimator.report import PairSelection, StatusQuestions
 from raymem.errors import RaymemError
+from raymem.estimator.bars import per_distinct_difference
 from raymem.estimator import bounds, fdr, joint_bounds, report, stopping
 from raymem.estimator.counts import Counts
 
@@ -80,7 +83,7 @@ def test_anytime_pathwise_coverage_over_many_looks(p_in, p_out):
     plan = joint_bounds.Plan(trials, 0.7)
     for t in np.linspace(trials // looks, trials, looks).astype(int):
         k = t - 1
-        lo, hi = report.difference_interval_per_distinct_counts(
+        lo, hi = per_distinct_difference(
             in_hits[:, k], n_in[:, k], out_hits[:, k], t - n_in[:, k], delta, method="anytime", plan=plan)
         missed |= (p_in - p_out < lo) | (p_in - p_out > hi)
     misses = int(missed.sum())
@@ -175,7 +178,7 @@ def test_fdr_pairs_control_the_false_discovery_proportion(method):
     proportions, powers = [], []
     for seed in range(20):
         counts, truth = planted_counts(seed)
-        table = report.pairs_table(counts, fdr=0.1, method=method, planned_trials=400, subset_ratio=0.7).to_pydict()
+        table = report.pairs_table(counts, Bars(method=method, planned_trials=400, subset_ratio=0.7), PairSelection(fdr=0.1)).to_pydict()
         selected = set(zip(table["train_index"], table["test_index"]))
         false = len(selected - truth)
         proportions.append(false / max(len(selected), 1))
@@ -190,8 +193,8 @@ def test_fdr_pairs_control_the_false_discovery_proportion(method):
 
 def test_status_counts_the_pairs_passing_at_fdr_01():
     counts, truth = planted_counts(99, trials=300)
-    s = report.convergence_summary(counts, subset_size=420, planned_trials=300)
-    assert s["pairs_fdr_0.1"] == report.pairs_table(counts, fdr=0.1, planned_trials=300, subset_ratio=0.7).num_rows > 0
+    s = report.convergence_summary(counts, Bars(planned_trials=300), subset_size=420)
+    assert s["pairs_fdr_0.1"] == report.pairs_table(counts, Bars(planned_trials=300, subset_ratio=0.7), PairSelection(fdr=0.1)).num_rows > 0
     no_pairs = Counts.empty(10, 4, with_pairs=False)
     no_pairs.add(0, np.ones(10, bool), np.ones(10, bool), np.ones(4, bool))
     assert "pairs_fdr_0.1" not in report.convergence_summary(no_pairs, subset_size=7)
@@ -199,8 +202,8 @@ def test_status_counts_the_pairs_passing_at_fdr_01():
 
 def test_fdr_of_a_shard_uses_the_total_hypothesis_count():
     counts, _ = planted_counts(5, trials=300)
-    whole = report.pairs_table(counts, fdr=0.1)
-    fewer = report.pairs_table(counts, fdr=0.1, n_hypotheses=10**9)
+    whole = report.pairs_table(counts, Bars(), PairSelection(fdr=0.1))
+    fewer = report.pairs_table(counts, Bars(), PairSelection(fdr=0.1), n_hypotheses=10**9)
     assert fewer.num_rows <= whole.num_rows
 
 
@@ -211,18 +214,17 @@ def test_stopping_criteria_report_value_target_and_met(synthetic_run):
     counts = Counts.empty(80, 5, with_pairs=False)
     for k in range(300):
         counts.add(run.trial_ids[k], run.masks[k], run.train_correct[k], run.test_correct[k])
-    s = report.convergence_summary(counts, subset_size=run.subset_size, planned_trials=300,
-                                   until_halfwidth=0.5, until_jaccard=0.01)
+    s = report.convergence_summary(counts, Bars(planned_trials=300), StatusQuestions(until_halfwidth=0.5, until_jaccard=0.01), subset_size=run.subset_size)
     crit = s["stopping"]
     assert crit["until_halfwidth"] == {"met": True, "value": s["mem"]["median_halfwidth"], "target": 0.5}
     assert crit["until_jaccard"]["value"] == pytest.approx(s["split_half"]["mem"]["0.25"]["jaccard"])
     assert crit["until_jaccard"]["met"] and crit["all_met"]
-    strict = report.convergence_summary(counts, subset_size=run.subset_size, planned_trials=300, until_halfwidth=0.01)
+    strict = report.convergence_summary(counts, Bars(planned_trials=300), StatusQuestions(until_halfwidth=0.01), subset_size=run.subset_size)
     assert strict["stopping"]["until_halfwidth"]["met"] is False and strict["stopping"]["all_met"] is False
     assert "stopping" not in report.convergence_summary(counts, subset_size=run.subset_size)
     # more trials needed: additional ones, 0 once the target is reached, about the 1/sqrt(t) law for chernoff.
-    assert report.convergence_summary(counts, subset_size=run.subset_size, target_halfwidth=0.99)["mem"]["more_trials_needed"] == 0
-    chernoff = report.convergence_summary(counts, subset_size=run.subset_size, method="chernoff", target_halfwidth=0.1)
+    assert report.convergence_summary(counts, Bars(), StatusQuestions(target_halfwidth=0.99), subset_size=run.subset_size)["mem"]["more_trials_needed"] == 0
+    chernoff = report.convergence_summary(counts, Bars(method="chernoff"), StatusQuestions(target_halfwidth=0.1), subset_size=run.subset_size)
     more = chernoff["mem"]["more_trials_needed"]
     law = bounds.trials_needed(300, chernoff["mem"]["median_halfwidth"], 0.1) - 300
     assert 0.7 * law <= more <= 1.3 * law
@@ -240,36 +242,40 @@ def small_counts(synthetic_run):
     return counts
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    ({"min_infl": math.nan}, "--min-infl"), ({"min_infl": math.inf}, "--min-infl"), ({"min_infl": 2.0}, "--min-infl"),
-    ({"min_mem": math.nan}, "--min-mem"), ({"fdr": 0.0}, "--fdr"), ({"fdr": 1.5}, "--fdr"), ({"fdr": math.nan}, "--fdr"),
-    ({"fdr": 1.0}, "--fdr"), ({"method": "bernstein"}, "--method"), ({"delta": math.nan}, "--delta"),
+@pytest.mark.parametrize("kwargs, parameter", [
+    ({"min_infl": math.nan}, "min_infl"), ({"min_infl": math.inf}, "min_infl"), ({"min_infl": 2.0}, "min_infl"),
+    ({"min_mem": math.nan}, "min_mem"), ({"fdr": 0.0}, "fdr"), ({"fdr": 1.5}, "fdr"), ({"fdr": math.nan}, "fdr"),
+    ({"fdr": 1.0}, "fdr"), ({"method": "bernstein"}, "method"), ({"delta": math.nan}, "delta"),
 ])
-def test_bad_pairs_arguments_name_their_flag(small_counts, kwargs, flag):
-    with pytest.raises(RaymemError, match=flag):
-        report.pairs_table(small_counts, **kwargs)
+def test_bad_pairs_arguments_name_their_parameter(small_counts, kwargs, parameter):
+    bars = {k: kwargs.pop(k) for k in ("method", "delta") if k in kwargs}
+    with pytest.raises(RaymemError, match=parameter) as refused:
+        report.pairs_table(small_counts, Bars(**bars), PairSelection(**kwargs))
+    assert refused.value.parameter == parameter
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    ({"target_halfwidth": math.nan}, "--target-halfwidth"), ({"target_halfwidth": 0.0}, "--target-halfwidth"),
-    ({"until_halfwidth": -1.0}, "--until-halfwidth"), ({"until_halfwidth": 0.0}, "--until-halfwidth"),
-    ({"until_halfwidth": math.nan}, "--until-halfwidth"), ({"until_jaccard": 0.0}, "--until-jaccard"),
-    ({"until_jaccard": 1.5}, "--until-jaccard"), ({"until_jaccard": math.nan}, "--until-jaccard"),
-    ({"method": "wald"}, "--method"), ({"pairs_fdr": 0.0}, "--fdr"),
+@pytest.mark.parametrize("kwargs, parameter", [
+    ({"target_halfwidth": math.nan}, "target_halfwidth"), ({"target_halfwidth": 0.0}, "target_halfwidth"),
+    ({"until_halfwidth": -1.0}, "until_halfwidth"), ({"until_halfwidth": 0.0}, "until_halfwidth"),
+    ({"until_halfwidth": math.nan}, "until_halfwidth"), ({"until_jaccard": 0.0}, "until_jaccard"),
+    ({"until_jaccard": 1.5}, "until_jaccard"), ({"until_jaccard": math.nan}, "until_jaccard"),
+    ({"method": "wald"}, "method"), ({"pairs_fdr": 0.0}, "pairs_fdr"),
 ])
-def test_bad_status_arguments_name_their_flag(small_counts, kwargs, flag):
-    with pytest.raises(RaymemError, match=flag):
-        report.convergence_summary(small_counts, subset_size=14, **kwargs)
+def test_bad_status_arguments_name_their_parameter(small_counts, kwargs, parameter):
+    bars = {k: kwargs.pop(k) for k in ("method",) if k in kwargs}
+    with pytest.raises(RaymemError, match=parameter) as refused:
+        report.convergence_summary(small_counts, Bars(**bars), StatusQuestions(**kwargs), subset_size=14)
+    assert refused.value.parameter == parameter
 
 
 def test_unknown_method_names_the_choices(small_counts):
-    for call in (lambda: report.mem_table(small_counts, method="x"),
-                 lambda: report.influence_table(small_counts, 0, method="x"),
+    for call in (lambda: report.mem_table(small_counts, Bars(method="x")),
+                 lambda: report.influence_table(small_counts, 0, Bars(method="x")),
                  lambda: bounds.difference_interval(1, 2, 1, 2, 0.05, method="x")):
         with pytest.raises(RaymemError, match="anytime, fixed, chernoff, hoeffding"):
             call()
 
 
 def test_bad_plan_is_a_user_error(small_counts):
-    with pytest.raises(RaymemError, match="--trials"):
-        report.mem_table(small_counts, planned_trials=0)
+    with pytest.raises(RaymemError, match="planned_trials"):
+        report.mem_table(small_counts, Bars(planned_trials=0))

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
+from raymem.estimator.bars import Bars
 from raymem.errors import RaymemError
 from raymem.estimator.subsets import subset_mask, trial_seed
 from raymem.config.catalog import MODEL_NAMES
@@ -265,7 +266,7 @@ def test_packed_and_unpacked_trials_give_the_same_estimates(digits):
         for mask, (train_pred, test_pred, _) in zip(masks, outputs):
             v.add(mask, train_pred == labels, test_pred == data.y_test)
         mem = v.memorization()
-        lo, hi = report.mem_intervals(v, 0.05, n, False)
+        lo, hi = report.mem_intervals(v, Bars(delta=0.05), n)
         recall = report.canary_recall(mem, flipped)
         accuracy = 100 * np.mean([meta["test_accuracy"] for _, _, meta in outputs])
         estimates[name] = (mem, lo, hi, recall, accuracy)
@@ -287,7 +288,7 @@ def test_packs_are_scheduled_logged_retried_and_resumed_like_trials(tmp_path, is
 
     from raymem.store.storage import RunStore
     from raymem.store.trial_log import iter_trials
-    from raymem.driver.run import run_experiment
+    from raymem.driver.run import DriverOptions, run_experiment
 
     def hook():  # the first attempt of the pack holding trial 1 fails (a worker setup hook, as test_runner does)
         import raymem.driver.trial as trial
@@ -305,7 +306,7 @@ def test_packs_are_scheduled_logged_retried_and_resumed_like_trials(tmp_path, is
              runtime_env={"worker_process_setup_hook": hook})
     run_dir = tmp_path / "packed"
     config = resolve_config("digits", {"trials": 4, "epochs": 2, "batch_size": 64, "pack": 2})
-    result = run_experiment(config, name="packed", run_uri=str(run_dir), progress=False, shutdown=False)
+    result = run_experiment(config, name="packed", run_uri=str(run_dir), options=DriverOptions(progress=False, shutdown=False))
     assert not result.failed and sorted(result.trained_now) == [0, 1, 2, 3] and result.pack == 2
     assert sorted(result.retried) == [0, 1]  # the pack (0, 1) was retried whole
     records = {r.trial_id: r for r in iter_trials(RunStore.open(str(run_dir)))}
@@ -322,7 +323,7 @@ def test_packs_are_scheduled_logged_retried_and_resumed_like_trials(tmp_path, is
 
     # extend the run with --pack auto: only the missing trials train, K measured where trials run
     more = resolve_config("digits", {"trials": 6, "epochs": 2, "batch_size": 64, "pack": "auto"})
-    again = run_experiment(more, name="packed", run_uri=str(run_dir), progress=False, shutdown=False)
+    again = run_experiment(more, name="packed", run_uri=str(run_dir), options=DriverOptions(progress=False, shutdown=False))
     assert sorted(again.trained_now) == [4, 5] and not again.failed
     assert again.pack >= 1 and again.pack_measurements and again.pack_measurements[0]["pack"] == 1
     assert sorted(r.trial_id for r in iter_trials(RunStore.open(str(run_dir)))) == list(range(6))

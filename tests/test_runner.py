@@ -20,7 +20,7 @@ from raymem.store.run_info import read_run_info
 from raymem.store.storage import RunStore
 from raymem.store.trial_log import iter_trials, trial_ids
 from raymem.config.experiment import resolve_config
-from raymem.driver.run import run_experiment
+from raymem.driver.run import DriverOptions, run_experiment
 
 RAYMEM = str(Path(sys.executable).with_name("raymem"))
 
@@ -41,7 +41,7 @@ def log_ids(run_dir) -> list[int]:
 def test_run_trains_every_trial_once_and_learns(tmp_path):
     config = resolve_config("digits", dict(trials=10, flip_labels=0.05))
     run_dir = tmp_path / "canary"
-    result = run_experiment(config, name="canary", run_uri=str(run_dir), num_cpus=2, progress=False)
+    result = run_experiment(config, name="canary", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
     assert result.trials_done == 10 and not result.failed
     assert log_ids(run_dir) == list(range(10))
     records = list(iter_trials(RunStore.open(str(run_dir))))
@@ -85,7 +85,7 @@ def _ray_failing_first_attempts(trial_ids):
 def test_injected_failure_is_retried_and_counted_once(tmp_path):
     _ray_failing_first_attempts({1, 2})
     run_dir = tmp_path / "retry"
-    result = run_experiment(tiny(), name="retry", run_uri=str(run_dir), progress=False)
+    result = run_experiment(tiny(), name="retry", run_uri=str(run_dir), options=DriverOptions(progress=False))
     assert sorted(result.retried) == [1, 2]
     assert not result.failed
     assert log_ids(run_dir) == [0, 1, 2, 3]
@@ -96,7 +96,7 @@ def test_injected_failure_is_retried_and_counted_once(tmp_path):
 def test_failure_after_max_attempts_is_reported(tmp_path):
     _ray_failing_first_attempts({0})
     run_dir = tmp_path / "fail"
-    result = run_experiment(tiny(trials=2, max_attempts=1), name="fail", run_uri=str(run_dir), progress=False)
+    result = run_experiment(tiny(trials=2, max_attempts=1), name="fail", run_uri=str(run_dir), options=DriverOptions(progress=False))
     assert list(result.failed) == [0] and "injected failure" in result.failed[0]
     assert log_ids(run_dir) == [1]
 
@@ -116,13 +116,13 @@ def test_until_halfwidth_stops_early_and_the_log_holds_every_counted_trial(tmp_p
 
 def test_extend_and_refuse_other_config(tmp_path):
     run_dir = tmp_path / "ext"
-    run_experiment(tiny(trials=2), name="ext", run_uri=str(run_dir), num_cpus=2, progress=False)
-    result = run_experiment(tiny(trials=3), name="ext", run_uri=str(run_dir), num_cpus=2, progress=False)
+    run_experiment(tiny(trials=2), name="ext", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
+    result = run_experiment(tiny(trials=3), name="ext", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
     assert result.trained_now == [2]
     assert log_ids(run_dir) == [0, 1, 2]
     assert read_run_info(RunStore.open(str(run_dir))).config["trials"] == 3
     with pytest.raises(RaymemError, match="epochs"):
-        run_experiment(tiny(trials=3, epochs=5), name="ext", run_uri=str(run_dir), num_cpus=2, progress=False)
+        run_experiment(tiny(trials=3, epochs=5), name="ext", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
 
 
 def test_fractional_gpu_trials_share_a_gpu_concurrently(tmp_path):
@@ -131,7 +131,7 @@ def test_fractional_gpu_trials_share_a_gpu_concurrently(tmp_path):
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, namespace="raymem")
     run_dir = tmp_path / "frac"
     config = tiny(trials=4, epochs=4, gpus_per_trial=0.5, cpus_per_trial=1.0)
-    result = run_experiment(config, name="frac", run_uri=str(run_dir), progress=False)
+    result = run_experiment(config, name="frac", run_uri=str(run_dir), options=DriverOptions(progress=False))
     assert result.trials_done == 4
     records = list(iter_trials(RunStore.open(str(run_dir))))
     assert all(r.metadata["gpu_ids"] == ["0"] for r in records)  # Ray gave every trial its share of GPU 0
@@ -146,7 +146,7 @@ def test_multi_gpu_trial_gets_a_train_worker_group(tmp_path):
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, namespace="raymem")
     run_dir = tmp_path / "big"
     config = tiny(trials=1, epochs=1, gpus_per_trial=2, cpus_per_trial=1.0)
-    result = run_experiment(config, name="big", run_uri=str(run_dir), progress=False)
+    result = run_experiment(config, name="big", run_uri=str(run_dir), options=DriverOptions(progress=False))
     assert result.trials_done == 1 and not result.failed
     (record,) = list(iter_trials(RunStore.open(str(run_dir))))
     assert record.metadata["train_group"] is True
@@ -212,7 +212,7 @@ def test_multi_node_trial_runs_a_worker_group_of_two_with_tf_keras(tmp_path):
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, namespace="raymem")
     run_dir = tmp_path / "nodes"
     config = tiny(trials=1, epochs=6, gpus_per_trial=1, cpus_per_trial=1.0, nodes_per_trial=2)
-    result = run_experiment(config, name="nodes", run_uri=str(run_dir), progress=False)
+    result = run_experiment(config, name="nodes", run_uri=str(run_dir), options=DriverOptions(progress=False))
     assert result.trials_done == 1 and not result.failed, result.failed
     (record,) = list(iter_trials(RunStore.open(str(run_dir))))  # exactly one record, from rank 0
     assert record.metadata["world_size"] == 2
@@ -227,7 +227,7 @@ def test_stop_kills_the_live_accumulator_and_readers_fall_back_to_the_log(tmp_pa
     from raymem.cluster.connection import NAMESPACE
 
     run_dir = tmp_path / "stopme"
-    run_experiment(tiny(trials=2), name="stopme", run_uri=str(run_dir), num_cpus=2, progress=False, shutdown=False)
+    run_experiment(tiny(trials=2), name="stopme", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False, shutdown=False))
     address = ray.get_runtime_context().gcs_address
     ray.get_actor("stopme", namespace=NAMESPACE)  # alive after the run
     assert api.stop(str(run_dir), address=address) is True

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raymem.estimator.bars import Bars
+from raymem.estimator.report import PairSelection
 from raymem.errors import RaymemError
 from raymem.estimator import bounds, report, influence_scope
 from raymem.paper import compare, fz_format, shown_examples
@@ -153,17 +155,17 @@ def test_pair_count_bytes_of_imagenet_shaped_labels():
 @pytest.mark.parametrize("method", ["anytime", "chernoff"])
 def test_pairs_table_is_the_full_table_restricted_to_same_label_pairs(run, method):
     full, klass = count(run, "full"), count(run, "class")
-    want = same_class(report.pairs_table(full, method=method))
-    got = report.pairs_table(klass, method=method)
-    assert got.num_rows > 0 and got.num_rows < report.pairs_table(full, method=method).num_rows
+    want = same_class(report.pairs_table(full, Bars(method=method)))
+    got = report.pairs_table(klass, Bars(method=method))
+    assert got.num_rows > 0 and got.num_rows < report.pairs_table(full, Bars(method=method)).num_rows
     assert got.equals(want)
-    assert got.column_names == report.pairs_table(full, method=method).column_names
+    assert got.column_names == report.pairs_table(full, Bars(method=method)).column_names
 
 
 def test_simultaneous_bands_cover_the_estimated_pairs(run):
     klass = count(run, "class")
-    got = report.pairs_table(klass, simultaneous=True).to_pydict()
-    plan = report.plan_of(delta=DELTA)
+    got = report.pairs_table(klass, Bars(simultaneous=True)).to_pydict()
+    plan = Bars(delta=DELTA).plan
     d = bounds.family_delta(DELTA, class_family(), True)
     n_in, n_out = np.array(got["n_in"]), np.array(got["n_out"])
     h = klass.pair_cells(got["train_index"], got["test_index"])[0].astype(np.int64)
@@ -194,20 +196,20 @@ def test_fdr_selection_counts_only_same_label_hypotheses(run, method):
     mem = full.all.memorization()
     m = int(sum(SAME[i].sum() for i in range(N) if mem[i] >= 0.25))
     assert klass.pair_hypotheses(mem >= 0.25) == m
-    plan = report.plan_of(delta=DELTA)
-    candidates = same_class(report.pairs_table(full, method=method)).to_pydict()
+    plan = Bars(delta=DELTA).plan
+    candidates = same_class(report.pairs_table(full, Bars(method=method))).to_pydict()
     h = np.rint(full.pair_cells(candidates["train_index"], candidates["test_index"])[0]).astype(np.int64)
     p = fdr_module.pair_pvalues(h, candidates["n_in"], candidates["n_out"],
                                 full.all.test_hits[candidates["test_index"]], 0.15, method=method, fdr=0.1,
                                 n_hypotheses=m, plan=plan, tuning_family=class_family())
     kept, q = fdr_module.step_up(p, 0.1, m, method)
-    got = report.pairs_table(klass, method=method, fdr=0.1)
+    got = report.pairs_table(klass, Bars(method=method), PairSelection(fdr=0.1))
     assert kept.any()
     assert got.column("train_index").to_pylist() == np.array(candidates["train_index"])[kept].tolist()
     assert got.column("test_index").to_pylist() == np.array(candidates["test_index"])[kept].tolist()
     np.testing.assert_array_equal(got.column("q_value").to_numpy(), q[kept])
-    assert report.pairs_passing_fdr(klass, 0.1, method=method, plan=plan) == got.num_rows
-    summary = report.convergence_summary(klass, subset_size=run.subset_size, method=method)
+    assert report.pairs_passing_fdr(klass, Bars(method=method), 0.1) == got.num_rows
+    summary = report.convergence_summary(klass, Bars(method=method), subset_size=run.subset_size)
     assert summary["pairs_fdr_0.1"] == got.num_rows
 
 
@@ -271,8 +273,8 @@ def test_export_fz_of_a_class_scope_run_equals_the_full_runs(run, tmp_path):
 def test_top_influenced_from_counts_is_the_full_row_within_the_class(run):
     full, klass = count(run, "full"), count(run, "class")
     rows = [3, 8, 15, 20, 0]
-    got = shown_examples.top_influenced_from_counts(klass, rows, 3)
-    want = shown_examples.top_influenced_from_counts(full, rows, 3, test_columns=lambda i: SAME[i])
+    got = shown_examples.top_influenced_from_counts(klass, rows, k=3)
+    want = shown_examples.top_influenced_from_counts(full, rows, k=3, test_columns=lambda i: SAME[i])
     assert got.equals(want)
     assert 15 in got.column("train_index").to_pylist()  # its class has test examples, its planted pair is not one
 
@@ -281,7 +283,7 @@ def test_figures_of_a_class_scope_run_show_same_label_examples(run, tmp_path):
     from raymem.paper import figures
 
     klass = count(run, "class")
-    summary = figures.figures_for_counts(tmp_path / "fig", klass, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS)
+    summary = figures.figures_for_counts(tmp_path / "fig", klass, figures.RunData(TRAIN_LABELS, TEST_LABELS), Bars())
     assert figures.INFLUENCE_HIST_PNG in summary["written"] and summary["pairs"] > 0
     examples = pq.read_table(tmp_path / "fig" / figures.INFLUENCE_EXAMPLES).to_pydict()
     assert examples["train_label"] and examples["train_label"] == examples["test_label"]
@@ -312,7 +314,7 @@ def test_a_class_scope_run_replayed_from_its_log_reads_like_a_full_one(run, tmp_
     view = offline_view(store)
     assert view.influence_scope == "class" and view.counts.h_in is None
     assert view.pairs_table().equals(same_class(full_view.pairs_table()))
-    assert view.pairs_table(fdr=0.1).num_rows > 0
+    assert view.pairs_table(view.bars(), PairSelection(fdr=0.1)).num_rows > 0
     assert view.mem_table().equals(full_view.mem_table())
     assert view.influence_table(test_index=2).column("train_index").to_pylist() == \
         [i for i in full_view.influence_table(test_index=2, top=N).column("train_index").to_pylist() if SAME[i, 2]][:10]

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from raymem.estimator.report import PairSelection
 from raymem.estimator import log_replay
 from raymem.actors import pair_shard
 from raymem.actors.accumulator import get_or_create_accumulator
@@ -146,7 +147,7 @@ def test_restarted_accumulator_reconciles_shards_with_the_log(tmp_path, local_ra
     shard = ray.get_actor("rec.pairs-1-of-2", namespace=NAMESPACE)
     assert ray.get(shard.done_trial_ids.remote()) == list(range(6))
     assert_same(ray.get(acc.pairs_table.remote(min_infl=0.0, min_mem=0.0)),
-                log_replay.offline_view(RunStore.open(run_dir)).pairs_table(min_infl=0.0, min_mem=0.0))
+                log_replay.offline_view(RunStore.open(run_dir)).pairs_table(log_replay.offline_view(RunStore.open(run_dir)).bars(), PairSelection(min_infl=0.0, min_mem=0.0)))
 
 
 def restart_and_wait(ray, handle, timeout_s: float = 60.0) -> dict:
@@ -200,7 +201,7 @@ def test_shards_recover_from_a_hard_kill_a_deleted_trial_file_and_an_old_run_of_
     for name in names:
         assert ray.get(ray.get_actor(name, namespace=NAMESPACE).done_trial_ids.remote()) == [0, 2, 3, 4, 5, 6, 7]
     assert_same(ray.get(acc.pairs_table.remote(min_infl=-1.0, min_mem=-1.0)),
-                offline.pairs_table(min_infl=-1.0, min_mem=-1.0))
+                offline.pairs_table(offline.bars(), PairSelection(min_infl=-1.0, min_mem=-1.0)))
     for j in range(N_TEST):
         assert_same(ray.get(acc.influence_table.remote(test_index=j, top=6)), offline.influence_table(test_index=j, top=6))
     # a live accumulator's layout is never changed behind the user's back

@@ -33,7 +33,7 @@ from raymem.actors.live_counts import LiveCounts
 from raymem.actors.pair_reader import PairReader, ReaderUnavailable
 from raymem.cluster.connection import DURABLE_ACTOR_OPTIONS, NAMESPACE, connect, head_pin, reachable
 from raymem.errors import RaymemError
-from raymem.estimator import formulas, report
+from raymem.estimator import report
 from raymem.store.trial_record import TrialRecord, validate_record
 from raymem.estimator.log_replay import counts_from_log, flipped_labels, run_influence_scope
 from raymem.store.run_info import RunInfo, read_labels, read_run_info
@@ -41,6 +41,8 @@ from raymem.store.storage import RunStore
 from raymem.paper.marginal_utility import mask_source
 from raymem.estimator.subsets import trial_mask
 from raymem.store.trial_log import write_trial
+from raymem.estimator.bars import Bars
+from raymem.estimator.report import PairSelection, StatusQuestions
 from raymem.estimator.run_view import RunView
 #: Completed trials kept for the throughput estimate.
 THROUGHPUT_WINDOW = 50
@@ -158,50 +160,46 @@ class Accumulator:
     def _view(self, counts) -> RunView:
         return RunView(self.info, counts, self.flipped, source="actor")
 
-    def mem_table(self, **kwargs):
+    def mem_table(self, bars: Bars):
         with self.live.snapshot() as counts:
-            return self._view(counts).mem_table(**kwargs)
+            return self._view(counts).mem_table(bars)
 
     def _pair_read(self, method: str, kwargs: dict):
         with self.live.snapshot(pairs=True) as counts:  # the matrix holds exactly these trials until the read ends
-            if self.reader is not None:  # the child calls report.<method>: give it this run's plan, as RunView does
+            if self.reader is not None:
                 try:
-                    return self.reader.call(method, counts, {**self._view(counts).plan_kwargs(), **kwargs})
+                    return self.reader.call(method, counts, kwargs)
                 except ReaderUnavailable:
                     pass  # read here instead: correct, only slower for the absorbs meanwhile
             return getattr(self._view(counts), method)(**kwargs)
 
-    def pairs_table(self, **kwargs):
+    def pairs_table(self, bars: Bars, selected: PairSelection):
+        kwargs = {"bars": bars, "selected": selected}
         if not self.pair_shard_count:
             return self._pair_read("pairs_table", kwargs)
-        # The shards answer with this run's plan. With an FDR, each sends its candidates' p-values (computed
-        # with the hypotheses of all shards) and one step-up runs here: exactly the unsharded selection.
-        fdr = kwargs.get("fdr")
-        with self.live.snapshot() as counts:
-            view = self._view(counts)
-            kwargs = {**view.plan_kwargs(), **kwargs}
-            if fdr is not None:
-                kwargs["n_hypotheses"] = view.fdr_hypotheses(kwargs.get("min_mem", formulas.PAPER_MIN_MEM))
-                kwargs["step_up"] = False
+        # With an FDR, each shard sends its candidates' p-values (computed with the hypotheses of all shards) and
+        # one step-up runs here: exactly the unsharded selection.
+        if selected.fdr is not None:
+            with self.live.snapshot() as counts:
+                kwargs.update(n_hypotheses=self._view(counts).fdr_hypotheses(selected.min_mem), step_up=False)
         table = self._on_shards(lambda shards: pair_shard.gather_pairs(shards, **kwargs))
-        if fdr is None:
+        if selected.fdr is None:
             return table
-        return report.fdr_step_up(table, fdr, kwargs["n_hypotheses"], kwargs.get("method", report.DEFAULT_METHOD))
+        return report.fdr_step_up(table, selected.fdr, kwargs["n_hypotheses"], bars.method)
 
-    def influence_table(self, **kwargs):
+    def influence_table(self, test_index: int, bars: Bars, top: int = 10):
         if self.pair_shard_count:
-            kwargs = {**self._view(None).plan_kwargs(), **kwargs}
-            return self._on_shards(lambda shards: pair_shard.gather_influence(shards, **kwargs))
-        return self._pair_read("influence_table", kwargs)
+            return self._on_shards(lambda shards: pair_shard.gather_influence(shards, test_index=test_index, top=top,
+                                                                              bars=bars))
+        return self._pair_read("influence_table", {"test_index": test_index, "bars": bars, "top": top})
 
-    def status(self, **kwargs) -> dict:
-        fdr = kwargs.get("pairs_fdr", report.STATUS_FDR)
+    def status(self, bars: Bars, questions: StatusQuestions) -> dict:
+        fdr = questions.pairs_fdr
         local_pairs = fdr is not None and not self.pair_shard_count and self.live.counts.tracks_pairs
         with self.live.snapshot(pairs=local_pairs) as counts:  # the FDR count needs the pair counts
-            summary = self._view(counts).status(**kwargs)
+            summary = self._view(counts).status(bars, questions)
         if self.pair_shard_count and fdr is not None and summary["trials_done"]:  # the pair counts are in the shards
-            method = kwargs.get("method", report.DEFAULT_METHOD)
-            summary[f"pairs_fdr_{fdr:g}"] = self.pairs_table(fdr=fdr, method=method).num_rows
+            summary[f"pairs_fdr_{fdr:g}"] = self.pairs_table(bars, PairSelection(fdr=fdr)).num_rows
         summary["pairs_pending"] = self.live.pending
         summary["progress"] = self._progress(summary["trials_done"], summary["trials_target"])
         return summary

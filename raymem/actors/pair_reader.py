@@ -93,7 +93,7 @@ class PairReader:
         """``report.<method>(counts, **kwargs)`` computed by the child on the shared matrix (which must hold
         exactly ``counts``' trials, pinned by the caller)."""
         v = counts.all
-        header = {"method": method, "kwargs": kwargs, "trials": v.trials, "n_train": counts.n_train,
+        header = {"method": method, "kwargs": _encode(kwargs), "trials": v.trials, "n_train": counts.n_train,
                   "n_test": counts.n_test, "row_start": counts.row_start, "row_stop": counts.row_stop}
         with self._lock:
             proc = self._child()
@@ -127,6 +127,25 @@ class PairReader:
             self._stop_child()
 
 
+def _settings_types() -> dict:
+    from raymem.estimator.bars import Bars
+    from raymem.estimator.report import PairSelection
+
+    return {"Bars": Bars, "PairSelection": PairSelection}
+
+
+def _encode(kwargs: dict) -> dict:
+    """The read's keywords as JSON: its settings objects as {"__settings__": type name, "fields": ...}."""
+    return {k: {"__settings__": type(v).__name__, "fields": v.to_dict()} if hasattr(v, "to_dict") else v
+            for k, v in kwargs.items()}
+
+
+def _decode(kwargs: dict) -> dict:
+    types = _settings_types()
+    return {k: types[v["__settings__"]](**v["fields"]) if isinstance(v, dict) and "__settings__" in v else v
+            for k, v in kwargs.items()}
+
+
 def _serve(fd: int, rows: int, n_test: int) -> None:
     """The child: answer requests on stdin until it closes."""
     from raymem.errors import RaymemError
@@ -149,7 +168,7 @@ def _serve(fd: int, rows: int, n_test: int) -> None:
             zeros = VectorCounts.zeros(rows, n_test)
             counts = Counts(header["n_train"], header["n_test"], header["row_start"], header["row_stop"],
                             VectorCounts(header["trials"], n_in, in_hits, total_hits, test_hits), zeros, h_in)
-            table = getattr(report, header["method"])(counts, **header["kwargs"])
+            table = getattr(report, header["method"])(counts, **_decode(header["kwargs"]))
         except Exception as exc:  # noqa: BLE001 - sent back and raised in the accumulator
             kind = "RaymemError" if isinstance(exc, RaymemError) else type(exc).__name__
             _send(stdout, b"error")

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raymem.errors import RaymemError
+from raymem.estimator.bars import Bars
+from raymem.estimator.report import StatusQuestions
+from raymem.estimator.run_view import RunView
 from raymem.store.run_info import new_run_info, read_labels, read_run_info, write_labels, write_run_info
 from raymem.store.storage import RunStore
 from raymem.data import canaries
@@ -259,20 +262,29 @@ def cluster_capacity(config: ExperimentConfig) -> int:
     return int(min(fits)) if fits else 1
 
 
-def run_experiment(
-    config: ExperimentConfig,
-    *,
-    name: str,
-    run_uri: str,
-    address: str | None = None,
-    data_dir: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: float | None = None,
-    progress: bool = True,
-    shutdown: bool = True,
-    until_halfwidth: float | None = None,
-    until_jaccard: float | None = None,
-) -> RunResult:
+@dataclasses.dataclass(frozen=True)
+class DriverOptions:
+    """How a driver runs, apart from what it trains: the Ray cluster (``address``; None: ``RAY_ADDRESS``, else a
+    local Ray sized ``num_cpus`` / ``num_gpus``, shut down after when ``shutdown``), the prepared data sets'
+    folder, the progress display, and the stopping criteria (``until_halfwidth``: the median anytime memorization
+    half-width; ``until_jaccard``: the split-half Jaccard at mem >= 0.25)."""
+
+    address: str | None = None
+    data_dir: str | None = None
+    num_cpus: int | None = None
+    num_gpus: float | None = None
+    progress: bool = True
+    shutdown: bool = True
+    until_halfwidth: float | None = None
+    until_jaccard: float | None = None
+
+    @property
+    def stops_early(self) -> bool:
+        return self.until_halfwidth is not None or self.until_jaccard is not None
+
+
+def run_experiment(config: ExperimentConfig, *, name: str, run_uri: str,
+                   options: DriverOptions = DriverOptions()) -> RunResult:
     """Train the run's missing trials; return what happened. See the module docstring.
 
     With ``until_halfwidth`` / ``until_jaccard`` the driver asks the accumulator after each counted trial
@@ -285,32 +297,31 @@ def run_experiment(
     started = time.perf_counter()
     store = RunStore.open(run_uri)
     with DriverLease(store, name):  # one driver per run: a second one would train the same trials again
-        return _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, num_gpus, progress,
-                               shutdown, until_halfwidth, until_jaccard, started)
+        return _run_with_lease(config, store, name, run_uri, options, started)
 
 
-def _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, num_gpus, progress, shutdown,
-                    until_halfwidth, until_jaccard, started) -> RunResult:
+def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_uri: str, options: DriverOptions,
+                    started: float) -> RunResult:
     """:func:`run_experiment` once the driver holds the run's lease."""
     import ray
 
     from raymem.actors.accumulator import get_or_create_accumulator
     from raymem.cluster import connection
     from raymem.data.label_cache import load_run_dataset, remember_source
-    from raymem.driver.trial import measure_pack, run_big_trial, run_pack, run_small_trial
 
-    data = load_run_dataset(config.dataset, data_dir, store)  # a streamed set's labels from the run dir when resuming
+    data = load_run_dataset(config.dataset, options.data_dir, store)  # a streamed set's labels from the run dir
     check_checkpoint_location(config, store)
     info, train_labels = prepare_run(config, store, name, data)
     remember_source(store, data)
-    address, started_here = connection.connect_or_start(address, num_cpus, num_gpus)
+    address, started_here = connection.connect_or_start(options.address, options.num_cpus, options.num_gpus)
     if started_here:
         connection.write_live_address(store, address)
     else:
         warn_if_single_point_of_loss(run_uri)
     demand = AutoscalerDemand(config)
     try:
-        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.estimator.track_pairs, batch_size=config.estimator.pair_batch,
+        accumulator = get_or_create_accumulator(info, run_uri, with_pairs=config.estimator.track_pairs,
+                                                batch_size=config.estimator.pair_batch,
                                                 pair_shards=config.estimator.pair_shards)
         ray.get(accumulator.reload_info.remote())
         done = set(ray.get(accumulator.done_trial_ids.remote()))
@@ -324,43 +335,15 @@ def _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, n
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
-        if config.uses_train_group:
-            storage_path = train_storage_path(run_uri)
-            options = {"num_cpus": 0, "max_retries": 0}
-            if config.resources.nodes_per_trial > 1:
-                # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
-                # inherit this runtime environment) build with tf-keras (see keras_backend).
-                options["runtime_env"] = {"env_vars": {LEGACY_KERAS_ENV: "1"}}
-            task = ray.remote(run_big_trial).options(**options)
-
-            def submit(k, attempt):
-                return task.remote(config, run, [payload], accumulator, k, attempt, storage_path)
-        else:
-            # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).
-            per_trial = dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
-            task = ray.remote(max_calls=0)(run_small_trial).options(**per_trial)
-            pack_task = ray.remote(max_calls=0)(run_pack).options(**per_trial)
-
-            def submit(k, attempt):
-                if isinstance(k, tuple):  # a pack of trial ids, trained together, asking for one trial's resources
-                    return pack_task.remote(config, run, payload, accumulator, list(k), attempt)
-                return task.remote(config, run, payload, accumulator, k, attempt)
-
+        submit = _submitter(config, run, payload, accumulator)
         result = RunResult(name, store.uri, config.trials, len(done))
-        pack = config.resources.pack
-        if pack == "auto" and missing:
-            # measured where trials run (one trial's resources); no larger than needed to keep every slot busy
-            slots = max(1, cluster_capacity(config))
-            measure = ray.remote(max_calls=0)(measure_pack).options(**per_trial)
-            pack, result.pack_measurements = ray.get(measure.remote(config, payload, -(-len(missing) // slots)))
-        result.pack = pack = int(pack) if pack != "auto" else 1
-        units = missing if pack == 1 else [tuple(missing[i:i + pack]) for i in range(0, len(missing), pack)]
-        if missing and (idle := idle_slots_warning(pack, len(units), cluster_capacity(config))):
-            print(idle, file=sys.stderr, flush=True)
-        bar = Progress(config.trials, len(done), enabled=progress, stream=sys.stderr)
-        stopping = until_halfwidth is not None or until_jaccard is not None
-        _drive(config, units, submit, result, bar, demand,
-               (lambda: criteria_met(accumulator, until_halfwidth, until_jaccard)) if stopping else None)
+        units = _units(config, missing, payload, result)
+        bar = Progress(config.trials, len(done), enabled=options.progress, stream=sys.stderr)
+        stop_check = None
+        if options.stops_early:
+            def stop_check():
+                return criteria_met(accumulator, RunView(info, None).bars(), options)
+        _drive(config, units, submit, result, bar, demand, stop_check)
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
         result.wall_seconds = time.perf_counter() - started
@@ -369,16 +352,68 @@ def _run_with_lease(config, store, name, run_uri, address, data_dir, num_cpus, n
         demand.release()
         if started_here:
             connection.clear_live_address(store)
-            if shutdown:
+            if options.shutdown:
                 ray.shutdown()
 
 
-def criteria_met(accumulator, until_halfwidth: float | None, until_jaccard: float | None) -> str | None:
+def _trial_resources(config: ExperimentConfig) -> dict:
+    """What one trial task asks Ray for (a pack asks for one trial's resources)."""
+    return dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
+
+
+def _submitter(config: ExperimentConfig, run: dict, payload, accumulator):
+    """``submit(k, attempt)``: start trial k (or a pack, a tuple of trial ids) as a Ray task; returns its ref."""
+    import ray
+
+    from raymem.driver.trial import run_big_trial, run_pack, run_small_trial
+
+    if config.uses_train_group:
+        storage_path = train_storage_path(run["run_uri"])
+        options = {"num_cpus": 0, "max_retries": 0}
+        if config.resources.nodes_per_trial > 1:
+            # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
+            # inherit this runtime environment) build with tf-keras (see keras_backend).
+            options["runtime_env"] = {"env_vars": {LEGACY_KERAS_ENV: "1"}}
+        task = ray.remote(run_big_trial).options(**options)
+        return lambda k, attempt: task.remote(config, run, [payload], accumulator, k, attempt, storage_path)
+    # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).
+    task = ray.remote(max_calls=0)(run_small_trial).options(**_trial_resources(config))
+    pack_task = ray.remote(max_calls=0)(run_pack).options(**_trial_resources(config))
+
+    def submit(k, attempt):
+        if isinstance(k, tuple):  # a pack of trial ids, trained together, asking for one trial's resources
+            return pack_task.remote(config, run, payload, accumulator, list(k), attempt)
+        return task.remote(config, run, payload, accumulator, k, attempt)
+
+    return submit
+
+
+def _units(config: ExperimentConfig, missing: list[int], payload, result: RunResult) -> list:
+    """The missing trials as units of work: trial ids, or packs (tuples of ids) of the chosen pack size."""
+    import ray
+
+    from raymem.driver.trial import measure_pack
+
+    pack = config.resources.pack
+    if pack == "auto" and missing:
+        # measured where trials run (one trial's resources); no larger than needed to keep every slot busy
+        slots = max(1, cluster_capacity(config))
+        measure = ray.remote(max_calls=0)(measure_pack).options(**_trial_resources(config))
+        pack, result.pack_measurements = ray.get(measure.remote(config, payload, -(-len(missing) // slots)))
+    result.pack = pack = int(pack) if pack != "auto" else 1
+    units = missing if pack == 1 else [tuple(missing[i:i + pack]) for i in range(0, len(missing), pack)]
+    if missing and (idle := idle_slots_warning(pack, len(units), cluster_capacity(config))):
+        print(idle, file=sys.stderr, flush=True)
+    return units
+
+
+def criteria_met(accumulator, bars: Bars, options: DriverOptions) -> str | None:
     """Ask the accumulator whether every stopping criterion given is met; return why (a sentence) or None."""
     import ray
 
-    status = ray.get(accumulator.status.remote(until_halfwidth=until_halfwidth, until_jaccard=until_jaccard,
-                                               pairs_fdr=None))
+    questions = StatusQuestions(until_halfwidth=options.until_halfwidth, until_jaccard=options.until_jaccard,
+                                pairs_fdr=None)
+    status = ray.get(accumulator.status.remote(bars, questions))
     stopping = status.get("stopping") or {}
     if not stopping.get("all_met"):
         return None

@@ -10,7 +10,7 @@ by one of four methods (``INTERVAL_METHODS``):
 - "fixed": valid at one fixed, pre-planned trial count (exact binomial tails combined by Fisher's
   method, projected onto the difference; ``raymem.estimator.joint_bounds``).
 - "chernoff": a KL-form Chernoff interval per term at delta / 2, [lo_in - hi_out, hi_in - lo_out]
-  (the method before issue 9, kept unchanged for comparison; valid at a fixed trial count).
+  (for comparison with the paper's Chernoff bars; valid at a fixed trial count).
 - "hoeffding": the same with Hoeffding intervals.
 
 The paper's global bound (Lemma 2.1) is offered beside them. Everything here is vectorised: counts may
@@ -35,66 +35,66 @@ CHERNOFF_BISECTION_STEPS = 60
 #: The methods difference_interval accepts; the first is the default.
 INTERVAL_METHODS = ("anytime", "fixed", "chernoff", "hoeffding")
 DEFAULT_METHOD = "anytime"
+#: Every interval holds with probability 1 - delta unless the reader asks for another delta.
+DEFAULT_DELTA = 0.05
 #: Methods whose bars hold at every look (the others hold at one fixed, pre-planned trial count).
 ANYTIME_METHODS = ("anytime",)
 
 
-def _number(value, flag: str, example: str) -> float:
+def _number(value, name: str, example: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise RaymemError(f"{flag} must be a number (got {value!r}); pass e.g. {flag} {example}.") from None
+        raise RaymemError(f"{name} must be a number (got {value!r}); pass e.g. {example}.", parameter=name) from None
 
 
-def check_delta(delta: float) -> float:
-    """Return delta as a float after checking 0 < delta < 1 (RaymemError naming --delta otherwise)."""
-    delta = _number(delta, "--delta", "0.05")
+def check_delta(delta: float, name: str = "delta") -> float:
+    """Return delta as a float after checking 0 < delta < 1 (RaymemError naming the parameter otherwise)."""
+    delta = _number(delta, name, "0.05")
     if not 0.0 < delta < 1.0:
-        raise RaymemError(f"--delta must lie strictly between 0 and 1 (got {delta}); pass e.g. --delta 0.05.")
+        raise RaymemError(f"{name} must lie strictly between 0 and 1 (got {delta}); pass e.g. 0.05.", parameter=name)
     return delta
 
 
-def check_method(method: str) -> str:
-    """Return method after checking it is one of INTERVAL_METHODS (RaymemError naming --method and the choices)."""
+def check_method(method: str, name: str = "method") -> str:
+    """Return method after checking it is one of INTERVAL_METHODS (RaymemError naming the parameter and the choices)."""
     if method not in INTERVAL_METHODS:
-        raise RaymemError(f"unknown interval method {method!r} for --method; use one of {', '.join(INTERVAL_METHODS)}.")
+        raise RaymemError(f"{name} {method!r} is not an interval method; use one of {', '.join(INTERVAL_METHODS)}.",
+                          parameter=name)
     return method
 
 
-def check_threshold(value: float, flag: str, example: str = "0.15") -> float:
-    """Return a finite threshold in [-1, 1] (min_infl, min_mem, ...); RaymemError naming `flag` otherwise."""
-    value = _number(value, flag, example)
+def check_threshold(value: float, name: str, example: str = "0.15") -> float:
+    """Return a finite threshold in [-1, 1] (min_infl, min_mem, ...); RaymemError naming the parameter otherwise."""
+    value = _number(value, name, example)
     if not (math.isfinite(value) and -1.0 <= value <= 1.0):
-        raise RaymemError(f"{flag} must be a finite number between -1 and 1 (got {value}); pass e.g. {flag} {example}.")
+        raise RaymemError(f"{name} must be a finite number between -1 and 1 (got {value}); pass e.g. {example}.",
+                          parameter=name)
     return value
 
 
-def check_target_halfwidth(value: float, flag: str = "--target-halfwidth") -> float:
-    """Return a half-width target in (0, 1] (finite); RaymemError naming `flag` otherwise."""
-    value = _number(value, flag, "0.1")
+def check_halfwidth(value: float, name: str) -> float:
+    """Return a half-width target in (0, 1] (finite); RaymemError naming the parameter otherwise."""
+    value = _number(value, name, "0.1")
     if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise RaymemError(f"{flag} must be a half-width in (0, 1] (got {value}); pass e.g. {flag} 0.1.")
+        raise RaymemError(f"{name} must be a half-width in (0, 1] (got {value}); pass e.g. 0.1.", parameter=name)
     return value
 
 
-def check_until_halfwidth(value: float) -> float:
-    """Return the --until-halfwidth target in (0, 1]; RaymemError naming the flag otherwise."""
-    return check_target_halfwidth(value, "--until-halfwidth")
-
-
-def check_until_jaccard(value: float) -> float:
-    """Return the --until-jaccard target in (0, 1]; RaymemError naming the flag otherwise."""
-    value = _number(value, "--until-jaccard", "0.8")
+def check_jaccard(value: float, name: str) -> float:
+    """Return a Jaccard similarity target in (0, 1]; RaymemError naming the parameter otherwise."""
+    value = _number(value, name, "0.8")
     if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise RaymemError(f"--until-jaccard must be a Jaccard similarity in (0, 1] (got {value}); pass e.g. --until-jaccard 0.8.")
+        raise RaymemError(f"{name} must be a Jaccard similarity in (0, 1] (got {value}); pass e.g. 0.8.",
+                          parameter=name)
     return value
 
 
-def check_fdr(value: float) -> float:
-    """Return the false discovery rate Q after checking 0 < Q < 1 (RaymemError naming --fdr otherwise)."""
-    value = _number(value, "--fdr", "0.1")
+def check_fdr(value: float, name: str = "fdr") -> float:
+    """Return the false discovery rate Q after checking 0 < Q < 1 (RaymemError naming the parameter otherwise)."""
+    value = _number(value, name, "0.1")
     if not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise RaymemError(f"--fdr must lie strictly between 0 and 1 (got {value}); pass e.g. --fdr 0.1.")
+        raise RaymemError(f"{name} must lie strictly between 0 and 1 (got {value}); pass e.g. 0.1.", parameter=name)
     return value
 
 
@@ -241,7 +241,7 @@ def trials_needed(trials_done: int, halfwidth: float, target_halfwidth: float) -
     """
     trials_done = int(trials_done)
     halfwidth = float(halfwidth)
-    target_halfwidth = check_target_halfwidth(target_halfwidth)
+    target_halfwidth = check_halfwidth(target_halfwidth, "target_halfwidth")
     if trials_done < 1:
         raise RaymemError("the number of trials needed can only be extrapolated after at least one trial is done.")
     estimate = trials_done * (halfwidth / target_halfwidth) ** 2

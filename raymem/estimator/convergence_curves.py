@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from raymem.errors import RaymemError
 from raymem.estimator import formulas, report, selection
+from raymem.estimator.bars import Bars
 from raymem.estimator.counts import VectorCounts
 
 #: How many prefixes of the log the curve is computed at (fewer when the run has fewer trials).
@@ -35,34 +36,20 @@ def checkpoints(total: int, points: int = DEFAULT_POINTS) -> np.ndarray:
     return np.unique(np.rint(np.linspace(min(start, total), total, points)).astype(np.int64))
 
 
-def convergence_curve(
-    records: Iterable,
-    n_train: int,
-    n_test: int,
-    *,
-    total: int | None = None,
-    points: int = DEFAULT_POINTS,
-    delta: float = report.DEFAULT_DELTA,
-    simultaneous: bool = False,
-    certify_threshold: float = formulas.PAPER_MIN_MEM,
-    split_threshold: float = formulas.PAPER_MIN_MEM,
-    method: str = report.DEFAULT_METHOD,
-    planned_trials: int | None = None,
-    subset_ratio: float | None = None,
-) -> pa.Table:
+def convergence_curve(records: Iterable, n_train: int, n_test: int, bars: Bars = Bars(), *,
+                      total: int | None = None, points: int = DEFAULT_POINTS,
+                      threshold: float = formulas.PAPER_MIN_MEM) -> pa.Table:
     """Replay trial records and return the convergence curve, one row per prefix of the log.
 
     records: objects with ``trial_id``, ``mask``, ``train_correct``, ``test_correct`` (TrialRecord, as
     ``trial_log.iter_trials`` yields them in ascending id), counted in the order given; a repeated
     trial id is counted once. total: how many records there are (default ``len(records)``); the prefix
     lengths are ``checkpoints(total, points)``. Columns: trials, median_halfwidth, max_halfwidth,
-    certified (mem_lo >= certify_threshold), estimated_above (mem >= certify_threshold),
-    split_jaccard, split_mean_abs_diff (even vs. odd trial ids at split_threshold; NaN when both sets
-    are empty). ``method``, ``planned_trials`` and ``subset_ratio`` make the bars those ``raymem status``
-    shows for the run (its plan: ``RunView.plan_kwargs()``).
+    certified (mem_lo >= threshold), estimated_above (mem >= threshold),
+    split_jaccard, split_mean_abs_diff (even vs. odd trial ids at threshold; NaN when both sets
+    are empty). ``bars``: the read's bars (tuned to the run's plan), so the curve shows what ``raymem status``
+    shows for the run.
     """
-    bars = dict(delta=delta, simultaneous=simultaneous, method=method,
-                plan=report.plan_of(planned_trials, subset_ratio, delta))
     if total is None:
         try:
             total = len(records)  # type: ignore[arg-type]
@@ -90,9 +77,9 @@ def convergence_curve(
         if trial_id % 2 == 0:
             even.add(mask, train_ok, test_ok)
         if everything.trials in marks:
-            rows.append(_point(everything, even, bars, certify_threshold, split_threshold))
+            rows.append(_point(everything, even, bars, threshold))
     if rows and rows[-1]["trials"] != everything.trials:
-        rows.append(_point(everything, even, bars, certify_threshold, split_threshold))
+        rows.append(_point(everything, even, bars, threshold))
     schema = pa.schema([
         ("trials", pa.int64()), ("median_halfwidth", pa.float64()), ("max_halfwidth", pa.float64()),
         ("certified", pa.int64()), ("estimated_above", pa.int64()),
@@ -101,18 +88,17 @@ def convergence_curve(
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _point(v: VectorCounts, even: VectorCounts, bars: dict, certify_threshold, split_threshold) -> dict:
-    lo, hi = report.mem_intervals(v, bars["delta"], v.n_in.size, bars["simultaneous"], method=bars["method"],
-                                  plan=bars["plan"])
+def _point(v: VectorCounts, even: VectorCounts, bars: Bars, threshold: float) -> dict:
+    lo, hi = report.mem_intervals(v, bars, v.n_in.size)
     half = (hi - lo) / 2
     mem = v.memorization()
-    split = selection.jaccard_and_mean_difference(even.memorization(), v.minus(even).memorization(), split_threshold)
+    split = selection.jaccard_and_mean_difference(even.memorization(), v.minus(even).memorization(), threshold)
     return {
         "trials": int(v.trials),
         "median_halfwidth": float(np.median(half)) if half.size else math.nan,
         "max_halfwidth": float(np.max(half)) if half.size else math.nan,
-        "certified": int(np.sum(lo >= certify_threshold)),
-        "estimated_above": int(np.sum(mem >= certify_threshold)),
+        "certified": int(np.sum(lo >= threshold)),
+        "estimated_above": int(np.sum(mem >= threshold)),
         "split_jaccard": float(split["jaccard"]),
         "split_mean_abs_diff": float(split["mean_abs_diff"]),
     }

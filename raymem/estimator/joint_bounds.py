@@ -91,12 +91,14 @@ class Plan:
         try:
             trials, ratio = int(trials), float(ratio)
         except (TypeError, ValueError):
-            raise RaymemError(f"the planned trials ({planned_trials!r}) and subset ratio ({subset_ratio!r}) must be numbers; "
-                              "check --trials and the run's subset ratio.") from None
+            raise RaymemError(f"planned_trials ({planned_trials!r}) and subset_ratio ({subset_ratio!r}) must be numbers; "
+                              "check the run's trials and subset ratio.", parameter="planned_trials") from None
         if trials < 1:
-            raise RaymemError(f"the planned number of trials must be at least 1 (got {trials}); check --trials.")
+            raise RaymemError(f"planned_trials must be at least 1 (got {trials}); check the run's trials.",
+                              parameter="planned_trials")
         if not 0.0 < ratio < 1.0:
-            raise RaymemError(f"the subset ratio must lie strictly between 0 and 1 (got {ratio}); check --ratio.")
+            raise RaymemError(f"subset_ratio must lie strictly between 0 and 1 (got {ratio}); check the run's "
+                              "subset_ratio.", parameter="subset_ratio")
         return cls(trials, ratio, None if budget is None else float(budget))
 
 

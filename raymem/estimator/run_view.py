@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from raymem.estimator import formulas, report
+from raymem.estimator import bounds, report
+from raymem.estimator.bars import Bars
 from raymem.estimator.counts import Counts
+from raymem.estimator.report import PairSelection, StatusQuestions
 from raymem.store.run_info import RunInfo
 
 
@@ -21,8 +23,8 @@ from raymem.store.run_info import RunInfo
 class RunView:
     """A run's counts with what the run knows (info, canaries): every read, answered the same live or offline.
 
-    The interval arguments of each reader (``delta``, ``simultaneous``, ``method``) mean what they mean in
-    ``report``; the anytime bars are tuned to this run's planned trials and subset ratio (``plan_kwargs``).
+    Each reader takes the read's :class:`Bars` (default: ``bars()``, tuned to this run's planned trials and
+    subset ratio), so a live and an offline read of the same trials give the same intervals.
     """
     info: RunInfo
     counts: Counts
@@ -41,9 +43,10 @@ class RunView:
         n, m = self.info.n_train, self.info.subset_size
         return m / n if n and 0 < m < n else None
 
-    def plan_kwargs(self) -> dict:
-        """``planned_trials`` and ``subset_ratio``: what the anytime bars of this run are tuned to."""
-        return {"planned_trials": self.planned_trials, "subset_ratio": self.subset_ratio}
+    def bars(self, method: str = bounds.DEFAULT_METHOD, delta: float = bounds.DEFAULT_DELTA,
+             simultaneous: bool = False) -> Bars:
+        """The read's :class:`Bars`, tuned to this run's plan (the one way a reader makes them)."""
+        return Bars(method, delta, simultaneous, self.planned_trials, self.subset_ratio)
 
     @property
     def influence_scope(self) -> str:
@@ -55,61 +58,27 @@ class RunView:
         example has mem >= min_mem (full: those rows x n_test; class: each x the test examples of its class)."""
         return self.counts.pair_hypotheses(self.counts.all.memorization() >= min_mem)
 
-    def mem_table(self, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
-                  method: str = report.DEFAULT_METHOD) -> pa.Table:
+    def mem_table(self, bars: Bars | None = None) -> pa.Table:
         """Memorization of every training example with its intervals (``report.mem_table``) and canary flags."""
-        table = report.mem_table(self.counts, delta=delta, simultaneous=simultaneous, method=method, **self.plan_kwargs())
+        table = report.mem_table(self.counts, bars or self.bars())
         if self.flipped is not None:
             table = table.append_column("label_flipped", pa.array(self.flipped[self.counts.rows]))
         return table
 
-    def pairs_table(
-        self,
-        min_infl: float = formulas.PAPER_MIN_INFL,
-        min_mem: float = formulas.PAPER_MIN_MEM,
-        delta: float = report.DEFAULT_DELTA,
-        simultaneous: bool = False,
-        method: str = report.DEFAULT_METHOD,
-        fdr: float | None = None,
-        n_hypotheses: int | None = None,
-    ) -> pa.Table:
+    def pairs_table(self, bars: Bars | None = None, selected: PairSelection = PairSelection(),
+                    n_hypotheses: int | None = None) -> pa.Table:
         """High-influence pairs with intervals, optionally selected at a false discovery rate (``report.pairs_table``)."""
-        return report.pairs_table(self.counts, min_infl=min_infl, min_mem=min_mem, delta=delta, simultaneous=simultaneous,
-                                  method=method, fdr=fdr, n_hypotheses=n_hypotheses, **self.plan_kwargs())
+        return report.pairs_table(self.counts, bars or self.bars(), selected, n_hypotheses=n_hypotheses)
 
-    def influence_table(
-        self, test_index: int, top: int = 10, delta: float = report.DEFAULT_DELTA, simultaneous: bool = False,
-        method: str = report.DEFAULT_METHOD,
-    ) -> pa.Table:
+    def influence_table(self, test_index: int, bars: Bars | None = None, top: int = 10) -> pa.Table:
         """The top influencers of one test example (``report.influence_table``)."""
-        return report.influence_table(self.counts, test_index, top=top, delta=delta, simultaneous=simultaneous,
-                                      method=method, **self.plan_kwargs())
+        return report.influence_table(self.counts, test_index, bars or self.bars(), top=top)
 
-    def status(
-        self,
-        delta: float = report.DEFAULT_DELTA,
-        simultaneous: bool = False,
-        target_halfwidth: float = report.DEFAULT_TARGET_HALFWIDTH,
-        method: str = report.DEFAULT_METHOD,
-        until_halfwidth: float | None = None,
-        until_jaccard: float | None = None,
-        pairs_fdr: float | None = report.STATUS_FDR,
-        n_hypotheses: int | None = None,
-    ) -> dict:
+    def status(self, bars: Bars | None = None, questions: StatusQuestions = StatusQuestions(),
+               n_hypotheses: int | None = None) -> dict:
         """The convergence summary (``report.convergence_summary``) with the run's name, source, target and canaries."""
-        summary = report.convergence_summary(
-            self.counts,
-            subset_size=self.info.subset_size,
-            delta=delta,
-            simultaneous=simultaneous,
-            target_halfwidth=target_halfwidth,
-            method=method,
-            planned_trials=self.planned_trials,
-            until_halfwidth=until_halfwidth,
-            until_jaccard=until_jaccard,
-            pairs_fdr=pairs_fdr,
-            n_hypotheses=n_hypotheses,
-        )
+        summary = report.convergence_summary(self.counts, bars or self.bars(), questions,
+                                             subset_size=self.info.subset_size, n_hypotheses=n_hypotheses)
         summary = {
             "run": self.info.name,
             "run_id": self.info.run_id,

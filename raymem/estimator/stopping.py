@@ -20,8 +20,7 @@ import numpy as np
 
 from raymem.estimator import bounds, formulas, selection
 from raymem.estimator.counts import Counts, VectorCounts
-from raymem.estimator.per_distinct import per_distinct
-from raymem.estimator.joint_bounds import Plan
+from raymem.estimator.bars import Bars
 
 #: The memorization threshold of the split-half criterion (the paper's).
 JACCARD_THRESHOLD = formulas.PAPER_MIN_MEM
@@ -31,18 +30,9 @@ EXTRAPOLATION_SAMPLE = 2000
 EXTRAPOLATION_MAX_FACTOR = 2.0**20
 
 
-def mem_halfwidths(v: VectorCounts, *, delta: float, method: str, n_family: int, simultaneous: bool,
-                   plan: Plan | None = None) -> np.ndarray:
-    """Half-widths of the memorization bars of every row of ``v`` under `method`."""
-    d = bounds.family_delta(delta, n_family, simultaneous)
-    lo, hi = per_distinct(lambda a, b, c, e: bounds.difference_interval(a, b, c, e, d, method=method, plan=plan),
-                          v.in_hits, v.n_in, v.out_hits, v.n_out)
-    return (hi - lo) / 2.0
-
-
 def halfwidth_criterion(median_halfwidth: float, target: float) -> dict:
     """{"met", "value", "target"} of --until-halfwidth given the current median half-width."""
-    target = bounds.check_until_halfwidth(target)
+    target = bounds.check_halfwidth(target, "until_halfwidth")
     value = None if median_halfwidth is None or math.isnan(median_halfwidth) else float(median_halfwidth)
     return {"met": value is not None and value <= target, "value": value, "target": target}
 
@@ -55,7 +45,7 @@ def split_half_jaccard(counts: Counts, threshold: float = JACCARD_THRESHOLD) -> 
 
 def jaccard_criterion(counts: Counts, target: float, threshold: float = JACCARD_THRESHOLD) -> dict:
     """{"met", "value", "target", "threshold"} of --until-jaccard."""
-    target = bounds.check_until_jaccard(target)
+    target = bounds.check_jaccard(target, "until_jaccard")
     value = split_half_jaccard(counts, threshold)
     value = None if math.isnan(value) else float(value)
     return {"met": value is not None and value >= target, "value": value, "target": target, "threshold": threshold}
@@ -75,8 +65,8 @@ def _scaled(v: VectorCounts, rows: np.ndarray, factor: float):
     return in_hits, n_in, out_hits, n_out
 
 
-def more_trials_needed(v: VectorCounts, target_halfwidth: float, *, delta: float, method: str, n_family: int,
-                       simultaneous: bool, plan: Plan | None = None, current_median: float | None = None) -> int | None:
+def more_trials_needed(v: VectorCounts, target_halfwidth: float, bars: Bars, *, n_family: int,
+                       current_median: float | None = None) -> int | None:
     """Return about how many more trials bring the median memorization half-width to `target_halfwidth`.
 
     0 when it is already there; None before any trial. Scales the counts of an evenly spaced sample of
@@ -84,18 +74,16 @@ def more_trials_needed(v: VectorCounts, target_halfwidth: float, *, delta: float
     smallest k (bisection) whose median half-width is at most the target; the answer is
     ceil((k - 1) * trials). Accounts for what the method adds to the 1/sqrt(t) law (the anytime bars'
     slowly growing log term, the mixture tuned to the plan).
+    ``bars``: the method, delta and plan of the bars whose width is extrapolated.
     """
-    target_halfwidth = bounds.check_target_halfwidth(target_halfwidth)
+    target_halfwidth = bounds.check_halfwidth(target_halfwidth, "target_halfwidth")
     t = int(v.trials)
     if t < 1 or v.n_in.size == 0:
         return None
     rows = np.unique(np.linspace(0, v.n_in.size - 1, min(EXTRAPOLATION_SAMPLE, v.n_in.size)).astype(np.int64))
-    d = bounds.family_delta(delta, n_family, simultaneous)
 
     def median_at(factor: float) -> float:
-        a, b, c, e = _scaled(v, rows, factor)
-        lo, hi = per_distinct(lambda w, x, y, z: bounds.difference_interval(w, x, y, z, d, method=method, plan=plan),
-                              a, b, c, e)
+        lo, hi = bars.difference(*_scaled(v, rows, factor), n_family)
         return float(np.median((hi - lo) / 2.0))
 
     now = current_median if current_median is not None else median_at(1.0)

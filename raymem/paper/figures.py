@@ -21,20 +21,23 @@ objects and tables, never run names; ``raymem.api`` resolves runs. Every file is
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from raymem.paper import plots
 from raymem.errors import RaymemError
-from raymem.store.safe_files import check_output_path
 from raymem.estimator import formulas, report
-from raymem.paper import shown_examples
-from raymem.estimator.counts import Counts
+from raymem.estimator.bars import Bars
 from raymem.estimator.convergence_curves import convergence_curve
+from raymem.estimator.counts import Counts
+from raymem.estimator.report import PairSelection
+from raymem.paper import plots, shown_examples
+from raymem.store.safe_files import check_output_path
 
 MEMORIZED_PNG = "memorized.png"
 INFLUENCE_PNG = "influence.png"
@@ -148,196 +151,208 @@ def _name(label: int, class_names) -> str:
 
 # ---- the figures -------------------------------------------------------------------------------
 
-def paper_figures(
-    out_dir: str | Path,
-    *,
-    mem: pa.Table,
-    pairs: pa.Table,
-    train_labels,
-    test_labels,
-    original_train_labels=None,
-    train_images=None,
-    test_images=None,
-    counts: Counts | None = None,
-    top_influenced: Callable[[np.ndarray], pa.Table] | None = None,
-    convergence: pa.Table | None = None,
-    klass: int | None = None,
-    class_names=None,
-    max_memorized: int = DEFAULT_MAX_MEMORIZED,
-    n_test_examples: int = shown_examples.N_TEST_EXAMPLES,
-    delta: float = report.DEFAULT_DELTA,
-    simultaneous: bool = False,
-) -> dict:
+@dataclass(frozen=True)
+class RunData:
+    """What the figures show of a run besides its estimates: its labels, the labels before canary flips, images.
+
+    train_labels / test_labels: the labels the run trained and tested with. original_train_labels: the labels
+    before canary flips (default: train_labels; a ``label_flipped`` column in the memorization table marks flips
+    too, without the original label). train_images / test_images: (n, H, W) or (n, H, W, C) arrays, or any
+    sequence whose ``[i]`` is one image (only the shown images are read), or None when the run has none.
+    class_names: a name per label, shown instead of the number.
+    """
+
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    original_train_labels: np.ndarray | None = None
+    train_images: object = None
+    test_images: object = None
+    class_names: Sequence[str] | None = None
+
+    def checked(self) -> "RunData":
+        """These data with labels as int64 arrays, or RaymemError naming what does not fit."""
+        train = _labels(self.train_labels, "train_labels")
+        test = _labels(self.test_labels, "test_labels")
+        original = train if self.original_train_labels is None else _labels(self.original_train_labels,
+                                                                             "original_train_labels")
+        if original.shape != train.shape:
+            raise RaymemError(f"original_train_labels has {original.size} entries but train_labels has {train.size}; "
+                              "give one original label per training example.")
+        _check_images(self.train_images, train.size, "train_images")
+        _check_images(self.test_images, test.size, "test_images")
+        return dataclasses.replace(self, train_labels=train, test_labels=test, original_train_labels=original)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The estimates the figures show. mem: one row per training example (``report.mem_table``: train_index, mem,
+    mem_lo, mem_hi, optional label_flipped). pairs: the selected pairs (``report.pairs_table``). counts: the run's
+    counts; when given, each influence row shows the training example's most influenced test examples over all test
+    examples (as the paper does), with intervals by the read's bars, else only among ``pairs``. top_influenced:
+    overrides both: a function from training indices to a table like
+    ``shown_examples.top_influenced_from_counts`` returns. convergence: ``convergence_curve``'s table, or None (the
+    figure is skipped)."""
+
+    mem: pa.Table
+    pairs: pa.Table
+    counts: Counts | None = None
+    top_influenced: Callable[[np.ndarray], pa.Table] | None = None
+    convergence: pa.Table | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the figures pick: the class memorized.png shows (default ``shown_examples.default_class``), how many of
+    its examples, and how many test examples beside each training example of influence.png."""
+
+    klass: int | None = None
+    max_memorized: int = DEFAULT_MAX_MEMORIZED
+    n_test_examples: int = shown_examples.N_TEST_EXAMPLES
+
+
+@dataclass(frozen=True)
+class _Memorization:
+    """mem, mem_lo, mem_hi indexed by training index (NaN where the table has no row), and the flipped labels."""
+
+    value: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    flipped: np.ndarray
+
+    @classmethod
+    def of(cls, mem: pa.Table, data: RunData) -> "_Memorization":
+        n_train = data.train_labels.size
+        index = mem.column("train_index").to_numpy().astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= n_train):
+            raise RaymemError(f"the memorization table indexes training examples beyond the {n_train} labels given; "
+                              "pass the labels of the same run.")
+        columns = []
+        for name in ("mem", "mem_lo", "mem_hi"):
+            column = np.full(n_train, np.nan)
+            column[index] = mem.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            columns.append(column)
+        flipped = data.train_labels != data.original_train_labels
+        if "label_flipped" in mem.column_names:
+            flipped[index] |= mem.column("label_flipped").to_numpy(zero_copy_only=False).astype(bool)
+        return cls(*columns, flipped)
+
+
+def paper_figures(out_dir: str | Path, shown: Shown, data: RunData, layout: Layout = Layout(),
+                  bars: Bars = Bars()) -> dict:
     """Write the paper's figures of one run into ``out_dir``; return what was written and skipped.
 
-    mem: one row per training example (``report.mem_table``: train_index, mem, mem_lo, mem_hi, optional
-    label_flipped). pairs: the selected pairs (``report.pairs_table``: train_index, test_index, infl,
-    infl_lo, infl_hi, mem). train_labels / test_labels: the labels the run trained and tested with;
-    original_train_labels: the labels before canary flips (default: train_labels; a ``label_flipped``
-    column in mem marks flips too, without the original label). train_images / test_images: (n, H, W) or (n, H, W, C) arrays, or any
-    sequence whose ``[i]`` is one image (only the shown images are read), or None when the run has none.
-    counts: the run's counts; when given, each influence row shows the training example's most
-    influenced test examples over all test examples (as the paper does), else only among ``pairs``.
-    top_influenced: overrides both: a function from training indices to a table like
-    ``shown_examples.top_influenced_from_counts`` returns. convergence: ``curves.convergence_curve``'s
-    table, or None (the figure is skipped). klass: the class memorized.png shows (default:
-    ``shown_examples.default_class``). delta / simultaneous: the intervals of test examples taken from
-    ``counts``.
-
-    Everything is checked before anything is written. Returns a dict: ``out_dir``; ``written`` (file
-    names, in order); ``skipped`` ({file name: reason}); ``pairs`` (number of selected pairs);
-    ``influenced_by`` ({k: test examples influenced by exactly k selected training examples});
-    ``class`` (the class memorized.png shows, or None); ``memorized_shown`` (training indices in
-    memorized.png); ``influence_rows`` (training index of each row of influence.png).
+    ``bars``: the read's intervals, for the test examples taken from ``shown.counts`` (the same intervals
+    ``raymem pairs`` reports for those pairs). Everything is checked before anything is written. Returns a dict:
+    ``out_dir``; ``written`` (file names, in order); ``skipped`` ({file name: reason}); ``pairs`` (number of
+    selected pairs); ``influenced_by`` ({k: test examples influenced by exactly k selected training examples});
+    ``class`` (the class memorized.png shows, or None); ``memorized_shown`` (training indices in memorized.png);
+    ``influence_rows`` (training index of each row of influence.png).
     """
     out_dir = check_out_dir(out_dir)
-    _require_columns(mem, MEM_COLUMNS, "memorization")
-    _require_columns(pairs, PAIR_COLUMNS, "pairs")
-    if convergence is not None:
-        _require_columns(convergence, ("trials", "median_halfwidth", "certified", "split_jaccard"), "convergence")
-    train_labels = _labels(train_labels, "train_labels")
-    test_labels = _labels(test_labels, "test_labels")
-    n_train, n_test = train_labels.size, test_labels.size
-    original = train_labels if original_train_labels is None else _labels(original_train_labels, "original_train_labels")
-    if original.shape != train_labels.shape:
-        raise RaymemError(f"original_train_labels has {original.size} entries but train_labels has {n_train}; "
-                          "give one original label per training example.")
-    _check_images(train_images, n_train, "train_images")
-    _check_images(test_images, n_test, "test_images")
-
-    # Per-example memorization, indexed by training index.
-    mem_index = mem.column("train_index").to_numpy().astype(np.int64)
-    if mem_index.size and (mem_index.min() < 0 or mem_index.max() >= n_train):
-        raise RaymemError(f"the memorization table indexes training examples beyond the {n_train} labels given; "
-                          "pass the labels of the same run.")
-    mem_v, mem_lo, mem_hi = (np.full(n_train, np.nan) for _ in range(3))
-    for target, column in ((mem_v, "mem"), (mem_lo, "mem_lo"), (mem_hi, "mem_hi")):
-        target[mem_index] = mem.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
-    flipped = train_labels != original
-    if "label_flipped" in mem.column_names:
-        flipped[mem_index] |= mem.column("label_flipped").to_numpy(zero_copy_only=False).astype(bool)
-
-    tr = pairs.column("train_index").to_numpy().astype(np.int64)
-    tt = pairs.column("test_index").to_numpy().astype(np.int64)
-    infl = pairs.column("infl").to_numpy(zero_copy_only=False).astype(np.float64)
-    if tr.size and (tr.min() < 0 or tr.max() >= n_train or tt.min() < 0 or tt.max() >= n_test):
-        raise RaymemError(f"the pairs table indexes examples beyond the run's {n_train} training / {n_test} test "
-                          "examples; pass the pairs and labels of the same run.")
-
-    num_classes = int(max(train_labels.max(initial=-1), original.max(initial=-1), test_labels.max(initial=-1))) + 1
-    known_mem = np.where(np.isnan(mem_v), -np.inf, mem_v)
-    if klass is not None:
-        members = shown_examples.class_members(klass, known_mem, train_labels, num_classes)
-        klass = int(klass)
-    elif n_train:
-        klass = shown_examples.default_class(known_mem, train_labels, num_classes)
-        members = shown_examples.class_members(klass, known_mem, train_labels, num_classes)
-    else:
-        members = np.zeros(0, dtype=np.int64)
+    _require_columns(shown.mem, MEM_COLUMNS, "memorization")
+    _require_columns(shown.pairs, PAIR_COLUMNS, "pairs")
+    if shown.convergence is not None:
+        _require_columns(shown.convergence, ("trials", "median_halfwidth", "certified", "split_jaccard"),
+                         "convergence")
+    data = data.checked()
+    memorization = _Memorization.of(shown.mem, data)
+    tr, tt, infl = _pair_columns(shown.pairs, data)
+    klass, members = _shown_class(layout.klass, memorization, data)
     copies = shown_examples.select_training_rows(tr, infl)
     rows_train = np.concatenate(copies) if copies else np.zeros(0, dtype=np.int64)
-    if top_influenced is None:
-        if counts is not None:
-            top_influenced = lambda idx: shown_examples.top_influenced_from_counts(  # noqa: E731
-                counts, idx, n_test_examples, delta=delta, simultaneous=simultaneous)
-        else:
-            top_influenced = lambda idx: shown_examples.top_influenced_from_pairs(pairs, idx, n_test_examples)  # noqa: E731
-    top = top_influenced(rows_train)
+    top = _top_influenced(shown, layout.n_test_examples, bars)(rows_train)
     _require_columns(top, ("train_index", "rank", "test_index", "infl", "infl_lo", "infl_hi"), "top influenced")
-    examples = _examples_table(copies, top, n_test_examples, mem_v, mem_lo, mem_hi, train_labels, test_labels)
+    examples = _examples_table(copies, top, layout.n_test_examples, memorization, data)
 
     out_dir.mkdir(exist_ok=True)
-    written: list[str] = []
-    skipped: dict[str, str] = {}
+    members = members[: int(layout.max_memorized)]
     influenced_by = shown_examples.influenced_by_counts(tt)
-
-    if train_images is None:
+    written, skipped = [], {}
+    if data.train_images is None:
         skipped[MEMORIZED_PNG] = "the run has no training images (ingested runs carry none); pass its data set's images"
     else:
-        _memorized_figure(out_dir / MEMORIZED_PNG, members[: int(max_memorized)], klass, members.size,
-                          int(np.sum(known_mem[members] >= formulas.PAPER_MIN_MEM)), train_images, train_labels,
-                          original, flipped, mem_v, mem_lo, mem_hi, class_names)
+        _memorized_figure(out_dir / MEMORIZED_PNG, members, klass, memorization, data)
         written.append(MEMORIZED_PNG)
-
     plots.write_parquet(examples, out_dir / INFLUENCE_EXAMPLES)
     written.append(INFLUENCE_EXAMPLES)
-    if train_images is None or test_images is None:
-        skipped[INFLUENCE_PNG] = "the run has no images (ingested runs carry none); influence-examples.parquet lists the rows"
+    if data.train_images is None or data.test_images is None:
+        skipped[INFLUENCE_PNG] = ("the run has no images (ingested runs carry none); "
+                                  "influence-examples.parquet lists the rows")
     elif not copies:
-        skipped[INFLUENCE_PNG] = "no high-influence pairs are selected (infl >= 0.15 and mem >= 0.25), so there is no row to show"
+        skipped[INFLUENCE_PNG] = ("no high-influence pairs are selected (infl >= 0.15 and mem >= 0.25), "
+                                  "so there is no row to show")
     else:
-        _influence_figure(out_dir / INFLUENCE_PNG, examples, len(copies), n_test_examples,
-                          train_images, test_images, train_labels, original, flipped, class_names)
+        _influence_figure(out_dir / INFLUENCE_PNG, examples, len(copies), layout.n_test_examples, memorization, data)
         written.append(INFLUENCE_PNG)
-
     _histogram_figure(out_dir / INFLUENCE_HIST_PNG, infl, influenced_by)
     written.append(INFLUENCE_HIST_PNG)
-
-    if convergence is None or convergence.num_rows == 0:
+    if shown.convergence is None or shown.convergence.num_rows == 0:
         skipped[CONVERGENCE_PNG] = "no trial records were given to replay (the run has no trials yet)"
     else:
-        _convergence_figure(out_dir / CONVERGENCE_PNG, convergence)
+        _convergence_figure(out_dir / CONVERGENCE_PNG, shown.convergence)
         written.append(CONVERGENCE_PNG)
-
+    with_images = data.train_images is not None
     return {
-        "out_dir": str(out_dir),
-        "written": written,
-        "skipped": skipped,
-        "pairs": int(tr.size),
-        "influenced_by": influenced_by,
-        "class": klass if train_images is not None else None,
-        "memorized_shown": members[: int(max_memorized)].tolist() if train_images is not None else [],
-        "influence_rows": rows_train.tolist(),
+        "out_dir": str(out_dir), "written": written, "skipped": skipped, "pairs": int(tr.size),
+        "influenced_by": influenced_by, "class": klass if with_images else None,
+        "memorized_shown": members.tolist() if with_images else [], "influence_rows": rows_train.tolist(),
     }
 
 
-def figures_for_counts(
-    out_dir: str | Path,
-    counts: Counts,
-    *,
-    train_labels,
-    test_labels,
-    original_train_labels=None,
-    records: Iterable | None = None,
-    total: int | None = None,
-    train_images=None,
-    test_images=None,
-    klass: int | None = None,
-    class_names=None,
-    delta: float = report.DEFAULT_DELTA,
-    simultaneous: bool = False,
-    min_infl: float = formulas.PAPER_MIN_INFL,
-    min_mem: float = formulas.PAPER_MIN_MEM,
-    method: str = report.DEFAULT_METHOD,
-    plan: Mapping | None = None,
-) -> dict:
-    """:func:`paper_figures` from a run's counts: builds the mem and pairs tables, replays ``records``
-    (the trial log, e.g. ``trial_log.iter_trials(store)`` with ``total=len(trial_ids)``) for the
-    convergence curve, and shows each training example's most influenced test examples over its whole row.
+def _pair_columns(pairs: pa.Table, data: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train_index, test_index, infl) of the selected pairs, checked against the run's sizes."""
+    tr = pairs.column("train_index").to_numpy().astype(np.int64)
+    tt = pairs.column("test_index").to_numpy().astype(np.int64)
+    infl = pairs.column("infl").to_numpy(zero_copy_only=False).astype(np.float64)
+    n_train, n_test = data.train_labels.size, data.test_labels.size
+    if tr.size and (tr.min() < 0 or tr.max() >= n_train or tt.min() < 0 or tt.max() >= n_test):
+        raise RaymemError(f"the pairs table indexes examples beyond the run's {n_train} training / {n_test} test "
+                          "examples; pass the pairs and labels of the same run.")
+    return tr, tt, infl
 
-    ``method`` and ``plan`` (``planned_trials``, ``subset_ratio``: ``RunView.plan_kwargs()``) give the
-    intervals shown the same values as ``raymem estimates`` / ``pairs``.
-    """
+
+def _shown_class(klass: int | None, memorization: _Memorization, data: RunData) -> tuple[int | None, np.ndarray]:
+    """The class memorized.png shows and its members, most memorized first."""
+    labels = (data.train_labels, data.original_train_labels, data.test_labels)
+    num_classes = int(max(a.max(initial=-1) for a in labels)) + 1
+    known_mem = np.where(np.isnan(memorization.value), -np.inf, memorization.value)
+    if klass is None:
+        if not data.train_labels.size:
+            return None, np.zeros(0, dtype=np.int64)
+        klass = shown_examples.default_class(known_mem, data.train_labels, num_classes)
+    members = shown_examples.class_members(klass, known_mem, data.train_labels, num_classes)  # checks klass
+    return int(klass), members
+
+
+def _top_influenced(shown: Shown, k: int, bars: Bars) -> Callable[[np.ndarray], pa.Table]:
+    if shown.top_influenced is not None:
+        return shown.top_influenced
+    if shown.counts is not None:
+        return lambda idx: shown_examples.top_influenced_from_counts(shown.counts, idx, bars, k)
+    return lambda idx: shown_examples.top_influenced_from_pairs(shown.pairs, idx, k)
+
+
+def figures_for_counts(out_dir: str | Path, counts: Counts, data: RunData, bars: Bars, *,
+                       records: Iterable | None = None, total: int | None = None,
+                       selected: PairSelection = PairSelection(), layout: Layout = Layout()) -> dict:
+    """:func:`paper_figures` from a run's counts: builds the mem and pairs tables with ``bars`` (tuned to the run:
+    ``RunView.bars``), replays ``records`` (the trial log, e.g. ``trial_log.iter_trials(store)`` with
+    ``total=len(trial_ids)``) for the convergence curve, and shows each training example's most influenced test
+    examples over its whole row, so every interval shown equals what ``raymem estimates`` / ``pairs`` report."""
     check_out_dir(out_dir)
-    bars = dict(delta=delta, simultaneous=simultaneous, method=method, **(plan or {}))
-    mem = report.mem_table(counts, **bars)
-    train = _labels(train_labels, "train_labels")
-    if original_train_labels is not None:
-        flipped = train != _labels(original_train_labels, "original_train_labels")[: train.size]
+    mem = report.mem_table(counts, bars)
+    if data.original_train_labels is not None:
+        train = _labels(data.train_labels, "train_labels")
+        flipped = train != _labels(data.original_train_labels, "original_train_labels")[: train.size]
         mem = mem.append_column("label_flipped", pa.array(flipped[counts.rows]))
-    pairs = report.pairs_table(counts, min_infl=min_infl, min_mem=min_mem, **bars)
+    pairs = report.pairs_table(counts, bars, selected)
     curve = None
     if records is not None:
-        curve = convergence_curve(records, counts.n_train, counts.n_test, total=total, **bars)
-    return paper_figures(
-        out_dir, mem=mem, pairs=pairs, train_labels=train_labels, test_labels=test_labels,
-        original_train_labels=original_train_labels, train_images=train_images, test_images=test_images,
-        counts=counts, convergence=curve, klass=klass, class_names=class_names, delta=delta,
-        simultaneous=simultaneous,
-    )
+        curve = convergence_curve(records, counts.n_train, counts.n_test, bars, total=total)
+    return paper_figures(out_dir, Shown(mem, pairs, counts=counts, convergence=curve), data, layout, bars)
 
 
-def _examples_table(copies, top: pa.Table, k: int, mem_v, mem_lo, mem_hi, train_labels, test_labels) -> pa.Table:
+def _examples_table(copies, top: pa.Table, k: int, memorization: _Memorization, data: RunData) -> pa.Table:
     """One row per (figure row, shown test example): exactly what influence.png shows."""
     by_train: dict[int, list[dict]] = {}
     for item in top.to_pylist():
@@ -352,22 +367,25 @@ def _examples_table(copies, top: pa.Table, k: int, mem_v, mem_lo, mem_hi, train_
                 rows.append({
                     "row": row, "copy": copy, "position": position, "train_index": i, "rank": int(item["rank"]),
                     "test_index": j, "infl": item["infl"], "infl_lo": item["infl_lo"], "infl_hi": item["infl_hi"],
-                    "mem": float(mem_v[i]), "mem_lo": float(mem_lo[i]), "mem_hi": float(mem_hi[i]),
-                    "train_label": int(train_labels[i]), "test_label": int(test_labels[j]),
+                    "mem": float(memorization.value[i]), "mem_lo": float(memorization.lo[i]),
+                    "mem_hi": float(memorization.hi[i]),
+                    "train_label": int(data.train_labels[i]), "test_label": int(data.test_labels[j]),
                 })
     return pa.Table.from_pylist(rows, schema=EXAMPLES_SCHEMA)
 
 
-def _train_caption(i, train_labels, original, flipped, class_names) -> tuple[str, str]:
-    label = _name(train_labels[i], class_names)
-    if flipped[i]:
-        was = f", was {_name(original[i], class_names)}" if original[i] != train_labels[i] else ""
+def _train_caption(i, memorization: _Memorization, data: RunData) -> tuple[str, str]:
+    class_names, original = data.class_names, data.original_train_labels
+    label = _name(data.train_labels[i], class_names)
+    if memorization.flipped[i]:
+        was = f", was {_name(original[i], class_names)}" if original[i] != data.train_labels[i] else ""
         return f"#{i} {label} (flipped{was})", "#c0392b"
     return f"#{i} {label}", "black"
 
 
-def _memorized_figure(out, shown, klass, class_size, above, images, train_labels, original, flipped,
-                      mem_v, mem_lo, mem_hi, class_names) -> None:
+def _memorized_figure(out, shown: np.ndarray, klass: int, memorization: _Memorization, data: RunData) -> None:
+    class_size = int(np.sum(data.train_labels == klass))
+    above = int(np.sum(memorization.value[data.train_labels == klass] >= formulas.PAPER_MIN_MEM))
     plt = _pyplot()
     count = max(1, shown.size)
     cols = min(8, count)
@@ -377,25 +395,26 @@ def _memorized_figure(out, shown, klass, class_size, above, images, train_labels
         ax.axis("off")
     for ax, i in zip(axes.ravel(), shown.tolist()):
         ax.axis("on")
-        _show(ax, images[i])
-        caption, color = _train_caption(i, train_labels, original, flipped, class_names)
-        ax.set_title(f"{caption}\nmem {_interval(mem_v[i], mem_lo[i], mem_hi[i])}", fontsize=7, color=color)
+        _show(ax, data.train_images[i])
+        caption, color = _train_caption(i, memorization, data)
+        mem = _interval(memorization.value[i], memorization.lo[i], memorization.hi[i])
+        ax.set_title(f"{caption}\nmem {mem}", fontsize=7, color=color)
     fig.suptitle(
-        f"class {_name(klass, class_names)}: the {shown.size} most memorized of {class_size} training examples "
+        f"class {_name(klass, data.class_names)}: the {shown.size} most memorized of {class_size} training examples "
         f"({above} with mem >= {formulas.PAPER_MIN_MEM:g})", fontsize=9)
     plots.save_figure(fig, out)
 
 
-def _influence_figure(out, examples: pa.Table, n_copies: int, k: int, train_images, test_images, train_labels,
-                      original, flipped, class_names) -> None:
+def _influence_figure(out, examples: pa.Table, n_copies: int, k: int, memorization: _Memorization,
+                      data: RunData) -> None:
     """One panel per copy, side by side (as the supplement prints one figure per copy): each panel has a
     row per position, a training example then its ``k`` most influenced test examples."""
     plt = _pyplot()
-    data = examples.to_pylist()
+    shown = examples.to_pylist()
     by_row: dict[int, list[dict]] = {}
-    for item in data:
+    for item in shown:
         by_row.setdefault(item["row"], []).append(item)
-    per_copy = max(r["position"] for r in data) + 1 if data else 1
+    per_copy = max(r["position"] for r in shown) + 1 if shown else 1
     width_ratios = []
     for c in range(n_copies):
         width_ratios += [1.0] * (1 + k) + ([0.3] if c < n_copies - 1 else [])
@@ -405,15 +424,15 @@ def _influence_figure(out, examples: pa.Table, n_copies: int, k: int, train_imag
         first = items[0]
         i, column0 = first["train_index"], first["copy"] * (k + 2)
         ax = fig.add_subplot(grid[first["position"], column0])
-        _show(ax, train_images[i])
-        caption, color = _train_caption(i, train_labels, original, flipped, class_names)
+        _show(ax, data.train_images[i])
+        caption, color = _train_caption(i, memorization, data)
         ax.set_title(f"train {caption}\nmem {_interval(first['mem'], first['mem_lo'], first['mem_hi'])}",
                      fontsize=7, color=color)
         ax.set_ylabel(f"row {row}", fontsize=7)
         for item in items:
             ax = fig.add_subplot(grid[first["position"], column0 + item["rank"]])
-            _show(ax, test_images[item["test_index"]])
-            ax.set_title(f"test #{item['test_index']} {_name(item['test_label'], class_names)}\n"
+            _show(ax, data.test_images[item["test_index"]])
+            ax.set_title(f"test #{item['test_index']} {_name(item['test_label'], data.class_names)}\n"
                          f"infl {_interval(item['infl'], item['infl_lo'], item['infl_hi'])}", fontsize=7)
     fig.suptitle(
         f"memorized training examples (left of each panel) and their {k} most influenced test examples\n"

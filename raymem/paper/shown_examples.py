@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from raymem.errors import RaymemError
-from raymem.estimator import bounds, formulas, report
+from raymem.estimator import formulas, report
+from raymem.estimator.bars import Bars
 from raymem.estimator.counts import Counts
 
 #: The supplement's choice: 3 copies ("consecutive sets") of 5 evenly spaced training examples.
@@ -126,15 +127,12 @@ def top_influenced_from_pairs(pairs: pa.Table, train_indices, k: int = N_TEST_EX
     return _top_table(tr[take], rank[take], tt[take], infl[take], lo[take], hi[take])
 
 
-def top_influenced_from_counts(
-    counts: Counts, train_indices, k: int = N_TEST_EXAMPLES, *,
-    delta: float = report.DEFAULT_DELTA, simultaneous: bool = False, test_columns=None,
-) -> pa.Table:
+def top_influenced_from_counts(counts: Counts, train_indices, bars: Bars = Bars(), k: int = N_TEST_EXAMPLES, *,
+                               test_columns=None) -> pa.Table:
     """The ``k`` most influenced test examples of each training example, over its whole row of the pair matrix.
 
-    This is what the paper's figures show ("4 most influenced examples in the test set"). Intervals
-    use the same family as the pairs table (the ``counts.pair_family`` estimated pairs when
-    ``simultaneous``). ``test_columns`` (optional bool (n_test,) or callable train_index -> bool (n_test,))
+    This is what the paper's figures show ("4 most influenced examples in the test set"). Intervals are
+    ``report.infl_intervals`` by ``bars``: for a pair the pairs table also lists, the same interval. ``test_columns`` (optional bool (n_test,) or callable train_index -> bool (n_test,))
     limits the candidates, e.g. to test examples of the training example's class. In class scope the
     candidates are the test examples of the training example's class (the only pairs estimated).
     Columns as :func:`top_influenced_from_pairs`.
@@ -146,7 +144,6 @@ def top_influenced_from_counts(
             f"{counts.row_start}..{counts.row_stop - 1}; pass counts of the whole run."
         )
     v = counts.all
-    d = bounds.family_delta(delta, counts.pair_family, simultaneous)
     pieces = []
     for i in wanted:
         r = int(i) - counts.row_start
@@ -161,8 +158,8 @@ def top_influenced_from_counts(
         pos = pos[np.lexsort((estimated_cols[pos], -infl[pos]))][: int(k)]
         cols = estimated_cols[pos]
         h = np.rint(row[pos]).astype(np.int64)
-        lo, hi = report.difference_interval_per_distinct_counts(
-            h, np.full(cols.size, v.n_in[r]), v.test_hits[cols] - h, np.full(cols.size, v.n_out[r]), d)
+        lo, hi = report.infl_intervals(counts, bars, h, np.full(cols.size, v.n_in[r]), np.full(cols.size, v.n_out[r]),
+                                       v.test_hits[cols])
         pieces.append((np.full(cols.size, i, dtype=np.int64), np.arange(1, cols.size + 1), cols, infl[pos], lo, hi))
     if not pieces:
         return _top_table(*(np.zeros(0, dtype=t) for t in (np.int64, np.int64, np.int64, float, float, float)))
