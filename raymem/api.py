@@ -53,7 +53,8 @@ def load_config(experiment: str | ExperimentConfig, overrides: dict | None = Non
 
     Args:
         experiment: a preset name (see :func:`presets`), a ``.yaml``/``.toml`` file, or a config.
-        overrides: keys to override, flat (``{"epochs": 3}``) or dotted (``{"recipe.epochs": 3}``); None values are ignored.
+        overrides: keys to override, flat (``{"epochs": 3}``) or dotted (``{"recipe.epochs": 3}``); None values
+            are ignored.
         settings: ``KEY=VALUE`` strings as given to ``--set`` (values read as YAML, so ``key=null`` sets None, e.g.
             ``checkpoint_every=null`` turns checkpoints off), applied after ``overrides``.
 
@@ -105,8 +106,8 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
             the same ``raymem run`` and return at once; the run directory records the job.
 
     Returns:
-        A :class:`raymem.driver.run.RunResult` (trials done, trained now, retried, failed, wall time; its ``run``
-        property is the :class:`Run`); with ``detach`` a :class:`raymem.driver.detached.DetachedRun`.
+        A :class:`raymem.driver.run.RunResult` (trials done, trained now, retried, failed, wall time; read the run
+        with ``Run(name, storage)``); with ``detach`` a :class:`raymem.driver.detached.DetachedRun`.
     """
     options = options or DriverOptions()
     config = load_config(experiment, overrides, settings)
@@ -195,11 +196,13 @@ def ingest(
     t, n = masks.shape
     if train_correct.shape != (t, n):
         raise RaymemError(
-            f"--train-correct has shape {train_correct.shape} but --masks has {masks.shape}; both must be (trials, n_train)."
+            f"--train-correct has shape {train_correct.shape} but --masks has {masks.shape}; "
+            "both must be (trials, n_train)."
         )
     if test_correct.shape[0] != t:
         raise RaymemError(
-            f"--test-correct has {test_correct.shape[0]} trials but --masks has {t}; every file needs one row per trial."
+            f"--test-correct has {test_correct.shape[0]} trials but --masks has {t}; "
+            "every file needs one row per trial."
         )
     if t == 0 or n == 0 or test_correct.shape[1] == 0:
         raise RaymemError("the ingested arrays are empty; pass at least one trial, one training and one test example.")
@@ -217,7 +220,8 @@ def ingest(
         n_test=int(test_correct.shape[1]),
         subset_size=int(round(float(sizes.mean()))),
         seed=0,
-        config={"trials": t, "subset_ratio": float(sizes.mean() / n), "estimator": {"influence_scope": influence_scope}},
+        config={"trials": t, "subset_ratio": float(sizes.mean() / n),
+                "estimator": {"influence_scope": influence_scope}},
         fingerprint={},
         source="ingest",
     )
@@ -239,7 +243,8 @@ def _load_bool_npy(path: str | Path, what: str) -> np.ndarray:
 
 
 def ingest_files(run_dir: str, masks: str, train_correct: str, test_correct: str, *, name: str | None = None) -> Run:
-    """:func:`ingest` from three ``.npy`` files (never unpickled); all are read and checked before anything is written."""
+    """:func:`ingest` from three ``.npy`` files (never unpickled); all are read and checked before anything is
+    written."""
     arrays = [_load_bool_npy(path, flag) for path, flag in
               ((masks, "--masks"), (train_correct, "--train-correct"), (test_correct, "--test-correct"))]
     return ingest(run_dir, *arrays, name=name)
