@@ -2,50 +2,169 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import functools
+import inspect
 import json
 import math
+import shutil
 import time
+from io import StringIO
 from typing import List, Optional, Tuple
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+from typer.models import ArgumentInfo, OptionInfo
 
 from raymem.errors import RaymemError
-from raymem.estimator import formulas, report
+from raymem.estimator import bounds, formulas, report
+
+APP_HELP = """Which training examples a network memorizes, and which test predictions each drives
+(Feldman & Zhang 2020), on Ray.
+
+Every command that takes --json prints exactly one JSON document on stdout: an object, or an array of row
+objects for a table (`raymem trials --json`); messages go to stderr. --out writes a table as Parquet.
+"""
+
+#: The main help's command sections, in the order a new user meets them.
+COMMAND_SECTIONS = {
+    "Run and watch": ["run", "status", "trials", "logs", "stop", "presets"],
+    "Read a run": ["estimates", "pairs", "influence", "compare"],
+    "The paper's outputs": ["figures", "export", "marginal"],
+    "Bring your own results": ["ingest", "features"],
+    "Clusters": ["up", "down"],
+}
+COMMAND_ORDER = [name for names in COMMAND_SECTIONS.values() for name in names]
+COMMAND_SECTION = {name: section for section, names in COMMAND_SECTIONS.items() for name in names}
+
+#: Option panels shared by several commands (their options are defined once, below).
+WHERE = "Where the run lives"
+ERROR_BARS = "Error bars"
+LOCAL_RAY = "Local Ray (when no cluster is given)"
+
+
+class OrderedGroup(TyperGroup):
+    """The `raymem` group: commands listed in COMMAND_ORDER, under their COMMAND_SECTIONS headings."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
+
+    def format_commands(self, ctx, formatter) -> None:
+        sections: dict[str, list] = {}
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                sections.setdefault(COMMAND_SECTION.get(name, "Commands"), []).append((name, command))
+        for section, commands in sections.items():
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            with formatter.section(section):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in commands])
+
+
+class PanelCommand(TyperCommand):
+    """A command whose options are listed under their ``rich_help_panel`` headings, also in plain help."""
+
+    def format_options(self, ctx, formatter) -> None:
+        arguments, panels = [], {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append(record)
+            else:
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        for panel, records in panels.items():
+            if records:
+                with formatter.section(panel):
+                    formatter.write_dl(records)
+
 
 app = typer.Typer(
-    help="Which training examples a network memorizes, and which test predictions each drives (Feldman & Zhang 2020), on Ray.",
+    cls=OrderedGroup,
+    help=APP_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,  # help texts are plain: square brackets and backticks print as written
 )
 
+
+def command(**settings):
+    """``app.command`` with grouped option panels."""
+    return app.command(cls=PanelCommand, **settings)
+
+
 RunArg = typer.Argument(..., help="Run name (under --storage) or run directory / URI.")
-StorageOpt = typer.Option(None, "--storage", envvar="RAYMEM_STORAGE",
+StorageOpt = typer.Option(None, "--storage", envvar="RAYMEM_STORAGE", rich_help_panel=WHERE,
                           help="Storage root for run names (local, s3:// or gs://); default ./runs.")
-AddressOpt = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster holding the run's live accumulator.")
-DataDirOpt = typer.Option(None, "--data-dir", envvar="RAYMEM_DATA_DIR", help="Prepared TensorFlow Datasets folder.")
-DeltaOpt = typer.Option(report.DEFAULT_DELTA, "--delta", help="Error bars hold with probability 1-delta.")
-SimultaneousOpt = typer.Option(False, "--simultaneous", help="Bands hold for all examples at once (delta / family size).")
-MethodOpt = typer.Option(report.DEFAULT_METHOD, "--method",
-                         help="Error bars: anytime (valid at every look; default), fixed (valid at one planned trial "
+# No envvar here: the library falls back to $RAY_ADDRESS itself (connection.ray_address), in one place.
+AddressOpt = typer.Option(None, "--address", rich_help_panel=WHERE,
+                          help="Ray cluster holding the run's live accumulator (default: $RAY_ADDRESS, else the "
+                               "address a local run left in its directory; none: read the trial log).")
+ClusterOpt = typer.Option(None, "--address", rich_help_panel=WHERE,
+                          help="Ray cluster to train on (default: $RAY_ADDRESS; none: a local Ray started here).")
+DataDirOpt = typer.Option(None, "--data-dir", envvar="RAYMEM_DATA_DIR", rich_help_panel=WHERE,
+                          help="Prepared TensorFlow Datasets folder.")
+DeltaOpt = typer.Option(report.DEFAULT_DELTA, "--delta", rich_help_panel=ERROR_BARS,
+                        help="Error bars hold with probability 1-delta.")
+SimultaneousOpt = typer.Option(False, "--simultaneous", rich_help_panel=ERROR_BARS,
+                               help="Bands hold for all examples at once (delta / family size).")
+MethodOpt = typer.Option(report.DEFAULT_METHOD, "--method", rich_help_panel=ERROR_BARS,
+                         help="anytime (valid at every look; default), fixed (valid at one planned trial "
                               "count, narrowest), chernoff or hoeffding (the earlier bars).")
+NumCpusOpt = typer.Option(None, "--num-cpus", rich_help_panel=LOCAL_RAY, help="CPUs of a local Ray started here.")
+NumGpusOpt = typer.Option(None, "--num-gpus", rich_help_panel=LOCAL_RAY, help="GPUs of a local Ray started here.")
 
 
-def user_errors(fn):
-    """Turn a RaymemError into one line on stderr and exit status 2."""
+# ---- errors ---------------------------------------------------------------------------------------------------
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RaymemError as exc:
-            message = " ".join(str(exc).split())  # always one line, even around a multi-line library message
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(2) from None
 
-    return wrapper
+def _flag_for(parameter: str, command, overrides: dict[str, str]) -> str:
+    """The command-line name of the API parameter ``parameter`` in ``command`` (a command's function).
+
+    Order: the command's override table; the command's own option or argument of that Python name (so
+    ``base_lr`` reads ``--lr``, ``klass`` reads ``--class``); else ``--`` + the name with dashes.
+    """
+    if parameter in overrides:
+        return overrides[parameter]
+    declared = inspect.signature(command).parameters.get(parameter)
+    if isinstance(getattr(declared, "default", None), ArgumentInfo):
+        return parameter.upper()
+    if isinstance(getattr(declared, "default", None), OptionInfo):
+        flags = [flag for flag in declared.default.param_decls or () if flag.startswith("--")]
+        if flags:
+            return flags[0].split("/")[0]
+    return "--" + parameter.replace("_", "-")
+
+
+def user_errors(fn=None, *, flags: dict[str, str] | None = None):
+    """Turn a RaymemError into one line, ``error: <sentence>``, on stderr and exit status 2.
+
+    A library error about one parameter (``exc.parameter``) is shown with this command's flag in the
+    parameter's place; ``flags`` maps API parameters whose flag the command's own options do not give.
+    """
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except RaymemError as exc:
+                parameter = getattr(exc, "parameter", None)
+                message = exc.naming(_flag_for(parameter, function, flags or {})) if parameter else str(exc)
+                # always one line, even around a multi-line library message
+                typer.echo("error: " + " ".join(message.split()), err=True)
+                raise typer.Exit(2) from None
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def _finite(value: float, flag: str, *, low: float | None = None, high: float | None = None) -> float:
@@ -57,11 +176,88 @@ def _finite(value: float, flag: str, *, low: float | None = None, high: float | 
     return value
 
 
-def _print_table(table, limit: int = 20) -> None:
-    import polars as pl
+# ---- output -----------------------------------------------------------------------------------------------------
 
-    with pl.Config(tbl_rows=limit, tbl_cols=12, float_precision=3, tbl_hide_dataframe_shape=False):
-        typer.echo(pl.from_arrow(table).head(limit))
+
+def _json_value(value):
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def echo_json(document) -> None:
+    """Print one JSON document (the --json convention: an object, or an array of row objects)."""
+    typer.echo(json.dumps(document, indent=2, default=_json_value))
+
+
+def _cells(values: list) -> tuple[list[str], bool]:
+    """One column's values as text, and whether it is numeric (right-aligned)."""
+    present = [v for v in values if v is not None]
+    numeric = bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    floats = [abs(v) for v in present if isinstance(v, float) and math.isfinite(v)]
+    decimals = 3 if not floats or max(floats) < 10 else 1
+
+    def text(v) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.{decimals}f}" if math.isfinite(v) else str(v)
+        if isinstance(v, datetime.datetime):
+            return v.strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(v, (list, tuple)):
+            return ", ".join(map(str, v))
+        return str(v)
+
+    return [text(v) for v in values], numeric
+
+
+def format_table(data, columns: dict[str, str] | None = None, *, limit: int | None = None, header: bool = True,
+                 indent: int = 0) -> str:
+    """The CLI's one table layout: aligned columns, numbers right, nulls as ``-``, as wide as the terminal.
+
+    Args:
+        data: a pyarrow Table, or a list of row dicts.
+        columns: key -> heading of the columns to show, in order (default: every column, headed by its key).
+        limit: show at most this many rows, and say how many there are in all.
+        header: print the headings.
+        indent: spaces before each line (a table inside a text block).
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    if hasattr(data, "to_pylist"):
+        total, keys = data.num_rows, data.column_names
+        rows = (data.slice(0, limit) if limit is not None else data).to_pylist()
+    else:
+        total, keys = len(data), list(data[0]) if data else []
+        rows = data[:limit] if limit is not None else list(data)
+    columns = columns or {key: key for key in keys}
+    table = Table(box=box.SIMPLE_HEAD if header else None, show_header=header, show_edge=False, pad_edge=False,
+                  collapse_padding=header)  # no box: the padding alone parts the columns
+    texts = []
+    for position, (key, heading) in enumerate(columns.items()):
+        cells, numeric = _cells([row.get(key) for row in rows])
+        # the first column names the row: it never wraps; long values elsewhere fold onto more lines
+        table.add_column(Text(heading), justify="right" if numeric else "left", overflow="fold",
+                         no_wrap=position == 0)
+        texts.append(cells)
+    for line in zip(*texts):
+        table.add_row(*(Text(cell) for cell in line))  # Text: brackets in values are not rich markup
+    width = max(40, shutil.get_terminal_size((80, 24)).columns)
+    buffer = StringIO()
+    console = Console(file=buffer, width=width, color_system=None, highlight=False, markup=False, emoji=False)
+    console.print(Padding(table, (0, 0, 0, indent)) if indent else table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    if limit is not None and total > len(rows):
+        lines.append(" " * indent + f"({len(rows)} of {total:,} rows shown)")
+    return "\n".join(line for line in lines if line or header)
 
 
 def _check_outputs(**paths: Optional[str]) -> None:
@@ -79,127 +275,162 @@ def _api():
     return api
 
 
-@app.command()
+# ---- run and watch ----------------------------------------------------------------------------------------------
+
+
+def format_plan(p: dict) -> str:
+    """The dry-run plan as a short two-column table."""
+    r = p["recipe"]
+    schedule = r["schedule"] + (f" {json.dumps(r['schedule_params'])}" if r["schedule_params"] else "")
+    augment = ", ".join(filter(None, [f"pad-crop {r['augment_pad']}" if r["augment_pad"] else "",
+                                      "flip" if r["augment_flip"] else ""])) or "none"
+    per = p["per_trial"]
+    hours = p["estimated_gpu_hours"]
+    shards = p["pair_shards"]
+    rows = [
+        ("data", f"{p['dataset']}, {p['subset_ratio']:g} of the training set per trial"),
+        ("model", p["model"]),
+        ("trials", f"{p['trials']:,}"),
+        ("recipe", f"{r['epochs']} epochs, batch {r['batch_size']}, SGD momentum {r['momentum']:g}, "
+                   f"base LR {r['base_lr']:g}"),
+        ("schedule", schedule),
+        ("augment", augment),
+        ("per trial", f"{per['cpus']:g} CPU, {per['gpus']:g} GPU" + (f" x {per['nodes']} nodes" if per["nodes"] > 1
+                                                                      else "")),
+        ("executor", p["executor"]),
+        ("influence", f"{p.get('influence_scope', 'full')} scope, pair counts in "
+                      + (f"{shards} shard actors" if shards else "the accumulator")),
+        ("GPU-hours", "unknown" if hours is None else f"{hours:,.0f}"),
+        ("based on", p["estimate_basis"]),
+        ("run dir", p["run_dir"]),
+    ]
+    table = format_table([{"key": k, "value": v} for k, v in rows], header=False, indent=2)
+    return f"plan for preset {p['preset']} (nothing started):\n{table}"
+
+
+RUN_EXAMPLES = """Examples:
+
+\b
+  raymem run digits --trials 50    # on a local Ray
+  raymem run cifar100 --dry-run    # the plan and its GPU-hours
+  raymem run cifar100 --address 10.0.0.5:6379 --detach
+  raymem run my-experiment.yaml --set recipe.momentum=0.8
+  raymem run digits --trials 200 --until-halfwidth 0.1
+"""
+
+
+#: Options of `raymem run` whose help needs more than a line.
+PairShardsOpt = typer.Option(None, "--pair-shards", help="Split a full-scope pair matrix over this many actors when "
+                                                         "it does not fit one process (default 1).")
+UntilHalfwidthOpt = typer.Option(None, "--until-halfwidth", help="Stop submitting trials once the median anytime "
+                                                                 "memorization half-width is at most this (--trials "
+                                                                 "stays the cap).")
+UntilJaccardOpt = typer.Option(None, "--until-jaccard", help="Stop submitting trials once the split-half Jaccard at "
+                                                             "mem >= 0.25 is at least this.")
+InfluenceScopeOpt = typer.Option(None, "--influence-scope", help="full: influence of every (train, test) pair; "
+                                                                 "class: pairs of the same label only, one block per "
+                                                                 "class (the imagenet preset's).")
+PackOpt = typer.Option(None, "--pack", help="Train K trials together as one packed model (any model; not a data set "
+                                            "that streams from files, such as imagenet2012, nor trials of several "
+                                            "GPUs or nodes), or 'auto'.")
+CheckpointEveryOpt = typer.Option(None, "--checkpoint-every", help="Save each trial's training state every N >= 1 "
+                                                                   "epochs into RUN/checkpoints (presets: imagenet "
+                                                                   "1, cifar 5); --set checkpoint_every=null turns "
+                                                                   "checkpoints off.")
+KeepModelsOpt = typer.Option(None, "--keep-models", help="Keep each trial's final weights in "
+                                                         "RUN/checkpoints/trial-*/final.npz.")
+MaxPendingOpt = typer.Option(None, "--max-pending", help="Show at most this many waiting trials' resources to the "
+                                                         "autoscaler (default: all remaining).")
+SetOpt = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable).")
+DetachOpt = typer.Option(False, "--detach", help="Submit the driver to the cluster (--address) as a Ray job and "
+                                                 "return; follow it with `raymem status/logs/stop RUN`.")
+
+
+@command(epilog=RUN_EXAMPLES)
 @user_errors
-def ingest(
-    run_dir: str = typer.Argument(..., help="New run directory (local path or s3:// gs:// URI)."),
-    masks: Optional[str] = typer.Option(None, "--masks", help="bool .npy (trials, n_train): example i in trial k's subset."),
-    train_correct: Optional[str] = typer.Option(None, "--train-correct", help="bool .npy (trials, n_train): trial k correct on training example i."),
-    test_correct: Optional[str] = typer.Option(None, "--test-correct", help="bool .npy (trials, n_test): trial k correct on test example j."),
-    source: Optional[Tuple[str, str]] = typer.Option(None, "--from", help="Instead of the .npy files: --from npz FILE (trainset_mask, "
-                                                                   "trainset_correctness, testset_correctness) or --from fz-aux DIR "
-                                                                   "(the authors' runs, one aux_arrays.npz each).", ),
-    index_map: Optional[str] = typer.Option(None, "--index-map", help="Map from the authors' example order to tfds order (.npy or .npz train/test)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name recorded in run.json (default: the folder name)."),
+def run(
+    experiment: str = typer.Argument(..., help="Preset name (see `raymem presets`) or a .yaml/.toml experiment "
+                                               "file."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials the run should hold (raise it to extend "
+                                                                "a run)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name; default: the preset's name."),
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = ClusterOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    base_lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set name, or npz:FILE / parquet:DIR."),
+    subset_ratio: Optional[float] = typer.Option(None, "--subset-ratio", help="m/n (paper: 0.7)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    flip_labels: Optional[float] = typer.Option(None, "--flip-labels",
+                                                help="Flip this fraction of training labels (canaries)."),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial"),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial"),
+    nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts",
+                                               help="Tries per trial before it is reported failed."),
+    pair_shards: Optional[int] = PairShardsOpt,
+    until_halfwidth: Optional[float] = UntilHalfwidthOpt,
+    until_jaccard: Optional[float] = UntilJaccardOpt,
+    influence_scope: Optional[str] = InfluenceScopeOpt,
+    pack: Optional[str] = PackOpt,
+    checkpoint_every: Optional[int] = CheckpointEveryOpt,
+    keep_models: Optional[bool] = KeepModelsOpt,
+    max_pending: Optional[int] = MaxPendingOpt,
+    settings: Optional[List[str]] = SetOpt,
+    num_cpus: Optional[int] = NumCpusOpt,
+    num_gpus: Optional[float] = NumGpusOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the GPU-hour estimate; start nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (with --dry-run: the plan) as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    detach: bool = DetachOpt,
 ):
-    """Make a run from external results (the authors' released runs, or any bool arrays)."""
+    """Train a run's missing trials on Ray.
+
+    On the cluster at --address (or $RAY_ADDRESS), else on a local Ray started for the run; --detach leaves the
+    run going as a Ray job. Running the same command again resumes the run from its trial log.
+    """
     api = _api()
-    if source and source[0] is not None:
-        if masks or train_correct or test_correct:
-            raise RaymemError("give either --from npz FILE / --from fz-aux DIR or the three .npy files "
-                              "--masks, --train-correct and --test-correct, not both.")
-        info = api.ingest_from(run_dir, source[0], source[1], name=name, index_map=index_map)
-    elif masks and train_correct and test_correct:
-        info = api.ingest_files(run_dir, masks, train_correct, test_correct, name=name)
+    overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model,
+                     dataset=dataset, subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels,
+                     cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial,
+                     max_attempts=max_attempts, pair_shards=pair_shards, pack=pack, influence_scope=influence_scope,
+                     checkpoint_every=checkpoint_every, keep_models=keep_models, max_pending=max_pending)
+    config = api.load_config(experiment, overrides, settings)  # checked before anything starts
+    report.StatusQuestions(until_halfwidth=until_halfwidth, until_jaccard=until_jaccard)  # checks them
+    if dry_run:
+        shown = api.plan(config, name=name, storage=storage)
+        echo_json(shown) if as_json else typer.echo(format_plan(shown))
+        return
+    options = api.DriverOptions(address=address, data_dir=data_dir, num_cpus=num_cpus, num_gpus=num_gpus,
+                                progress=not (quiet or as_json or detach), until_halfwidth=until_halfwidth,
+                                until_jaccard=until_jaccard)
+    if detach:
+        job = api.run(config, name=name, storage=storage, options=options, detach=True)
+        echo_json(job.to_dict()) if as_json else typer.echo(job.job_id)
+        typer.echo(f"submitted run {job.name} as job {job.job_id} to {job.address}; data in {job.run_uri}. Follow "
+                   f"it with `raymem status {job.run_uri}`, `raymem logs {job.run_uri} --follow`; "
+                   f"`raymem stop {job.run_uri}` stops it; the same command again resumes it.", err=True)
+        return
+    _report_run(api.run(config, name=name, storage=storage, options=options), as_json)
+
+
+def _report_run(result, as_json: bool) -> None:
+    """What a finished `raymem run` prints; exit status 1 when trials failed (they are named on stderr)."""
+    if as_json:
+        echo_json({field.name: getattr(result, field.name) for field in dataclasses.fields(result)})
     else:
-        raise RaymemError("give --masks, --train-correct and --test-correct (.npy files), or --from npz FILE / --from fz-aux DIR.")
-    typer.echo(f"ingested {info.config['trials']} trials into {run_dir}: n_train={info.n_train} n_test={info.n_test} "
-               f"subset_size={info.subset_size}")
-
-
-@app.command()
-@user_errors
-def estimates(
-    run: str = RunArg,
-    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
-    figure: Optional[str] = typer.Option(None, "--figure", help="Write a PNG histogram of the estimates here."),
-    delta: float = DeltaOpt,
-    simultaneous: bool = SimultaneousOpt,
-    method: str = MethodOpt,
-    storage: Optional[str] = StorageOpt,
-    address: Optional[str] = AddressOpt,
-):
-    """Memorization of every training example, with its error bars."""
-    from raymem.paper import plots
-
-    _check_outputs(out=out, figure=figure)
-    table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous, method=method)
-    if out:
-        plots.write_parquet(table, out)
-        typer.echo(f"wrote {table.num_rows} rows to {out}")
-    if figure:
-        plots.mem_figure(table, figure, title=f"memorization: {run}")
-        typer.echo(f"wrote {figure}")
-    import pyarrow.compute as pc
-
-    typer.echo("top memorized training examples:")
-    _print_table(table.take(pc.sort_indices(table, [("mem", "descending")])[:10]).select(
-        [c for c in ("train_index", "mem", "mem_lo", "mem_hi", "n_in", "n_out", "label_flipped") if c in table.column_names]))
-
-
-@app.command()
-@user_errors
-def pairs(
-    run: str = RunArg,
-    min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl", help="Keep pairs with influence at least this."),
-    min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem", help="Keep training examples with memorization at least this."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the pairs as Parquet here."),
-    npz: Optional[str] = typer.Option(None, "--npz", help="Also write them in the paper's released layout (tr_idx, tt_idx, infl, mem)."),
-    fdr: Optional[float] = typer.Option(None, "--fdr", help="Select pairs with infl > --min-infl at this false discovery "
-                                                           "rate (adds q_value) instead of by the point estimates."),
-    delta: float = DeltaOpt,
-    simultaneous: bool = SimultaneousOpt,
-    method: str = MethodOpt,
-    storage: Optional[str] = StorageOpt,
-    address: Optional[str] = AddressOpt,
-):
-    """High-influence pairs (train example, test example), as selected in the paper, or at a false discovery rate."""
-    from raymem.paper import plots
-
-    _check_outputs(out=out, npz=npz)
-    table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
-                         delta=delta, simultaneous=simultaneous, method=method, fdr=fdr)
-    if out:
-        plots.write_parquet(table, out)
-        typer.echo(f"wrote {table.num_rows} pairs to {out}")
-    if npz:
-        from raymem.paper.compare import export_pairs_npz
-
-        export_pairs_npz(table, npz)
-        typer.echo(f"wrote {table.num_rows} pairs to {npz} (the paper's layout)")
-    if fdr is not None:
-        typer.echo(f"{table.num_rows} pairs with infl > {min_infl:g} among mem >= {min_mem:g}, "
-                   f"at false discovery rate {fdr:g} ({method} p-values)")
-    else:
-        certain = int((table.column("infl_lo").to_numpy() > 0).sum())
-        typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}; "
-                   f"{certain} of them with an influence lower bound above 0 ({method}, delta={delta:g}): the rest may "
-                   f"be noise; --fdr 0.1 controls the false discoveries")
-    _print_table(table, limit=10)
-
-
-@app.command()
-@user_errors
-def influence(
-    run: str = RunArg,
-    test_index: int = typer.Option(..., "--test-index", help="Test example to explain."),
-    top: int = typer.Option(10, "--top", help="How many influencers to list."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
-    delta: float = DeltaOpt,
-    simultaneous: bool = SimultaneousOpt,
-    method: str = MethodOpt,
-    storage: Optional[str] = StorageOpt,
-    address: Optional[str] = AddressOpt,
-):
-    """The training examples with the largest influence on one test example."""
-    from raymem.paper import plots
-
-    _check_outputs(out=out)
-    table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta,
-                             simultaneous=simultaneous, method=method)
-    if out:
-        plots.write_parquet(table, out)
-    _print_table(table, limit=top)
+        typer.echo(f"run {result.name}: {result.trials_done}/{result.trials_target} trials in the log "
+                   f"({len(result.trained_now)} trained now, {len(result.retried)} retried, {len(result.failed)} "
+                   f"failed) in {result.wall_seconds:.1f}s; data in {result.run_uri}")
+        if result.stopped_early:
+            typer.echo(f"stopped early: {result.stopped_early}")
+    for k, why in sorted(result.failed.items()):
+        typer.echo(f"  trial {k} failed: {why}", err=True)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def format_job(job: dict) -> str:
@@ -235,60 +466,79 @@ def format_status(s: dict) -> str:
     if "progress" in s:
         p = s["progress"]
         lines.append(f"  throughput {p.get('trials_per_hour', 0):.1f} trials/h, ETA {p.get('eta', '?')}")
+    simultaneous = ", simultaneous" if s["simultaneous"] else ""
     lines += [
-        f"  mem half-width ({s.get('method', '?')}, delta={s['delta']:g}{', simultaneous' if s['simultaneous'] else ''}): "
+        f"  mem half-width ({s.get('method', '?')}, delta={s['delta']:g}{simultaneous}): "
         f"median {mem['median_halfwidth']:.3f}, max {mem['max_halfwidth']:.3f}",
-        f"  mem >= {mem['certify_threshold']:g}: {mem['estimated_above']} estimated, {mem['certified']} certified (lower bound)",
+        f"  mem >= {mem['certify_threshold']:g}: {mem['estimated_above']} estimated, {mem['certified']} certified "
+        "(lower bound)",
         f"  more trials needed for median half-width {mem['target_halfwidth']:g}: {mem['more_trials_needed']}",
         f"  paper's Lemma 2.1 RMS bound: {s['lemma21_rms_bound']:.3f}",
     ]
-    fdr_keys = [k for k in s if k.startswith("pairs_fdr_")]
-    for key in fdr_keys:
+    for key in (k for k in s if k.startswith("pairs_fdr_")):
         lines.append(f"  pairs passing at false discovery rate {key.removeprefix('pairs_fdr_')}: {s[key]}")
     for name, c in (s.get("stopping") or {}).items():
         if isinstance(c, dict):
             value = "n/a" if c.get("value") is None else f"{c['value']:.3f}"
-            lines.append(f"  stop --{name.replace('_', '-')} {c['target']:g}: {'met' if c['met'] else 'not yet'} (now {value})")
+            lines.append(f"  stop --{name.replace('_', '-')} {c['target']:g}: {'met' if c['met'] else 'not yet'} "
+                         f"(now {value})")
     for theta, c in s["split_half"]["mem"].items():
         j = "n/a" if c["jaccard"] is None else f"{c['jaccard']:.3f}"
         d = "n/a" if c["mean_abs_diff"] is None else f"{c['mean_abs_diff']:.3f}"
         lines.append(f"  split-half (even vs odd trials) at mem >= {theta}: Jaccard {j}, mean |diff| {d}")
-    if s.get("canaries"):
-        c = s["canaries"]
-        if c["count"]:
-            lines.append(f"  canaries: {c['count']} flipped labels, recall {c['recall']:.2f} among the top {c['count']} (chance {c['chance']:.3f})")
+    canaries = s.get("canaries") or {}
+    if canaries.get("count"):
+        lines.append(f"  canaries: {canaries['count']} flipped labels, recall {canaries['recall']:.2f} among the "
+                     f"top {canaries['count']} (chance {canaries['chance']:.3f})")
     return "\n".join(lines)
 
 
-@app.command()
+STATUS_EXAMPLES = """Examples:
+
+\b
+  raymem status digits             # the live run, else its trial log
+  raymem status digits --watch     # refresh until the run is done
+  raymem status digits --json | jq .mem.certified
+  raymem status cifar100 --method fixed --until-halfwidth 0.05
+"""
+
+
+@command(epilog=STATUS_EXAMPLES)
 @user_errors
 def status(
     run: str = RunArg,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     watch: bool = typer.Option(False, "--watch", help="Refresh until the run reaches its target."),
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
     target_halfwidth: float = typer.Option(report.DEFAULT_TARGET_HALFWIDTH, "--target-halfwidth",
                                            help="Half-width at which the run would be precise enough."),
-    until_halfwidth: Optional[float] = typer.Option(None, "--until-halfwidth", help="Show how far the run is from this median half-width."),
-    until_jaccard: Optional[float] = typer.Option(None, "--until-jaccard", help="Show how far the split-half Jaccard is from this."),
+    until_halfwidth: Optional[float] = typer.Option(None, "--until-halfwidth",
+                                                    help="Show how far the run is from this median half-width."),
+    until_jaccard: Optional[float] = typer.Option(None, "--until-jaccard",
+                                                  help="Show how far the split-half Jaccard is from this."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
     method: str = MethodOpt,
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = AddressOpt,
 ):
-    """Trials counted, error-bar widths, certified examples, split-half consistency, more trials needed."""
+    """Trials, error bars, certified examples, trials still needed.
+
+    Trials counted, error-bar widths, certified examples, split-half consistency and the trials still needed,
+    from the run's live accumulator when one answers, else from its trial log.
+    """
     _finite(interval, "--interval", low=0.1, high=86400)
 
     def read() -> dict:
         # --watch skips the FDR pair count: each refresh would cost a full pairs read
-        return _api().status(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous,
-                             target_halfwidth=target_halfwidth, method=method, until_halfwidth=until_halfwidth,
-                             until_jaccard=until_jaccard, **({"pairs_fdr": None} if watch else {}))
+        bars = {"method": method, "delta": delta, "simultaneous": simultaneous}
+        return _api().status(run, storage=storage, address=address, bars=bars, target_halfwidth=target_halfwidth,
+                             until_halfwidth=until_halfwidth, until_jaccard=until_jaccard,
+                             **({"pairs_fdr": None} if watch else {}))
 
     if not watch or as_json:
         s = read()
-        typer.echo(json.dumps(s, indent=2) if as_json else format_status(s))
+        echo_json(s) if as_json else typer.echo(format_status(s))
         return
     from rich.console import Console
     from rich.live import Live
@@ -303,15 +553,24 @@ def status(
             time.sleep(interval)
 
 
-@app.command()
+#: What `raymem trials` shows a person; --json and --out hold every column.
+TRIAL_COLUMNS = {"trial_id": "trial", "attempt": "attempt", "host": "host", "train_seconds": "train seconds",
+                 "resumed_from_epoch": "resumed from epoch", "test_accuracy": "test accuracy"}
+
+
+@command()
 @user_errors
 def trials(
     run: str = RunArg,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per trial."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    as_json: bool = typer.Option(False, "--json", help="Print every column of every trial as JSON."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table (every column) as Parquet here."),
     storage: Optional[str] = StorageOpt,
 ):
-    """One row per trial: attempt, node, start/finish, training time, resumed epoch, train/test accuracy."""
+    """Each trial: attempt, host, seconds, resumed epoch, accuracy.
+
+    The table shows trial, attempt, host, training seconds, the epoch it resumed from and its test accuracy;
+    --json and --out hold every column (node, start and finish, train accuracy, GPUs, checkpoint warnings).
+    """
     from raymem.paper import plots
 
     _check_outputs(out=out)
@@ -320,25 +579,228 @@ def trials(
         plots.write_parquet(table, out)
         typer.echo(f"wrote {table.num_rows} rows to {out}", err=as_json)
     if as_json:
-        for row in table.to_pylist():
-            typer.echo(json.dumps(row, default=str))
+        echo_json(table.to_pylist())
     elif not out:
-        _print_table(table, limit=50)
+        typer.echo(format_table(table, TRIAL_COLUMNS, limit=50))
 
 
-@app.command()
+@command()
+@user_errors
+def logs(
+    run: str = RunArg,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing the output until the job ends."),
+    storage: Optional[str] = StorageOpt,
+):
+    """The output of a detached run's job (`raymem run --detach`)."""
+    output = _api().logs(run, storage=storage, follow=follow)
+    if isinstance(output, str):
+        typer.echo(output, nl=False)
+        return
+    for chunk in output:
+        typer.echo(chunk, nl=False)
+
+
+@command()
+@user_errors
+def stop(
+    run: str = RunArg,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """Stop a run's detached job and its live accumulator.
+
+    Stopping the accumulator frees its memory; the trial log keeps everything, and `raymem run` resumes.
+    """
+    stopped = _api().stop(run, storage=storage, address=address)  # the job first, then the accumulator
+    job = stopped["job"]
+    if job is not None:
+        now = " (stopped now)" if job["was"] != job["state"] else ""
+        typer.echo(f"job {job['job_id']} of {run}: {job['state']}{now}")
+    if stopped["accumulator"]:
+        typer.echo(f"stopped the accumulator of {run}; `raymem run` starts a new one from the log.")
+    else:
+        typer.echo(f"no live accumulator of {run} was reachable; nothing to stop.")
+
+
+#: What `raymem presets` shows in a terminal; --markdown and --json hold every column.
+PRESET_COLUMNS = {"preset": "preset", "model": "model", "epochs": "epochs", "per trial": "per trial",
+                  "GPU-h for 2,000 trials": "GPU-h, 2000 trials"}
+
+
+@command()
+def presets(
+    markdown: bool = typer.Option(False, "--markdown", help="Print every column as a Markdown table (as in the "
+                                                            "README)."),
+    as_json: bool = typer.Option(False, "--json", help="Print every column as JSON."),
+):
+    """The presets: data, model, recipe, resources, GPU-hours.
+
+    The table shows the main columns; --markdown and --json hold every column (recipe, schedule, augmentation,
+    the paper's seconds per epoch).
+    """
+    rows = _api().presets()
+    if as_json:
+        echo_json(rows)
+        return
+    if markdown:
+        header = list(rows[0])
+        typer.echo("| " + " | ".join(header) + " |")
+        typer.echo("|" + "---|" * len(header))
+        for row in rows:
+            typer.echo("| " + " | ".join(str(row[key]) for key in header) + " |")
+        return
+    shown = {key: heading for key, heading in PRESET_COLUMNS.items() if key in rows[0]}
+    typer.echo(format_table(rows, shown or None))
+
+
+# ---- read a run ---------------------------------------------------------------------------------------------
+
+
+ESTIMATES_EXAMPLES = """Examples:
+
+\b
+  raymem estimates digits          # the ten most memorized examples
+  raymem estimates digits --out mem.parquet --figure mem.png
+  raymem estimates cifar100 --method fixed --delta 0.01 --simultaneous
+"""
+
+
+@command(epilog=ESTIMATES_EXAMPLES)
+@user_errors
+def estimates(
+    run: str = RunArg,
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    figure: Optional[str] = typer.Option(None, "--figure", help="Write a PNG histogram of the estimates here."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """Memorization of every training example, with its error bars."""
+    from raymem.paper import plots
+
+    _check_outputs(out=out, figure=figure)
+    table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous,
+                             method=method)
+    if out:
+        plots.write_parquet(table, out)
+        typer.echo(f"wrote {table.num_rows} rows to {out}")
+    if figure:
+        plots.mem_figure(table, figure, title=f"memorization: {run}")
+        typer.echo(f"wrote {figure}")
+    import pyarrow.compute as pc
+
+    typer.echo("top memorized training examples:")
+    shown = [c for c in ("train_index", "mem", "mem_lo", "mem_hi", "n_in", "n_out", "label_flipped")
+             if c in table.column_names]
+    top = table.take(pc.sort_indices(table, [("mem", "descending")])[:10])
+    typer.echo(format_table(top, {c: c for c in shown}))
+
+
+PAIRS_EXAMPLES = """Examples:
+
+\b
+  raymem pairs digits              # infl >= 0.15 and mem >= 0.25
+  raymem pairs digits --fdr 0.1    # at a false discovery rate of 10%
+  raymem pairs cifar100 --out pairs.parquet --npz pairs.npz
+"""
+
+
+@command(epilog=PAIRS_EXAMPLES)
+@user_errors
+def pairs(
+    run: str = RunArg,
+    min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl",
+                                   help="Keep pairs with influence at least this."),
+    min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem",
+                                  help="Keep training examples with memorization at least this."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the pairs as Parquet here."),
+    npz: Optional[str] = typer.Option(None, "--npz", help="Also write them in the paper's released layout "
+                                                         "(tr_idx, tt_idx, infl, mem)."),
+    fdr: Optional[float] = typer.Option(None, "--fdr", help="Select pairs with infl > --min-infl at this false "
+                                                           "discovery rate (adds q_value) instead of by the point "
+                                                           "estimates."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """High-influence (train, test) pairs: the paper's rule or an FDR.
+
+    The paper's rule keeps pairs with infl >= --min-infl whose training example has mem >= --min-mem; --fdr
+    selects them at a false discovery rate instead.
+    """
+    from raymem.paper import plots
+
+    _check_outputs(out=out, npz=npz)
+    table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
+                         delta=delta, simultaneous=simultaneous, method=method, fdr=fdr)
+    if out:
+        plots.write_parquet(table, out)
+        typer.echo(f"wrote {table.num_rows} pairs to {out}")
+    if npz:
+        from raymem.paper.compare import export_pairs_npz
+
+        export_pairs_npz(table, npz)
+        typer.echo(f"wrote {table.num_rows} pairs to {npz} (the paper's layout)")
+    if fdr is not None:
+        typer.echo(f"{table.num_rows} pairs with infl > {min_infl:g} among mem >= {min_mem:g}, "
+                   f"at false discovery rate {fdr:g} ({method} p-values)")
+    else:
+        certain = int((table.column("infl_lo").to_numpy() > 0).sum())
+        typer.echo(f"{table.num_rows} pairs with infl >= {min_infl:g} and mem >= {min_mem:g}; "
+                   f"{certain} of them with an influence lower bound above 0 ({method}, delta={delta:g}): the rest "
+                   f"may be noise; --fdr 0.1 controls the false discoveries")
+    typer.echo(format_table(table, limit=10))
+
+
+@command()
+@user_errors
+def influence(
+    run: str = RunArg,
+    test_index: int = typer.Option(..., "--test-index", help="Test example to explain."),
+    top: int = typer.Option(10, "--top", help="How many influencers to list."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
+    storage: Optional[str] = StorageOpt,
+    address: Optional[str] = AddressOpt,
+):
+    """The training examples that most influence one test example."""
+    from raymem.paper import plots
+
+    _check_outputs(out=out)
+    table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta,
+                             simultaneous=simultaneous, method=method)
+    if out:
+        plots.write_parquet(table, out)
+    typer.echo(format_table(table, limit=top))
+
+
+@command()
 @user_errors
 def compare(
     run: str = RunArg,
-    others: List[str] = typer.Argument(..., help="Other runs (names or directories), or released pairs as .npz (tr_idx, tt_idx, infl, mem)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="With several runs: compare each with this one (default: the first)."),
+    others: List[str] = typer.Argument(..., help="Other runs (names or directories), or released pairs as .npz "
+                                                 "(tr_idx, tt_idx, infl, mem)."),
+    reference: Optional[str] = typer.Option(None, "--reference",
+                                            help="With several runs: compare each with this one (default: the "
+                                                 "first)."),
     min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl"),
     min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem"),
     out: Optional[str] = typer.Option(None, "--out", help="Write the consistency table as Parquet here (run vs run)."),
-    figure: Optional[str] = typer.Option(None, "--figure", help="Write the consistency curves as a PNG (runs vs the reference)."),
+    figure: Optional[str] = typer.Option(None, "--figure",
+                                         help="Write the consistency curves as a PNG (runs vs the reference)."),
     storage: Optional[str] = StorageOpt,
 ):
-    """Consistency of estimates: Jaccard and mean |difference| at thresholds (supplement Eq. 4, Figs. C.2/C.3)."""
+    """Consistency of runs' estimates (Jaccard, mean |difference|).
+
+    Jaccard similarity and mean |difference| at thresholds (supplement Eq. 4, Figs. C.2/C.3), of a run with
+    other runs or with released pairs.
+    """
     from raymem.paper import plots
 
     _check_outputs(out=out, figure=figure)
@@ -346,13 +808,13 @@ def compare(
     if len(others) == 1 and reference is None:
         result = api.compare(run, others[0], storage=storage, min_infl=min_infl, min_mem=min_mem)
         if isinstance(result, dict):
-            typer.echo(json.dumps(result, indent=2))
+            echo_json(result)
             return
         if out:
             plots.write_parquet(result, out)
         if figure:
             plots.consistency_figure(result, figure, title=f"{run} vs {others[0]}")
-        _print_table(result, limit=40)
+        typer.echo(format_table(result, limit=40))
         return
     import pyarrow as pa
 
@@ -367,20 +829,36 @@ def compare(
         typer.echo(f"wrote {figure}")
     for name, info in legend.items():
         typer.echo(paper_figures.legend_label(name, info) + (" (reference)" if name == ref else ""))
-    _print_table(table, limit=40)
+    typer.echo(format_table(table, limit=40))
 
 
-@app.command()
-@user_errors
+# ---- the paper's outputs ----------------------------------------------------------------------------------------
+
+
+FIGURES_EXAMPLES = """Examples:
+
+\b
+  raymem figures digits --out figs  # every figure the run can draw
+  raymem figures cifar100 --out figs --class 3 --data-dir ~/tfds
+"""
+
+
+@command(epilog=FIGURES_EXAMPLES)
+@user_errors(flags={"out_dir": "--out"})
 def figures(
     run: str = RunArg,
-    out: str = typer.Option(..., "--out", help="Folder for the PNGs and influence-examples.parquet (created if its parent exists)."),
-    klass: Optional[int] = typer.Option(None, "--class", help="Class shown in memorized.png (default: most examples at mem >= 0.25)."),
+    out: str = typer.Option(..., "--out", help="Folder for the PNGs and influence-examples.parquet (created if its "
+                                              "parent exists)."),
+    klass: Optional[int] = typer.Option(None, "--class", help="Class shown in memorized.png (default: most examples "
+                                                              "at mem >= 0.25)."),
     method: str = MethodOpt,
     data_dir: Optional[str] = DataDirOpt,
     storage: Optional[str] = StorageOpt,
 ):
-    """The paper's figures of a run: memorized examples, influence rows, influence histogram, convergence."""
+    """The paper's figures of a run.
+
+    Memorized examples, influence rows, the influence histogram and convergence, as PNGs in --out.
+    """
     summary = _api().figures(run, out, klass=klass, storage=storage, data_dir=data_dir, method=method)
     for name in summary["written"]:
         typer.echo(f"wrote {out}/{name}")
@@ -390,22 +868,20 @@ def figures(
     typer.echo(f"{summary['pairs']} high-influence pairs; test examples influenced: {counts or 'none'}")
 
 
-@app.command()
-@user_errors
+@command()
+@user_errors(flags={"layout": "--format"})
 def export(
     run: str = RunArg,
     out: str = typer.Option(..., "--out", help="The .npz file to write."),
-    format: str = typer.Option("fz", "--format", help="fz: the layout Feldman & Zhang released (tr_mem, per-class influence)."),
-    index_map: Optional[str] = typer.Option(None, "--index-map", help="Map from the authors' example order to tfds order (.npy or .npz train/test)."),
+    format: str = typer.Option("fz", "--format", help="fz: the layout Feldman & Zhang released (tr_mem, per-class "
+                                                      "influence)."),
+    index_map: Optional[str] = typer.Option(None, "--index-map", help="Map from the authors' example order to tfds "
+                                                                      "order (.npy or .npz train/test)."),
     storage: Optional[str] = StorageOpt,
 ):
     """Write a run's estimates in the authors' released layout."""
-    written = _api().export(run, out, format=format, storage=storage, index_map=index_map)
+    written = _api().export(run, out, layout=format, storage=storage, index_map=index_map)
     typer.echo(f"wrote {written} ({format} layout)")
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _with_interval(c: dict | None, key: str = "mean") -> str:
@@ -439,13 +915,11 @@ def format_marginal(r: dict) -> str:
         f"({sizes.get('random_overlap_with_high_influence')} of them in S_h)",
         f"  {interval['confidence']:.0%} intervals: {interval['kind']}",
     ]
-    rows = [("arm", "train", "models", "test accuracy", "accuracy on S'_h")]
-    for arm in ("full", "without_high_influence", "without_random"):
-        a = r[arm]
-        rows.append((arm, str(a.get("train_size", "?")), str(a["models"]), _with_interval(a["test"]),
-                     _with_interval(a["influenced"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    arms = [{"arm": arm, "train": r[arm].get("train_size"), "models": r[arm]["models"],
+             "test": _with_interval(r[arm]["test"]), "influenced": _with_interval(r[arm]["influenced"])}
+            for arm in ("full", "without_high_influence", "without_random")]
+    lines.append(format_table(arms, {"arm": "arm", "train": "train", "models": "models", "test": "test accuracy",
+                                     "influenced": "accuracy on S'_h"}, indent=2))
     for arm, label in (("without_high_influence", "without S_h"), ("without_random", "without random")):
         d = r["drops"][arm]
         lines.append(f"  drop {label}: test {_drop(d['test'])}, on S'_h {_drop(d['influenced'])}, "
@@ -455,38 +929,100 @@ def format_marginal(r: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command()
-@user_errors
+@command()
+@user_errors(flags={"models_per_arm": "--trials"})
 def marginal(
     run: str = RunArg,
     trials: int = typer.Option(..., "--trials", help="K: models per arm (3K trials in all; intervals need K >= 2)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the marginal run, beside RUN (default RUN-marginal)."),
-    min_infl: Optional[float] = typer.Option(None, "--min-infl", help="Pairs with influence at least this (default 0.15)."),
-    min_mem: Optional[float] = typer.Option(None, "--min-mem", help="Pairs whose training example has mem at least this (default 0.25)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the marginal run, beside RUN (default "
+                                                            "RUN-marginal)."),
+    min_infl: Optional[float] = typer.Option(None, "--min-infl", help="Pairs with influence at least this (default "
+                                                                      "0.15)."),
+    min_mem: Optional[float] = typer.Option(None, "--min-mem", help="Pairs whose training example has mem at least "
+                                                                    "this (default 0.25)."),
     fdr: Optional[float] = typer.Option(None, "--fdr", help="Select the pairs at this false discovery rate instead."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the marginal run (training, random control); default RUN's."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the marginal run (training, random control); "
+                                                            "default RUN's."),
     delta: float = typer.Option(report.DEFAULT_DELTA, "--delta", help="Intervals at confidence 1-delta."),
-    settings: Optional[List[str]] = typer.Option(None, "--set", help="Resource keys only, e.g. --set gpus_per_trial=1 (the recipe is RUN's)."),
+    settings: Optional[List[str]] = typer.Option(None, "--set", help="Resource keys only, e.g. --set "
+                                                                     "gpus_per_trial=1 (the recipe is RUN's)."),
     storage: Optional[str] = StorageOpt,
-    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster address; none: start a local Ray."),
+    address: Optional[str] = ClusterOpt,
     data_dir: Optional[str] = DataDirOpt,
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
-    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
+    num_cpus: Optional[int] = NumCpusOpt,
+    num_gpus: Optional[float] = NumGpusOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
 ):
-    """Marginal utility of RUN's high-influence examples (supplement C): retrain on S, S minus S_h, S minus a random set."""
-    result = _api().marginal(run, trials, name=name, storage=storage, min_infl=min_infl, min_mem=min_mem, fdr=fdr,
-                             seed=seed, delta=delta, settings=settings, address=address, data_dir=data_dir,
-                             num_cpus=num_cpus, num_gpus=num_gpus, progress=not (quiet or as_json))
-    typer.echo(json.dumps(result, indent=2) if as_json else format_marginal(result))
+    """Marginal utility of a run's high-influence examples.
+
+    Supplement C: retrain on S, on S minus S_h (the high-influence training examples) and on S minus a random
+    set of the same size, K models each, and compare their test accuracy.
+    """
+    api = _api()
+    chosen = (min_infl, min_mem, fdr) != (None, None, None)
+    selection = api.PairSelection(formulas.PAPER_MIN_INFL if min_infl is None else min_infl,
+                                  formulas.PAPER_MIN_MEM if min_mem is None else min_mem, fdr) if chosen else None
+    bounds.check_delta(delta)  # before any training, not after it
+    options = api.DriverOptions(address=address, data_dir=data_dir, num_cpus=num_cpus, num_gpus=num_gpus,
+                                progress=not (quiet or as_json))
+    result = api.marginal(run, trials, storage=storage, name=name, selection=selection, seed=seed,
+                          settings=settings, options=options)
+    if delta != report.DEFAULT_DELTA:  # the report at the asked confidence, from the marginal run's log
+        source = api.Run(run, storage)
+        location = source.marginal_location(name or source.info.name + "-marginal")
+        result = {**result, **api.marginal_report(location, delta=delta)}
+    echo_json(result) if as_json else typer.echo(format_marginal(result))
     for k, why in sorted(result["failed"].items()):
         typer.echo(f"  trial {k} failed: {why}", err=True)
     if result["failed"]:
         raise typer.Exit(1)
 
 
-@app.command()
+# ---- bring your own results -------------------------------------------------------------------------------------
+
+
+@command()
+@user_errors
+def ingest(
+    run_dir: str = typer.Argument(..., help="New run directory (local path or s3:// gs:// URI)."),
+    masks: Optional[str] = typer.Option(None, "--masks",
+                                        help="bool .npy (trials, n_train): example i in trial k's subset."),
+    train_correct: Optional[str] = typer.Option(None, "--train-correct",
+                                                help="bool .npy (trials, n_train): trial k correct on training "
+                                                     "example i."),
+    test_correct: Optional[str] = typer.Option(None, "--test-correct",
+                                               help="bool .npy (trials, n_test): trial k correct on test example j."),
+    source: Optional[Tuple[str, str]] = typer.Option(None, "--from",
+                                                     help="Instead of the .npy files: --from npz FILE "
+                                                          "(trainset_mask, trainset_correctness, testset_correctness) "
+                                                          "or --from fz-aux DIR (the authors' runs, one "
+                                                          "aux_arrays.npz each)."),
+    index_map: Optional[str] = typer.Option(None, "--index-map", help="Map from the authors' example order to tfds "
+                                                                      "order (.npy or .npz train/test)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name recorded in run.json (default: the folder "
+                                                            "name)."),
+):
+    """Make a run from external results.
+
+    The authors' released runs, or any boolean arrays of subset masks and correctness.
+    """
+    api = _api()
+    if source and source[0] is not None:
+        if masks or train_correct or test_correct:
+            raise RaymemError("give either --from npz FILE / --from fz-aux DIR or the three .npy files "
+                              "--masks, --train-correct and --test-correct, not both.")
+        info = api.ingest_from(run_dir, source[0], source[1], name=name, index_map=index_map).info
+    elif masks and train_correct and test_correct:
+        info = api.ingest_files(run_dir, masks, train_correct, test_correct, name=name).info
+    else:
+        raise RaymemError("give --masks, --train-correct and --test-correct (.npy files), or --from npz FILE / "
+                          "--from fz-aux DIR.")
+    typer.echo(f"ingested {info.config['trials']} trials into {run_dir}: n_train={info.n_train} "
+               f"n_test={info.n_test} subset_size={info.subset_size}")
+
+
+@command()
 @user_errors
 def features(
     dataset: str = typer.Argument(..., help="Data set to featurize (e.g. cifar100, digits, npz:FILE)."),
@@ -498,184 +1034,41 @@ def features(
     data_dir: Optional[str] = DataDirOpt,
     seed: int = typer.Option(0, "--seed"),
 ):
-    """Train one model on the full training set and save its penultimate-layer features (for `cifar100-linear`)."""
+    """Save a trained model's penultimate-layer features.
+
+    Trains one model on the full training set and writes its penultimate-layer features (the data of the
+    `cifar100-linear` preset); prints a JSON summary.
+    """
     summary = _api().features(dataset, out, model=model, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
                               data_dir=data_dir, seed=seed)
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    echo_json(summary)
 
 
-@app.command()
-@user_errors
-def stop(
-    run: str = RunArg,
-    storage: Optional[str] = StorageOpt,
-    address: Optional[str] = AddressOpt,
-):
-    """Stop a run's job if it was detached, and its live accumulator (frees its memory; the trial log keeps everything)."""
-    job = _api().stop_job(run, storage=storage)
-    if job is not None:
-        typer.echo(f"job {job['job_id']} of {run}: {job['state']}" + (" (stopped now)" if job["was"] != job["state"] else ""))
-    if _api().stop(run, storage=storage, address=address):
-        typer.echo(f"stopped the accumulator of {run}; `raymem run` starts a new one from the log.")
-    else:
-        typer.echo(f"no live accumulator of {run} was reachable; nothing to stop.")
+# ---- clusters ---------------------------------------------------------------------------------------------------
 
 
-@app.command()
-@user_errors
-def logs(
-    run: str = RunArg,
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing the output until the job ends."),
-    storage: Optional[str] = StorageOpt,
-):
-    """The output of a detached run's job (`raymem run ... --detach`)."""
-    output = _api().logs(run, storage=storage, follow=follow)
-    if isinstance(output, str):
-        typer.echo(output, nl=False)
-        return
-    for chunk in output:
-        typer.echo(chunk, nl=False)
-
-
-def format_plan(p: dict) -> str:
-    """The dry-run plan as a short two-column table."""
-    r = p["recipe"]
-    schedule = r["schedule"] + (f" {json.dumps(r['schedule_params'])}" if r["schedule_params"] else "")
-    augment = ", ".join(filter(None, [f"pad-crop {r['augment_pad']}" if r["augment_pad"] else "",
-                                      "flip" if r["augment_flip"] else ""])) or "none"
-    per = p["per_trial"]
-    hours = p["estimated_gpu_hours"]
-    rows = [
-        ("data", f"{p['dataset']}, {p['subset_ratio']:g} of the training set per trial"),
-        ("model", p["model"]),
-        ("trials", f"{p['trials']:,}"),
-        ("recipe", f"{r['epochs']} epochs, batch {r['batch_size']}, SGD momentum {r['momentum']:g}, base LR {r['base_lr']:g}"),
-        ("schedule", schedule),
-        ("augment", augment),
-        ("per trial", f"{per['cpus']:g} CPU, {per['gpus']:g} GPU" + (f" x {per['nodes']} nodes" if per["nodes"] > 1 else "")),
-        ("executor", p["executor"]),
-        ("influence", f"{p.get('influence_scope', 'full')} scope, pair counts in {p['pair_shards'] or 'the accumulator'}"
-                      f"{' shard actors' if p['pair_shards'] else ''}"),
-        ("GPU-hours", "unknown" if hours is None else f"{hours:,.0f}"),
-        ("based on", p["estimate_basis"]),
-        ("run dir", p["run_dir"]),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join([f"plan for preset {p['preset']} (nothing started):"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
-
-
-@app.command()
-@user_errors
-def run(
-    experiment: str = typer.Argument(..., help="Preset name (see `raymem presets`) or a .yaml/.toml experiment file."),
-    trials: Optional[int] = typer.Option(None, "--trials", help="Trials the run should hold (raise it to extend a run)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name; default: the preset's name."),
-    storage: Optional[str] = StorageOpt,
-    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS",
-                                          help="Ray cluster address; none: start a local Ray."),
-    data_dir: Optional[str] = DataDirOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    base_lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
-    model: Optional[str] = typer.Option(None, "--model"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set name, or npz:FILE / parquet:DIR."),
-    subset_ratio: Optional[float] = typer.Option(None, "--subset-ratio", help="m/n (paper: 0.7)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    flip_labels: Optional[float] = typer.Option(None, "--flip-labels", help="Flip this fraction of training labels (canaries)."),
-    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial"),
-    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial"),
-    nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
-    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Tries per trial before it is reported failed."),
-    pair_shards: Optional[int] = typer.Option(None, "--pair-shards", help="Split the pair matrix over this many actors (ImageNet: 16)."),
-    until_halfwidth: Optional[float] = typer.Option(None, "--until-halfwidth",
-                                                    help="Stop submitting trials once the median anytime memorization "
-                                                         "half-width is at most this (--trials stays the cap)."),
-    until_jaccard: Optional[float] = typer.Option(None, "--until-jaccard",
-                                                  help="Stop submitting trials once the split-half Jaccard at mem >= 0.25 "
-                                                       "is at least this."),
-    influence_scope: Optional[str] = typer.Option(None, "--influence-scope",
-                                                  help="full: influence of every (train, test) pair; class: pairs of the same "
-                                                       "label only, one block per class (the imagenet preset's)."),
-    pack: Optional[str] = typer.Option(None, "--pack", help="Train K trials together as one packed model (small_cnn, linear), or 'auto'."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save each trial's training state every N epochs into RUN/checkpoints (0: off; presets: imagenet 1, cifar 5)."),
-    keep_models: Optional[bool] = typer.Option(None, "--keep-models", help="Keep each trial's final weights in RUN/checkpoints/trial-*/final.npz."),
-    max_pending: Optional[int] = typer.Option(None, "--max-pending", help="Show at most this many waiting trials' resources to the autoscaler (default: all remaining)."),
-    settings: Optional[List[str]] = typer.Option(None, "--set", help="Override any config key: --set recipe.momentum=0.8 (repeatable)."),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of a local Ray started here."),
-    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs of a local Ray started here."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the GPU-hour estimate; start nothing."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
-    detach: bool = typer.Option(False, "--detach", help="Submit the driver to the cluster (--address) as a Ray job and "
-                                                       "return; follow it with `raymem status/logs/stop RUN`."),
-):
-    """Train the run's missing trials on Ray (a local Ray when no cluster is given)."""
-    api = _api()
-    overrides = dict(trials=trials, epochs=epochs, batch_size=batch_size, base_lr=base_lr, model=model, dataset=dataset,
-                     subset_ratio=subset_ratio, seed=seed, flip_labels=flip_labels, cpus_per_trial=cpus_per_trial,
-                     gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial, max_attempts=max_attempts,
-                     pair_shards=pair_shards, pack=pack, influence_scope=influence_scope,
-                     checkpoint_every=checkpoint_every, keep_models=keep_models, max_pending=max_pending)
-    config = api.load_config(experiment, overrides, settings)  # checked before anything starts
-    api.check_stopping(until_halfwidth, until_jaccard)
-    if dry_run:
-        shown = api.plan(config, name=name, storage=storage)
-        typer.echo(json.dumps(shown, indent=2) if as_json else format_plan(shown))
-        return
-    if detach:
-        job = api.run(config, name=name, storage=storage, address=address, data_dir=data_dir, num_cpus=num_cpus,
-                      num_gpus=num_gpus, until_halfwidth=until_halfwidth, until_jaccard=until_jaccard, detach=True)
-        typer.echo(job.job_id)
-        typer.echo(f"submitted run {job.name} as job {job.job_id} to {job.address}; data in {job.run_uri}. Follow it with "
-                   f"`raymem status {job.run_uri}`, `raymem logs {job.run_uri} --follow`; `raymem stop {job.run_uri}` "
-                   "stops it; the same command again resumes it.", err=True)
-        return
-    result = api.run(config, name=name, storage=storage, address=address, data_dir=data_dir,
-                     num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet,
-                     until_halfwidth=until_halfwidth, until_jaccard=until_jaccard)
-    typer.echo(f"run {result.name}: {result.trials_done}/{result.trials_target} trials in the log "
-               f"({len(result.trained_now)} trained now, {len(result.retried)} retried, {len(result.failed)} failed) "
-               f"in {result.wall_seconds:.1f}s; data in {result.run_uri}")
-    if result.stopped_early:
-        typer.echo(f"stopped early: {result.stopped_early}")
-    for k, why in sorted(result.failed.items()):
-        typer.echo(f"  trial {k} failed: {why}", err=True)
-    if result.failed:
-        raise typer.Exit(1)
-
-
-@app.command()
-def presets(markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (as in the README).")):
-    """List the presets: data set, model, recipe, resources per trial and the GPU-hours of 2,000 trials."""
-    rows = _api().presets()
-    header = list(rows[0])
-    table = [header] + [[row[key] for key in header] for row in rows]
-    if markdown:
-        typer.echo("| " + " | ".join(header) + " |")
-        typer.echo("|" + "---|" * len(header))
-        for row in table[1:]:
-            typer.echo("| " + " | ".join(row) + " |")
-        return
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-@app.command()
+@command()
 @user_errors
 def up(
-    cluster_yaml: Optional[str] = typer.Argument(None, help="Ray cluster-launcher YAML (e.g. the repository's cluster.yaml)."),
-    local: bool = typer.Option(False, "--local", help="Start a Ray head on this machine instead (loopback only, token auth on)."),
+    cluster_yaml: Optional[str] = typer.Argument(None, help="Ray cluster-launcher YAML (e.g. the repository's "
+                                                            "cluster.yaml)."),
+    local: bool = typer.Option(False, "--local", help="Start a Ray head on this machine instead (loopback only, "
+                                                      "token auth on)."),
     port: int = typer.Option(6379, "--port", help="GCS port of a --local head."),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs a --local head advertises."),
-    dashboard: bool = typer.Option(False, "--dashboard", help="A --local head also serves Ray's dashboard and Job API "
-                                                             "(127.0.0.1:8265), which `raymem run --detach` needs."),
+    dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard",
+                                   help="A --local head serves Ray's dashboard and Job API (127.0.0.1:8265), which "
+                                        "`raymem run --detach` needs, as `ray start --head` does."),
     no_restart: bool = typer.Option(False, "--no-restart", help="Update without restarting Ray on the nodes."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ):
-    """Start or update a cluster with Ray's launcher (validated first), or a local head with --local."""
+    """Start a cluster (Ray's launcher) or a local Ray head.
+
+    The cluster YAML is validated first, and nothing launches when it fails; --local starts a Ray head on this
+    machine instead.
+    """
     result = _api().up(cluster_yaml, local=local, port=port, num_gpus=num_gpus, no_restart=no_restart, yes=yes,
-                       **({"dashboard": True} if dashboard else {}))
+                       dashboard=dashboard)
     if local:
         typer.echo(f"local Ray head at {result['address']}; run trials on it with "
                    f"`RAY_AUTH_MODE=token raymem run digits --address {result['address']}`"
@@ -687,14 +1080,17 @@ def up(
         typer.echo("nothing launched.")
 
 
-@app.command()
+@command()
 @user_errors
 def down(
     cluster_yaml: Optional[str] = typer.Argument(None, help="The YAML the cluster was started from."),
     local: bool = typer.Option(False, "--local", help="Stop the local head started by `raymem up --local`."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ):
-    """Tear down a cluster started by `raymem up` (validated first), or the --local head."""
+    """Tear down a cluster or the local head.
+
+    A cluster started by `raymem up` (its YAML validated first), or the head of `raymem up --local`.
+    """
     _api().down(cluster_yaml, local=local, yes=yes)
     typer.echo("local Ray head stopped." if local else f"cluster from {cluster_yaml} torn down.")
 

@@ -17,13 +17,20 @@ from raymem import api
 from raymem.estimator import log_replay
 from raymem.cli import app
 from raymem.estimator import report
+from raymem.estimator.bars import Bars
 from raymem.estimator.counts import Counts
+from raymem.store.run_info import read_run_info
+from raymem.store.storage import RunStore
 
 N, N_TEST, T = 30, 20, 40
 RAYMEM = Path(sys.executable).parent / "raymem"
 LOOSE_PAIRS = ["--min-infl", "0.1234", "--min-mem", "-0.0567"]
 #: What a run's anytime bars are tuned to: its planned trials and subset ratio (an ingested run plans what it holds).
 PLAN = dict(planned_trials=T, subset_ratio=round(0.7 * N) / N)
+
+
+def bars(**choices) -> Bars:
+    return Bars(**choices, **PLAN)
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +49,7 @@ def files(tmp_path, sim) -> dict[str, Path]:
     folder = tmp_path / "in"
     folder.mkdir()
     paths = {}
-    for flag, array in (("--masks", sim.masks), ("--train-correct", sim.train_correct), ("--test-correct", sim.test_correct)):
+    for flag, array in arrays_by_flag(sim):
         paths[flag] = folder / f"{flag.strip('-')}.npy"
         np.save(paths[flag], array)
     return paths
@@ -64,6 +71,10 @@ def direct(sim) -> Counts:
         counts.add(k, sim.masks[k], sim.train_correct[k], sim.test_correct[k])
     counts.flush()
     return counts
+
+
+def arrays_by_flag(sim) -> tuple:
+    return ("--masks", sim.masks), ("--train-correct", sim.train_correct), ("--test-correct", sim.test_correct)
 
 
 def ingest_args(files: dict[str, Path]) -> list[str]:
@@ -99,8 +110,8 @@ def assert_frame_equals_table(frame: pl.DataFrame, table) -> None:
 def test_ingest_writes_a_run_that_reads_back_the_same_counts(run_dir, direct):
     assert (run_dir / "run.json").is_file()
     assert len(list((run_dir / "trials").glob("trial-*.parquet"))) == T
-    store = api.open_store(str(run_dir))
-    rebuilt = log_replay.counts_from_log(store, api.read_run_info(store))
+    store = RunStore.open(str(run_dir))
+    rebuilt = log_replay.counts_from_log(store, read_run_info(store))
     for name in ("n_in", "in_hits", "total_hits", "test_hits"):
         np.testing.assert_array_equal(getattr(rebuilt.all, name), getattr(direct.all, name))
     np.testing.assert_array_equal(rebuilt.pairs_ready(), direct.pairs_ready())
@@ -113,7 +124,7 @@ def test_estimates_out_writes_the_library_table(run_dir, tmp_path, direct):
     frame = pl.read_parquet(out)
     assert {"train_index", "mem", "mem_lo", "mem_hi", "n_in", "n_out"} <= set(frame.columns)
     assert frame.height == N and frame["train_index"].to_list() == list(range(N))
-    assert_frame_equals_table(frame, report.mem_table(direct, delta=0.1, **PLAN))
+    assert_frame_equals_table(frame, report.mem_table(direct, bars(delta=0.1)))
     assert_frame_equals_table(frame, api.estimates(str(run_dir), delta=0.1))
     assert "top memorized" in result.stdout
 
@@ -130,7 +141,7 @@ def test_pairs_out_writes_the_library_pairs(run_dir, tmp_path, direct):
     result = invoke("pairs", str(run_dir), *LOOSE_PAIRS, "--simultaneous", "--out", str(out))
     assert result.exit_code == 0, result.output
     frame = pl.read_parquet(out)
-    expected = report.pairs_table(direct, min_infl=0.1234, min_mem=-0.0567, simultaneous=True, **PLAN)
+    expected = report.pairs_table(direct, bars(simultaneous=True), report.PairSelection(0.1234, -0.0567))
     assert 0 < frame.height == expected.num_rows
     assert_frame_equals_table(frame, expected)
     assert f"{frame.height} pairs" in result.stdout
@@ -141,7 +152,7 @@ def test_influence_lists_the_top_influencers(run_dir, tmp_path, direct):
     result = invoke("influence", str(run_dir), "--test-index", "6", "--top", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     frame = pl.read_parquet(out)
-    assert_frame_equals_table(frame, report.influence_table(direct, 6, top=4, **PLAN))
+    assert_frame_equals_table(frame, report.influence_table(direct, 6, bars(), top=4))
     assert frame["train_index"].to_list()[0] == 4  # the planted pair (4, 6)
 
 
@@ -150,7 +161,7 @@ def test_status_json(run_dir, direct):
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)
     assert (s["trials_done"], s["n_train"], s["n_test"], s["source"]) == (T, N, N_TEST, "log")
-    expected = report.convergence_summary(direct, subset_size=s["subset_size"], planned_trials=T)
+    expected = report.convergence_summary(direct, bars(), subset_size=s["subset_size"])
     assert s["mem"]["median_halfwidth"] == pytest.approx(expected["mem"]["median_halfwidth"])
     assert s["mem"]["certified"] == expected["mem"]["certified"]
     text = invoke("status", str(run_dir))
@@ -219,7 +230,7 @@ def break_inputs(case: str, files: dict[str, Path], sim) -> list:
         masks.mkdir()
         return [masks, "directory"]
     if case == "no trials":
-        for flag, array in (("--masks", sim.masks), ("--train-correct", sim.train_correct), ("--test-correct", sim.test_correct)):
+        for flag, array in arrays_by_flag(sim):
             save(flag, array[:0])
         return ["empty"]
     raise AssertionError(case)
@@ -261,7 +272,8 @@ def test_ingest_with_an_invalid_run_name_exits_2(tmp_path, files):
 # ---- bad reads: exit 2, no output file ---------------------------------------------------------
 
 CORRUPTIONS = {
-    "flipped bytes": lambda b: b[: len(b) // 3] + bytes(x ^ 0xFF for x in b[len(b) // 3: len(b) // 3 + 64]) + b[len(b) // 3 + 64:],
+    "flipped bytes": lambda b: (b[: len(b) // 3] + bytes(x ^ 0xFF for x in b[len(b) // 3: len(b) // 3 + 64])
+                                + b[len(b) // 3 + 64:]),
     "truncated": lambda b: b[: len(b) // 2],
     "not parquet": lambda b: b"this is not a parquet file",
 }
@@ -285,13 +297,15 @@ BAD_READS = {
     "delta negative": (["status", "{run}", "--delta", "-0.5"], ["--delta"]),
     "delta above one": (["influence", "{run}", "--test-index", "0", "--delta", "1.5", "--out", "{out}"], ["--delta"]),
     "delta nan": (["estimates", "{run}", "--delta", "nan", "--out", "{out}"], ["--delta"]),
-    "test index = n_test": (["influence", "{run}", "--test-index", str(N_TEST), "--out", "{out}"], ["--test-index", str(N_TEST)]),
+    "test index = n_test": (["influence", "{run}", "--test-index", str(N_TEST), "--out", "{out}"],
+                            ["--test-index", str(N_TEST)]),
     "test index negative": (["influence", "{run}", "--test-index", "-1", "--out", "{out}"], ["--test-index", "-1"]),
     "top zero": (["influence", "{run}", "--test-index", "0", "--top", "0", "--out", "{out}"], ["--top"]),
     "estimates out folder missing": (["estimates", "{run}", "--out", "{missing}"], ["--out", "{missing}"]),
     "pairs out folder missing": (["pairs", "{run}", "--out", "{missing}"], ["--out", "{missing}"]),
     "influence out folder missing": (["influence", "{run}", "--test-index", "0", "--out", "{missing}"], ["--out"]),
-    "figure folder missing": (["estimates", "{run}", "--out", "{out}", "--figure", "{missing}"], ["--figure", "{missing}"]),
+    "figure folder missing": (["estimates", "{run}", "--out", "{out}", "--figure", "{missing}"],
+                              ["--figure", "{missing}"]),
     "out is a folder": (["estimates", "{run}", "--out", "{folder}"], ["--out", "{folder}"]),
     "run missing": (["estimates", "{nothing}", "--out", "{out}"], ["{nothing}", "run.json"]),
     "not a run": (["status", "{folder}"], ["{folder}"]),
@@ -372,7 +386,8 @@ def test_export_fz_then_compare_with_the_export_agrees(tmp_path, files, sim):
 
 def test_ingest_from_npz_layout_equals_ingest_from_npy_files(tmp_path, files, sim, run_dir):
     archive = tmp_path / "heldout.npz"
-    np.savez(archive, trainset_mask=sim.masks, trainset_correctness=sim.train_correct, testset_correctness=sim.test_correct)
+    np.savez(archive, trainset_mask=sim.masks, trainset_correctness=sim.train_correct,
+             testset_correctness=sim.test_correct)
     other = tmp_path / "from-npz"
     result = invoke("ingest", str(other), "--from", "npz", str(archive))
     assert result.exit_code == 0, result.output
@@ -383,7 +398,8 @@ def test_compare_several_runs_draws_one_curve_each(run_dir, tmp_path, files):
     second = tmp_path / "second"
     assert invoke("ingest", str(second), *ingest_args(files)).exit_code == 0
     figure = tmp_path / "c.png"
-    result = invoke("compare", str(run_dir), str(second), str(run_dir), "--reference", str(run_dir), "--figure", str(figure))
+    result = invoke("compare", str(run_dir), str(second), str(run_dir), "--reference", str(run_dir),
+                    "--figure", str(figure))
     assert result.exit_code == 0, result.output
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(reference)" in result.stdout
 
@@ -408,3 +424,27 @@ def test_bad_paper_output_inputs_exit_2_and_write_nothing(run_dir, tmp_path, cas
     result = invoke(*map(fill, args))
     assert_user_error(result, *map(fill, names))
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, kind", [
+    (["status", "{run}", "--json"], dict),
+    (["trials", "{run}", "--json"], list),
+    (["presets", "--json"], list),
+    (["run", "digits", "--dry-run", "--json", "--storage", "{tmp}"], dict),
+])
+def test_every_json_flag_prints_one_document(run_dir, tmp_path, args, kind):
+    result = invoke(*(a.format(run=run_dir, tmp=tmp_path) for a in args))
+    assert result.exit_code == 0, result.output
+    assert isinstance(json.loads(result.stdout), kind)  # all of stdout parses as one document
+
+
+@pytest.mark.parametrize("args", [["estimates", "{run}"], ["pairs", "{run}", *LOOSE_PAIRS],
+                                  ["influence", "{run}", "--test-index", "6"], ["presets"]])
+def test_tables_read_in_80_columns(run_dir, monkeypatch, args):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke(*(a.format(run=run_dir) for a in args))
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.stdout.splitlines() if not line.startswith(("top memorized", "("))]
+    table = table[1:] if args[0] == "pairs" else table  # the pairs' summary sentence comes first
+    assert all(len(line) <= 80 for line in table), table
+    assert set(table[1]) == {"─"}  # the rule under the headings

@@ -7,6 +7,7 @@ Nothing here launches a cloud node: Ray's launcher SDK is replaced by a recorder
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import yaml
 
 import ray.autoscaler.sdk
 
+from raymem.cluster import connection
 from raymem.cluster import launcher as cluster
 from raymem.cluster.connection import HEAD_RESOURCE
 from raymem.errors import RaymemError
@@ -304,6 +306,39 @@ def test_up_creates_the_auth_token_with_ray_when_missing(tmp_path, monkeypatch, 
 # --------------------------------------------------------------------------- local head
 
 
+def test_a_local_head_serves_the_job_api_by_default_as_ray_start_does():
+    signature = inspect.signature(cluster.start_local_head)
+    assert signature.parameters["dashboard"].default is True
+    assert len(signature.parameters) <= 10
+    common = dict(port=7000, temp_dir=Path("/tmp/rm"), client_server_port=7001, num_gpus=None, dashboard_port=7002,
+                  dashboard_agent_port=7003)
+    served = cluster._local_head_command(dashboard=True, **common)
+    assert "--include-dashboard=true" in served and "--dashboard-host=127.0.0.1" in served
+    assert "--dashboard-port=7002" in served and "--dashboard-agent-listen-port=7003" in served
+    bare = cluster._local_head_command(dashboard=False, **common)
+    assert "--include-dashboard=false" in bare and not any(a.startswith("--dashboard-port") for a in bare)
+    assert {"--head", "--block", "--node-ip-address=127.0.0.1", "--port=7000", "--temp-dir=/tmp/rm"} <= set(bare)
+
+
+def test_a_local_head_refuses_a_second_one_and_forgets_a_dead_one(tmp_path):
+    record = tmp_path / cluster._LOCAL_HEAD_STATE_FILE
+    record.write_text(json.dumps({"pid": os.getpid(), "address": "127.0.0.1:1"}))  # not a ray head: stale
+    assert cluster._claim_local_head_record(tmp_path) == record and not record.exists()
+    record.write_text("not json")
+    with pytest.raises(RaymemError, match="unreadable"):
+        cluster._claim_local_head_record(tmp_path)
+
+
+def test_ray_address_prefers_the_explicit_one_then_the_environment(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert connection.ray_address("127.0.0.1:1") == "127.0.0.1:1"
+    assert connection.ray_address(None) == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert connection.ray_address(None) is None
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert connection.ray_address("") is None
+
+
 def test_stop_local_head_without_a_recorded_head_is_an_error(tmp_path):
     with pytest.raises(RaymemError, match="No raymem local head"):
         cluster.stop_local_head(temp_dir=tmp_path)
@@ -379,7 +414,7 @@ def test_local_head_binds_loopback_with_token_auth_and_stops(monkeypatch):
     # Short, private temp dir: Ray's socket paths live under it, and no other cluster does.
     temp_dir = Path(tempfile.mkdtemp(prefix="rmtest", dir="/tmp"))
     info = cluster.start_local_head(port=_free_port(), client_server_port=_free_port(),
-                                    temp_dir=temp_dir)
+                                    temp_dir=temp_dir, dashboard=False)  # test_detach covers the Job API
     try:
         assert info["address"] == f"127.0.0.1:{info['port']}"
         with pytest.raises(RaymemError, match="already running"):

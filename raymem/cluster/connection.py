@@ -48,6 +48,15 @@ SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 JOB_ID_ENV = "RAYMEM_JOB_ID"
 
 
+#: The environment variable that names the Ray cluster when no address is given.
+ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def ray_address(explicit: str | None) -> str | None:
+    """The Ray cluster to use: ``explicit`` when given, else ``$RAY_ADDRESS``, else None (start a local Ray)."""
+    return explicit or os.environ.get(ADDRESS_ENV) or None
+
+
 def head_pin() -> dict:
     """Ray ``resources=`` that place an actor on the head node (never on a spot GPU worker)."""
     return {HEAD_RESOURCE: 0.001}
@@ -125,13 +134,14 @@ def start_local(num_cpus: int | None = None, num_gpus: float | None = None) -> s
     return ray.get_runtime_context().gcs_address
 
 
-def connect_or_start(address: str | None, num_cpus: int | None = None, num_gpus: float | None = None) -> tuple[str, bool]:
+def connect_or_start(address: str | None, num_cpus: int | None = None,
+                     num_gpus: float | None = None) -> tuple[str, bool]:
     """Connect to ``address`` (or RAY_ADDRESS); with neither, start a local Ray. Return (address, started_here)."""
     import ray
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address, False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(address)
     if address:
         connect(address)
         return ray.get_runtime_context().gcs_address, False

@@ -34,6 +34,7 @@ import jsonschema
 import yaml
 
 from raymem.cluster.connection import (
+    ADDRESS_ENV,
     AUTH_MODE_ENV,
     AUTH_MODE_TOKEN,
     AUTH_TOKEN_PATH_ENV,
@@ -297,7 +298,8 @@ def down(path: str | Path, *, yes: bool = True) -> None:
 #: Provider type -> (module Ray's launcher imports, the extra that installs it, how to give it credentials).
 CLOUD_SDKS = {
     "aws": ("boto3", "aws", "run `aws configure` (or set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"),
-    "gcp": ("googleapiclient", "gcp", "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS)"),
+    "gcp": ("googleapiclient", "gcp",
+            "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS)"),
 }
 
 
@@ -314,9 +316,10 @@ def check_cloud_access(config: dict, path: Path | str) -> None:
     try:
         sdk = __import__(module)
     except ImportError:
+        package = "google-api-python-client" if module == "googleapiclient" else module
         raise RaymemError(
             f"Cluster config {path} uses the {provider} provider, whose SDK ({module}) is not installed in this "
-            f"environment; run `pip install 'raymem[{extra}]'` (or `pip install {module if module != 'googleapiclient' else 'google-api-python-client'}`) "
+            f"environment; run `pip install 'raymem[{extra}]'` (or `pip install {package}`) "
             "and then `raymem up` again."
         ) from None
     if provider == "aws":
@@ -420,7 +423,7 @@ def _ray_cli(*arguments: str) -> list[str]:
 def start_local_head(
     *,
     port: int = DEFAULT_HEAD_PORT,
-    dashboard: bool = False,
+    dashboard: bool = True,
     num_gpus: int | None = None,
     temp_dir: str | Path | None = None,
     client_server_port: int = DEFAULT_CLIENT_SERVER_PORT,
@@ -441,56 +444,20 @@ def start_local_head(
     `ray.init(address=result["address"])` from a process whose environment holds
     `driver_env` (LOCAL_HEAD_ENV) before it imports ray.
 
-    With `dashboard=True` the head also serves Ray's dashboard on 127.0.0.1:`dashboard_port`, which
-    Ray's Job API (`raymem run --detach`) needs (it needs `ray[default]`). A second head on the same
-    machine needs its own `dashboard_port` and `dashboard_agent_port` (Ray's default agent port is 52365).
+    Like `ray start --head`, the head serves Ray's dashboard on 127.0.0.1:`dashboard_port`, which
+    Ray's Job API (`raymem run --detach`) needs; `dashboard=False` leaves it out. A second head on the
+    same machine needs its own `dashboard_port` and `dashboard_agent_port` (Ray's default agent port is 52365).
     """
     temp_dir = _local_temp_dir(temp_dir)
-    state_file = temp_dir / _LOCAL_HEAD_STATE_FILE
-    if state_file.is_file():
-        state = _read_local_head_state(state_file)
-        if _is_our_local_head(state.get("pid"), temp_dir):
-            raise RaymemError(
-                f"A raymem local head is already running at {state.get('address')} "
-                f"(temp dir {temp_dir}); stop it with `raymem down --local` first."
-            )
-        state_file.unlink()
-
+    state_file = _claim_local_head_record(temp_dir)
     token_path = ensure_auth_token()
     temp_dir.mkdir(parents=True, exist_ok=True)
     log_path = temp_dir / _LOCAL_HEAD_LOG_FILE
     address = f"{LOOPBACK_IP}:{port}"
-
-    command = _ray_cli(
-        "start",
-        "--head",
-        "--block",
-        f"--node-ip-address={LOOPBACK_IP}",
-        f"--port={port}",
-        f"--ray-client-server-port={client_server_port}",
-        f"--temp-dir={temp_dir}",
-        f"--include-dashboard={'true' if dashboard else 'false'}",
-        f"--dashboard-host={LOOPBACK_IP}",
-        "--disable-usage-stats",
-    )
-    if dashboard:
-        command.append(f"--dashboard-port={dashboard_port}")
-        if dashboard_agent_port is not None:
-            command.append(f"--dashboard-agent-listen-port={dashboard_agent_port}")
-    if num_gpus is not None:
-        command.append(f"--num-gpus={num_gpus}")
-    environment = {**os.environ, **LOCAL_HEAD_ENV}
-    environment.pop("RAY_ADDRESS", None)
-
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            start_new_session=True,  # survives this process and Ctrl-C in its terminal
-        )
+    command = _local_head_command(port=port, temp_dir=temp_dir, client_server_port=client_server_port,
+                                  num_gpus=num_gpus, dashboard=dashboard, dashboard_port=dashboard_port,
+                                  dashboard_agent_port=dashboard_agent_port)
+    process = _spawn_local_head(command, log_path)
     _wait_until_started(process, log_path, address)
 
     state = {
@@ -509,6 +476,66 @@ def start_local_head(
         "dashboard_url": f"http://{LOOPBACK_IP}:{dashboard_port}" if dashboard else None,
         "driver_env": dict(LOCAL_HEAD_ENV),
     }
+
+
+def _claim_local_head_record(temp_dir: Path) -> Path:
+    """Return the record file of a new head in `temp_dir`; RaymemError if a raymem head runs there already.
+
+    A record whose head is gone is stale and removed, so a crashed head never blocks a new one.
+    """
+    state_file = temp_dir / _LOCAL_HEAD_STATE_FILE
+    if state_file.is_file():
+        state = _read_local_head_state(state_file)
+        if _is_our_local_head(state.get("pid"), temp_dir):
+            raise RaymemError(
+                f"A raymem local head is already running at {state.get('address')} "
+                f"(temp dir {temp_dir}); stop it with `raymem down --local` first."
+            )
+        state_file.unlink()
+    return state_file
+
+
+def _local_head_command(*, port: int, temp_dir: Path, client_server_port: int, num_gpus: int | None,
+                        dashboard: bool, dashboard_port: int, dashboard_agent_port: int | None) -> list[str]:
+    """The `ray start --head --block` command line of a loopback-only local head."""
+    command = _ray_cli(
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={LOOPBACK_IP}",
+        f"--port={port}",
+        f"--ray-client-server-port={client_server_port}",
+        f"--temp-dir={temp_dir}",
+        f"--include-dashboard={'true' if dashboard else 'false'}",
+        f"--dashboard-host={LOOPBACK_IP}",
+        "--disable-usage-stats",
+    )
+    if dashboard:
+        command.append(f"--dashboard-port={dashboard_port}")
+        if dashboard_agent_port is not None:
+            command.append(f"--dashboard-agent-listen-port={dashboard_agent_port}")
+    if num_gpus is not None:
+        command.append(f"--num-gpus={num_gpus}")
+    return command
+
+
+def _spawn_local_head(command: list[str], log_path: Path) -> subprocess.Popen:
+    """Start `command` in its own session, its output in `log_path`.
+
+    RAY_ADDRESS is dropped from its environment: the head's own processes (dashboard, agents) must not see an
+    address that names another cluster.
+    """
+    environment = {**os.environ, **LOCAL_HEAD_ENV}
+    environment.pop(ADDRESS_ENV, None)
+    with open(log_path, "w", encoding="utf-8") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,  # survives this process and Ctrl-C in its terminal
+        )
 
 
 def stop_local_head(*, temp_dir: str | Path | None = None) -> None:
