@@ -388,7 +388,7 @@ def compare_many(runs: list[str], *, reference: str | None = None, storage=None,
 # ---- clusters ----------------------------------------------------------------------------
 
 def up(cluster_yaml: str | None = None, *, local: bool = False, port: int = 6379, num_gpus: int | None = None,
-       no_restart: bool = False, yes: bool = False, dashboard: bool = False) -> dict:
+       no_restart: bool = False, yes: bool = False, dashboard: bool = True) -> dict:
     """Start or update a cluster with Ray's launcher (validated offline first), or a local head (with ``dashboard``:
     serving Ray's dashboard and Job API on 127.0.0.1:8265, which detached runs need).
 

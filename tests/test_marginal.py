@@ -152,7 +152,7 @@ def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(
     source = _fake_source(tmp_path)
     pairs = api.pairs(source, min_infl=0.5, min_mem=0.5)
     assert pairs.num_rows > 0
-    store = RunStore.open(api.marginal_location(source, "src-marginal"))
+    store = RunStore.open(api.Run(source).marginal_location("src-marginal"))
     assert store.uri == str(tmp_path / "src-marginal")
     p = runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 2, min_infl=0.5, min_mem=0.5, seed=3))
     assert p.created and p.missing == [0, 1, 2, 3, 4, 5]
@@ -294,8 +294,8 @@ def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
 
 
 def test_marginal_run_lives_beside_its_source():
-    assert api.marginal_location("s3://b/runs/demo?region=x", "demo-marginal") == "s3://b/runs/demo-marginal?region=x"
-    assert api.marginal_location("demo", "demo-marginal", "/data/runs") == "/data/runs/demo-marginal"
-    assert api.marginal_location("/data/runs/demo/", "m") == "/data/runs/m"
+    assert api.Run("s3://b/runs/demo?region=x").marginal_location("demo-marginal") == "s3://b/runs/demo-marginal?region=x"
+    assert api.Run("demo", "/data/runs").marginal_location("demo-marginal") == "/data/runs/demo-marginal"
+    assert api.Run("/data/runs/demo/").marginal_location("m") == "/data/runs/m"
     with pytest.raises(RaymemError):
-        api.marginal_location("demo", "../escape", "/data/runs")
+        api.Run("demo", "/data/runs").marginal_location("../escape")
