@@ -133,8 +133,9 @@ def _submit_detached(config: ExperimentConfig, name: str, storage: str | None, o
                           "(e.g. 127.0.0.1:6379 from `raymem up --local`, or the dashboard URL) or set RAY_ADDRESS.",
                           parameter="address")
     if options.num_cpus is not None or options.num_gpus is not None:
-        raise RaymemError("num_cpus / num_gpus size a local Ray started by `raymem run`; a detached run uses the "
-                          "cluster's resources, so drop them.", parameter="num_cpus")
+        which = "num_cpus" if options.num_cpus is not None else "num_gpus"
+        raise RaymemError(f"{which} sizes a local Ray started by `raymem run`; a detached run uses the cluster's "
+                          "resources, so drop it.", parameter=which)
     root = detached.absolute_storage(storage or default_storage())
     if connection.is_loopback(address) or address == "auto":
         connection.keep_on_loopback()

@@ -128,7 +128,8 @@ def main() -> None:
 
     ratio = with_reader["p99_ms"] / alone["p99_ms"]
     print(f"accumulator absorb latency, {args.n:,} x {args.n_test:,} pair matrix, batch {args.batch}, "
-          f"{args.trials} trials per phase arriving every {args.interval_ms:g} ms, pair reads {'in process' if args.in_process else 'in the reader process'}")
+          f"{args.trials} trials per phase arriving every {args.interval_ms:g} ms, "
+          f"pair reads {'in process' if args.in_process else 'in the reader process'}")
     print(f"{'phase':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'pairs reads':>13}{'read s (median)':>17}")
     for label, r in (("no reader", alone), ("reader in a loop", with_reader)):
         read_s = "-" if np.isnan(r["read_s"]) else f"{r['read_s']:.2f}"

@@ -38,7 +38,8 @@ def main() -> None:
     z = norm.ppf(1 - args.delta / 2)
     ratios = {m: {} for m in METHODS}
     seconds = {m: 0.0 for m in METHODS}
-    lines = [f"half-width / Wald half-width, delta {args.delta}, subset ratio {args.ratio} (n_in = round({args.ratio} t))",
+    lines = [f"half-width / Wald half-width, delta {args.delta}, subset ratio {args.ratio} "
+             f"(n_in = round({args.ratio} t))",
              f"{'trials':>6} {'p_in':>5} {'p_out':>5} {'Wald':>7} " + " ".join(f"{m:>9}" for m in METHODS)]
     for t in TRIALS:
         n_in = round(args.ratio * t)
@@ -57,7 +58,8 @@ def main() -> None:
             for k, cell in enumerate(cells):
                 ratios[m][(t, *cell)] = widths[m][k] / wald[k]
         for k, (a, b) in enumerate(cells):
-            lines.append(f"{t:>6} {a:>5} {b:>5} {wald[k]:7.4f} " + " ".join(f"{widths[m][k] / wald[k]:9.2f}" for m in METHODS))
+            lines.append(f"{t:>6} {a:>5} {b:>5} {wald[k]:7.4f} "
+                         + " ".join(f"{widths[m][k] / wald[k]:9.2f}" for m in METHODS))
     lines.append("")
     lines.append("median ratio to Wald (trials for Wald's width = ratio^2)")
     lines.append(f"{'trials':>6} " + " ".join(f"{m:>16}" for m in METHODS))
@@ -74,7 +76,8 @@ def main() -> None:
         lines.append(f"goal: {m} median ratio {med:.2f} <= {goal}: {'ok' if med <= goal else 'MISS'}")
     price = [ratios["anytime"][k] / ratios["fixed"][k] for k in ratios["fixed"]]
     med = float(np.median(price))
-    lines.append(f"price of anytime validity over fixed: median width ratio {med:.2f} (range {min(price):.2f}-{max(price):.2f}), "
+    lines.append(f"price of anytime validity over fixed: median width ratio {med:.2f} "
+                 f"(range {min(price):.2f}-{max(price):.2f}), "
                  f"i.e. {med * med:.2f}x the trials for the same width")
     lines.append("seconds per method (all cells): " + ", ".join(f"{m} {seconds[m]:.2f}" for m in METHODS))
     print("\n".join(lines))

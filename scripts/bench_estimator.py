@@ -235,14 +235,19 @@ def main() -> None:
     rows = [(batch, min(runs[batch], key=lambda r: r["seconds"])) for batch in batches]
 
     in_place = counts_module._blas_sgemm() is not None
-    header = (f"raymem estimator benchmark (best of {args.repeat} rounds): n={n}, n_test={n_test}, {t} trials (the paper ran 2000; both paths scale "
-              f"linearly in trials, the ratio is what matters), subset ratio {args.ratio}, {HARD_SHARE:.0%} hard examples; "
-              f"{os.cpu_count()} CPUs, BLAS {blas_threads()}; pair update {'BLAS sgemm in place' if in_place else 'numpy chunks'}; "
+    header = (f"raymem estimator benchmark (best of {args.repeat} rounds): n={n}, n_test={n_test}, {t} trials "
+              "(the paper ran 2000; both paths scale "
+              f"linearly in trials, the ratio is what matters), subset ratio {args.ratio}, "
+              f"{HARD_SHARE:.0%} hard examples; "
+              f"{os.cpu_count()} CPUs, BLAS {blas_threads()}; "
+              f"pair update {'BLAS sgemm in place' if in_place else 'numpy chunks'}; "
               f"machine sgemm {SGEMM_SIZE}^3: {sgemm:.1f} GFLOP/s")
-    cols = f"{'path':<44} {'B':>4} {'seconds':>8} {'ms/trial':>9} {'vs one-shot':>11} {'GFLOP/s':>8} {'% sgemm':>8} {'peak MiB':>9}"
+    cols = (f"{'path':<44} {'B':>4} {'seconds':>8} {'ms/trial':>9} {'vs one-shot':>11} "
+            f"{'GFLOP/s':>8} {'% sgemm':>8} {'peak MiB':>9}")
     lines = [header, cols, "-" * len(cols)]
     gf = flops / one_shot_s / 1e9
-    lines.append(f"{'one-shot at the end (float32 masks.T @ test)':<44} {'-':>4} {one_shot_s:8.2f} {1e3 * one_shot_s / t:9.1f} "
+    lines.append(f"{'one-shot at the end (float32 masks.T @ test)':<44} {'-':>4} {one_shot_s:8.2f} "
+                 f"{1e3 * one_shot_s / t:9.1f} "
                  f"{1.0:11.2f} {gf:8.1f} {100 * gf / sgemm:7.0f}% {one_shot_peak:9.0f}   "
                  f"(runs: {', '.join(f'{x:.2f}' for x, _ in one_shot_runs)} s)")
     for batch, r in rows:
@@ -252,7 +257,8 @@ def main() -> None:
         label = f"streaming Counts.add, {r['updates']} updates ({mark} <= {RATIO_TARGET})"
         run_times = ", ".join(f"{x['seconds']:.2f}" for x in runs[batch])
         lines.append(f"{label:<44} {batch:>4} "
-                     f"{r['seconds']:8.2f} {1e3 * r['seconds'] / t:9.1f} {ratio:11.2f} {gf:8.1f} {100 * gf / sgemm:7.0f}% "
+                     f"{r['seconds']:8.2f} {1e3 * r['seconds'] / t:9.1f} {ratio:11.2f} {gf:8.1f} "
+                     f"{100 * gf / sgemm:7.0f}% "
                      f"{r['peak_mib']:9.0f}   (runs: {run_times} s)")
     if read is not None:
         after, pending, read_s, flush_s, mem_s, pairs_s, pairs = read
@@ -260,14 +266,17 @@ def main() -> None:
         for when, seconds, note in (
             (f"at trial {after}", read_s, f"mem_table {mem_s:.2f} s, pairs_table {pairs_s:.2f} s (incl. flushing "
                                           f"{pending} pending trials: {flush_s:.2f} s), {pairs} pairs"),
-            ("at the end", end_read_s, f"mem_table {end_mem_s:.2f} s, pairs_table {end_pairs_s:.2f} s, {end_pairs} pairs"),
+            ("at the end", end_read_s,
+             f"mem_table {end_mem_s:.2f} s, pairs_table {end_pairs_s:.2f} s, {end_pairs} pairs"),
         ):
             mark = "ok" if seconds < READ_TARGET_S else "MISS"
             label = f"read estimates + pairs {when} ({mark} < 1 s)"
             lines.append(f"{label:<44} {args.batch:>4} {seconds:8.2f}   {note}")
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    lines.append(f"{'process peak RSS (all of the above)':<44} {'':>4} {'':>8} {'':>9} {'':>11} {'':>8} {'':>8} {rss_mib:9.0f}")
-    lines.append(f"pair matrix alone: {n * n_test * 4 / 2**20:.0f} MiB float32; results of every path checked equal to the one-shot.")
+    lines.append(f"{'process peak RSS (all of the above)':<44} {'':>4} {'':>8} {'':>9} {'':>11} {'':>8} {'':>8} "
+                 f"{rss_mib:9.0f}")
+    lines.append(f"pair matrix alone: {n * n_test * 4 / 2**20:.0f} MiB float32; "
+                 "results of every path checked equal to the one-shot.")
     print("\n".join(lines))
 
 

@@ -129,7 +129,8 @@ def main() -> None:
     parser.add_argument("--packs", type=int, nargs="*", default=[1, 4, 16, 64], help="none: skip the first table")
     parser.add_argument("--e2e-trials", type=int, default=16)
     parser.add_argument("--e2e-epochs", type=int, default=None, help="default: --epochs")
-    parser.add_argument("--e2e-packs", type=str, nargs="*", default=["8"], help="packs to run end to end ('auto' allowed)")
+    parser.add_argument("--e2e-packs", type=str, nargs="*", default=["8"],
+                        help="packs to run end to end ('auto' allowed)")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--child-pack", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,7 +142,8 @@ def main() -> None:
         _table(args)
     epochs = args.e2e_epochs or args.epochs
     if args.e2e_trials and args.preset == "digits" and not args.synthetic and not args.model:
-        print(f"\nend to end: raymem run digits --trials {args.e2e_trials} --epochs {epochs} --num-cpus {args.num_cpus}; "
+        print(f"\nend to end: raymem run digits --trials {args.e2e_trials} --epochs {epochs} "
+              f"--num-cpus {args.num_cpus}; "
               f"load average {os.getloadavg()[0]:.2f}")
         base_wall = _e2e(args.e2e_trials, epochs, None, args.num_cpus)
         print(f"{'':12} {'wall s':>7} {'vs unpacked':>11}")

@@ -121,7 +121,8 @@ def run_loop(trials: int, epochs: int) -> dict:
     """Run the loop in a fresh subprocess; return {launched, wall_s, tf_import_s, trials}."""
     with tempfile.TemporaryDirectory(prefix="raymem-bench-loop-") as tmp:
         out = os.path.join(tmp, "loop.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--loop-child", out, "--trials", str(trials), "--epochs", str(epochs)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--loop-child", out,
+               "--trials", str(trials), "--epochs", str(epochs)]
         launched, wall_s = timed_subprocess(cmd, os.environ.copy(), "plain loop")
         result = json.loads(Path(out).read_text())
     return {"launched": launched, "wall_s": wall_s, **result}
@@ -212,7 +213,8 @@ def same_trials(loop: dict, ray: dict) -> bool:
 
 def machine() -> str:
     """Return one line: cores, memory and the load average now."""
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"machine: nproc {os.cpu_count()}, memory {mem_kb / 2**20:.1f} GiB, load average (1/5/15 min) {load}"
 
@@ -227,7 +229,8 @@ def print_report(trials: int, epochs: int, loop: dict | None, ray: dict) -> None
     nan = float("nan")
     ratio = ray["wall_s"] / loop["wall_s"] if loop else nan
     print()
-    print("| trials | epochs | loop wall s | ray wall s | ray/loop (target <= 1.0) | train s/trial loop | train s/trial ray "
+    print("| trials | epochs | loop wall s | ray wall s | ray/loop (target <= 1.0) | train s/trial loop "
+          "| train s/trial ray "
           "| fixed ms/warm trial loop | fixed ms/warm trial ray | ray start-up s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {trials} | {epochs} | {fmt(loop['wall_s'] if loop else nan)} | {fmt(ray['wall_s'])} | "

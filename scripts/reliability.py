@@ -137,7 +137,8 @@ class BackgroundRun:
 
     def _run(self) -> None:
         try:
-            self.result = run_experiment(self.config, name=self.name, run_uri=self.run_dir, options=DriverOptions(progress=False))
+            self.result = run_experiment(self.config, name=self.name, run_uri=self.run_dir,
+                                         options=DriverOptions(progress=False))
         except BaseException as exc:  # handed to the caller by wait()
             self.error = exc
 
@@ -417,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in outcomes:
         if outcome.scenario == "nodes-added":
             d = outcome.details
-            print(f"\nnodes-added: most trials at once before the join {d['overlap_before']}, after {d['overlap_after']}; "
+            print(f"\nnodes-added: most trials at once before the join {d['overlap_before']}, "
+                  f"after {d['overlap_after']}; "
                   f"trials on the new node: {len(d['trials_by_node'].get(d['new_node_id'], []))}")
         if outcome.scenario == "accumulator-killed":
             d = outcome.details

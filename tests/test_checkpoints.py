@@ -38,7 +38,8 @@ def test_presets_and_bad_values():
     assert resolve_config("cifar100").resources.checkpoint_every == 5
     assert resolve_config("digits").resources.checkpoint_every is None  # off
     assert resolve_config("mnist").resources.checkpoint_every is None
-    assert resolve_config("cifar100", {"resources.checkpoint_every": None}).resources.checkpoint_every == 5  # flags: None = unset
+    # flags: None = unset
+    assert resolve_config("cifar100", {"resources.checkpoint_every": None}).resources.checkpoint_every == 5
     from raymem import api
 
     assert api.load_config("cifar100", settings=["checkpoint_every=null"]).resources.checkpoint_every is None  # off
@@ -100,7 +101,8 @@ def _ray_dying_after_checkpoint(dying: dict[int, tuple[int, bool]], num_gpus: in
 def test_killed_worker_resumes_from_checkpoint_and_torn_one_falls_back(tmp_path):
     _ray_dying_after_checkpoint({1: (2, False), 2: (3, True)})
     run_dir = tmp_path / "ckpt"
-    result = run_experiment(tiny(checkpoint_every=1), name="ckpt", run_uri=str(run_dir), options=DriverOptions(progress=False))
+    result = run_experiment(tiny(checkpoint_every=1), name="ckpt", run_uri=str(run_dir),
+                            options=DriverOptions(progress=False))
     assert not result.failed, result.failed
     assert sorted(result.retried) == [1, 2]
     store = RunStore.open(str(run_dir))
@@ -146,7 +148,8 @@ def test_a_multi_node_group_resumes_every_worker_from_rank_zeros_checkpoint(tmp_
 @pytest.mark.timeout(200)
 def test_keep_models_keeps_final_weights(tmp_path):
     run_dir = tmp_path / "keep"
-    result = run_experiment(tiny(trials=2, epochs=2, keep_models=True), name="keep", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
+    result = run_experiment(tiny(trials=2, epochs=2, keep_models=True), name="keep", run_uri=str(run_dir),
+                            options=DriverOptions(num_cpus=2, progress=False))
     assert result.trials_done == 2
     store = RunStore.open(str(run_dir))
     for k in range(2):

@@ -37,7 +37,8 @@ def _run_script(tmp_path, source: str | None, *names: str, present=("mnist", "ci
     fake_aws.write_text(
         "#!/usr/bin/env bash\n"
         f'echo "$*" >> {calls}\n'
-        'if [ "$2" = ls ]; then case "$3" in ' + (listed.replace(" ", "|") or "__none__") + ") exit 0;; *) exit 1;; esac; fi\n"
+        'if [ "$2" = ls ]; then case "$3" in ' + (listed.replace(" ", "|") or "__none__")
+        + ") exit 0;; *) exit 1;; esac; fi\n"
     )
     fake_aws.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAYMEM_DATA_DIR": str(tmp_path / "data")}

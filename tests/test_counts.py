@@ -73,8 +73,10 @@ def test_duplicate_trial_ids_are_counted_once(run, brute_counts):
     counts = count_all(run, batch_size=3)
     other = np.random.default_rng(99)
     for k in (0, 5, T - 1):  # same ids, different (and even wrong-looking) outcomes: ignored
-        assert not counts.add(run.trial_ids[k], other.random(N) < 0.5, other.random(N) < 0.5, other.random(N_TEST) < 0.5)
-    assert not any(counts.add(run.trial_ids[k], run.masks[k], run.train_correct[k], run.test_correct[k]) for k in range(4))
+        assert not counts.add(run.trial_ids[k], other.random(N) < 0.5, other.random(N) < 0.5,
+                              other.random(N_TEST) < 0.5)
+    assert not any(counts.add(run.trial_ids[k], run.masks[k], run.train_correct[k], run.test_correct[k])
+                   for k in range(4))
     assert_counts_equal(counts, brute_counts(run.masks, run.train_correct, run.test_correct))
 
 

@@ -260,7 +260,8 @@ def _write_parquet(path, columns):
 
 def test_parquet_images_decode_in_row_order(tf, tmp_path):
     rng = np.random.default_rng(4)
-    images = {split: rng.integers(0, 256, size=(n, 6, 5, 3), dtype=np.uint8) for split, n in [("train", 4), ("test", 2)]}
+    images = {split: rng.integers(0, 256, size=(n, 6, 5, 3), dtype=np.uint8)
+              for split, n in [("train", 4), ("test", 2)]}
     labels = {"train": [2, 0, 1, 2], "test": [1, 3]}
     for split in ("train", "test"):
         _write_parquet(tmp_path / f"{split}.parquet",
@@ -277,7 +278,8 @@ def test_parquet_features(tmp_path):
 
     train = [[0.5, 1.0, -2.0], [1.5, 0.0, 3.0]]
     _write_parquet(tmp_path / "train.parquet", {"label": [0, 1], "features": pa.array(train, pa.list_(pa.float32()))})
-    _write_parquet(tmp_path / "test.parquet", {"label": [1], "features": pa.array([[9.0, 8.0, 7.0]], pa.list_(pa.float64()))})
+    _write_parquet(tmp_path / "test.parquet",
+                   {"label": [1], "features": pa.array([[9.0, 8.0, 7.0]], pa.list_(pa.float64()))})
     data = load_dataset(f"parquet:{tmp_path}")
     np.testing.assert_array_equal(data.x_train, np.array(train, np.float32))
     assert data.x_test.shape == (1, 3) and data.num_classes == 2

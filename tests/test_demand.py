@@ -111,7 +111,8 @@ def test_default_request_goes_to_rays_autoscaler_sdk(monkeypatch):
     import ray.autoscaler.sdk
 
     sent = []
-    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda num_cpus=None, bundles=None: sent.append(bundles))
+    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources",
+                        lambda num_cpus=None, bundles=None: sent.append(bundles))
     demand = AutoscalerDemand(resolve_config("mnist", {"trials": 8}), clock=Clock())
     demand.update(8)
     demand.release()

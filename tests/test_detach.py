@@ -88,7 +88,8 @@ def test_detach_without_an_address_exits_2_with_one_error_line_and_starts_nothin
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(run_module, "run_experiment", lambda *a, **k: started.append("driver"))
     monkeypatch.setattr(detached, "submit", lambda *a, **k: started.append("job"))
-    result = CliRunner().invoke(app, ["run", "digits", "--trials", "3", "--storage", str(tmp_path / "runs"), "--detach"])
+    result = CliRunner().invoke(app, ["run", "digits", "--trials", "3", "--storage", str(tmp_path / "runs"),
+                                      "--detach"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "--address" in lines[0]
@@ -96,15 +97,17 @@ def test_detach_without_an_address_exits_2_with_one_error_line_and_starts_nothin
 
 
 def test_detach_refuses_local_ray_sizes(tmp_path, fake_jobs):
-    with pytest.raises(RaymemError, match="--num-cpus"):
-        api.run("digits", storage=str(tmp_path), address="127.0.0.1:1", num_cpus=2, detach=True)
+    with pytest.raises(RaymemError, match="num_cpus") as refused:
+        api.run("digits", storage=str(tmp_path), options=api.DriverOptions(address="127.0.0.1:1", num_cpus=2),
+                detach=True)
+    assert refused.value.parameter == "num_cpus"
     assert fake_jobs.submitted == []
 
 
 def test_submit_records_the_job_and_runs_the_same_command(tmp_path, fake_jobs, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    job = api.run("digits", overrides={"trials": 3, "epochs": 2}, storage="runs", address="127.0.0.1:6379",
-                  until_jaccard=0.9, detach=True)
+    job = api.run("digits", overrides={"trials": 3, "epochs": 2}, storage="runs",
+                  options=api.DriverOptions(address="127.0.0.1:6379", until_jaccard=0.9), detach=True)
     assert job.job_id.startswith("raymem-digits-") and job.run_uri.endswith("/runs/digits")
     (sent,) = fake_jobs.submitted
     words = shlex.split(sent["entrypoint"])
@@ -120,7 +123,8 @@ def test_submit_records_the_job_and_runs_the_same_command(tmp_path, fake_jobs, m
 
     # while it runs: no second driver for the same run
     with pytest.raises(RaymemError, match="already has job"):
-        api.run("digits", overrides={"trials": 3, "epochs": 2}, storage="runs", address="127.0.0.1:6379", detach=True)
+        api.run("digits", overrides={"trials": 3, "epochs": 2}, storage="runs",
+                options=api.DriverOptions(address="127.0.0.1:6379"), detach=True)
     assert len(fake_jobs.submitted) == 1
 
     status = api.status("digits", storage="runs")  # no run.json yet: the job alone
@@ -130,10 +134,11 @@ def test_submit_records_the_job_and_runs_the_same_command(tmp_path, fake_jobs, m
 
     assert api.stop_job("digits", storage="runs") == {"job_id": job.job_id, "was": "RUNNING", "state": "STOPPED"}
     assert fake_jobs.stopped == [job.job_id]
-    assert api.stop("digits", storage="runs") is False  # already stopped; no run, no accumulator
+    assert api.stop("digits", storage="runs")["accumulator"] is False  # already stopped; no run, no accumulator
 
-    again = api.run("digits", overrides={"trials": 3, "epochs": 2}, storage="runs", address="127.0.0.1:6379",
-                    detach=True)  # a stopped job: resubmitting is allowed (and resumes from the log)
+    again = api.run("digits", overrides={"trials": 3, "epochs": 2}, storage="runs",
+                    options=api.DriverOptions(address="127.0.0.1:6379"), detach=True)
+    # a stopped job: resubmitting is allowed (and resumes from the log)
     assert again.job_id != job.job_id and len(fake_jobs.submitted) == 2
 
 

@@ -44,7 +44,8 @@ def test_digits_features_load_as_npz_and_train_a_linear_model(tmp_path):
 def test_features_config_uses_the_preset_recipe_of_the_data_set():
     config = features.features_config("cifar100")
     recipe = PRESETS["cifar100"]
-    assert (config.model, config.recipe.epochs, config.recipe.batch_size, config.recipe.base_lr, config.recipe.augment_pad) == \
+    assert (config.model, config.recipe.epochs, config.recipe.batch_size, config.recipe.base_lr,
+            config.recipe.augment_pad) == \
         ("resnet50", recipe.recipe.epochs, recipe.recipe.batch_size, recipe.recipe.base_lr, recipe.recipe.augment_pad)
     assert features.features_config("cifar100", model="densenet100").recipe.batch_size == \
         PRESETS["cifar100-densenet100"].recipe.batch_size  # the recipe of the preset with that model

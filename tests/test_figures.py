@@ -325,7 +325,8 @@ def test_comparison_figure(tmp_path, digits, digits_run):
     for r in records:
         b.add(r.trial_id, r.mask, r.train_correct, r.test_correct)
     curves = {"b": compare.compare_runs(a, b), "a-again": compare.compare_runs(a, a)}
-    legend = {name: {"architecture": arch, "pairs": report.pairs_table(c).num_rows, "test_accuracy": figures.mean_test_accuracy(c)}
+    legend = {name: {"architecture": arch, "pairs": report.pairs_table(c).num_rows,
+                     "test_accuracy": figures.mean_test_accuracy(c)}
               for name, arch, c in (("a", "cnn", a), ("b", "mlp", b), ("a-again", "cnn", a))}
     out = figures.comparison_figure("a", curves, tmp_path / "cmp.png", legend=legend)
     assert png_ok(out)

@@ -9,6 +9,8 @@ import pytest
 from raymem.errors import RaymemError
 from raymem.paper import fz_format
 from raymem.estimator.counts import Counts
+from raymem.estimator.log_replay import offline_view
+from raymem.store.storage import RunStore
 
 
 def make_trials(seed=0, t=50, n=36, n_test=21, classes=3):
@@ -165,7 +167,7 @@ def test_npz_layout_ingests_like_the_arrays(tmp_path):
     masks, train_ok, test_ok, *_ = make_trials(seed=3, t=12)
     np.savez(tmp_path / "t.npz", trainset_mask=masks, trainset_correctness=train_ok, testset_correctness=test_ok)
     api.ingest(str(tmp_path / "run"), *fz_format.read_npz_trials(tmp_path / "t.npz"))
-    view = api.offline_view(api.open_store(str(tmp_path / "run")))
+    view = offline_view(RunStore.open(str(tmp_path / "run")))
     direct = counts_of(masks, train_ok, test_ok)
     for name in ("n_in", "in_hits", "total_hits", "test_hits"):
         assert np.array_equal(getattr(view.counts.all, name), getattr(direct.all, name))
@@ -173,7 +175,8 @@ def test_npz_layout_ingests_like_the_arrays(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, match", [
-    (dict(trainset_mask=np.zeros((2, 3), bool), trainset_correctness=np.zeros((2, 3), bool)), "lacks 'testset_correctness'"),
+    (dict(trainset_mask=np.zeros((2, 3), bool), trainset_correctness=np.zeros((2, 3), bool)),
+     "lacks 'testset_correctness'"),
     (dict(trainset_mask=np.zeros((2, 3), bool), trainset_correctness=np.zeros((2, 4), bool),
           testset_correctness=np.zeros((2, 5), bool)), "trainset_correctness has shape"),
     (dict(trainset_mask=np.zeros((2, 3), bool), trainset_correctness=np.zeros((2, 3), bool),

@@ -1,5 +1,5 @@
-"""raymem's import graph: layers point one way (store <- estimator <- paper <- actors <- training <- driver <- api <- cli),
-no circles.
+"""raymem's import graph: layers point one way (store <- estimator <- paper <- actors <- training <- driver <- api
+<- cli), no circles.
 
 Every ``import`` of a raymem module is counted, at module level or inside a function, since a lazy
 import is still a dependency.

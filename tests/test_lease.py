@@ -24,7 +24,8 @@ def test_a_second_driver_is_refused_until_the_first_releases(tmp_path):
     first = DriverLease(store, "r").acquire()
     record = read_lease(store)
     assert record["token"] == first.token and record["pid"] == os.getpid()
-    with pytest.raises(RaymemError, match=r"run r is being driven by another raymem run \(pid \d+ on host .*two drivers"):
+    with pytest.raises(RaymemError,
+                       match=r"run r is being driven by another raymem run \(pid \d+ on host .*two drivers"):
         DriverLease(store, "r").acquire()
     first.release()
     assert read_lease(store) is None
@@ -62,8 +63,8 @@ def test_a_killed_driver_on_this_host_does_not_block_the_run(tmp_path):
                                                      "heartbeat": time.time()}).encode())
     with DriverLease(store, "r") as mine:   # fresh heartbeat, but its process is gone
         assert read_lease(store)["token"] == mine.token
-    store.write_bytes_atomic(LEASE_FILE, json.dumps({"token": "alive", "host": socket.gethostname(), "pid": os.getppid(),
-                                                     "heartbeat": time.time()}).encode())
+    store.write_bytes_atomic(LEASE_FILE, json.dumps({"token": "alive", "host": socket.gethostname(),
+                                                     "pid": os.getppid(), "heartbeat": time.time()}).encode())
     with pytest.raises(RaymemError, match="being driven by another raymem run"):
         DriverLease(store, "r").acquire()   # a live process on this host holds it
 
@@ -108,7 +109,8 @@ def test_raymem_run_on_a_run_another_driver_holds_exits_2_before_ray_starts(tmp_
     store = RunStore.open(str(runs / "busy"))
     _foreign_lease(store, age=1)
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom raymem.cli import app\n"
-            f"r = CliRunner().invoke(app, ['run', 'digits', '--name', 'busy', '--storage', {str(runs)!r}, '--trials', '2'])\n"
+            "r = CliRunner().invoke(app, ['run', 'digits', '--name', 'busy', "
+            f"'--storage', {str(runs)!r}, '--trials', '2'])\n"
             "print(r.output)\nprint('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY')\nsys.exit(r.exit_code)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stdout + out.stderr
@@ -125,7 +127,8 @@ def test_status_names_the_driver_and_a_stopped_jobs_lease_is_released(tmp_path):
     assert driver_state(store) is None
     _foreign_lease(store, age=5)
     state = driver_state(store)
-    assert state["live"] and state["pid"] == 4242 and state["job_id"] == "raymem-r-1" and 4 < state["heartbeat_age_s"] < 60
+    assert (state["live"] and state["pid"] == 4242 and state["job_id"] == "raymem-r-1"
+            and 4 < state["heartbeat_age_s"] < 60)
     _foreign_lease(store, age=STALE_SECONDS + 5)
     assert not driver_state(store)["live"]
     assert not release_stopped_job(store, "raymem-other-job") and read_lease(store) is not None

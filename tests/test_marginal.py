@@ -154,7 +154,8 @@ def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(
     assert pairs.num_rows > 0
     store = RunStore.open(api.Run(source).marginal_location("src-marginal"))
     assert store.uri == str(tmp_path / "src-marginal")
-    p = runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 2, min_infl=0.5, min_mem=0.5, seed=3))
+    p = runner_marginal.prepare(RunStore.open(source), store,
+                                runner_marginal.MarginalRequest("src-marginal", 2, min_infl=0.5, min_mem=0.5, seed=3))
     assert p.created and p.missing == [0, 1, 2, 3, 4, 5]
     info = read_run_info(store)
     assert info.kind == "marginal" and info.source == "runner" and info.seed == 3
@@ -172,9 +173,11 @@ def test_prepare_writes_the_design_sets_and_labels_and_resume_adds_only_new_ids(
     p2 = runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3))
     assert not p2.created and p2.missing == list(range(9)) and read_run_info(store).design["trials_per_arm"] == 3
     with pytest.raises(RaymemError, match="min_infl"):
-        runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3, min_infl=0.2))
+        runner_marginal.prepare(RunStore.open(source), store,
+                                runner_marginal.MarginalRequest("src-marginal", 3, min_infl=0.2))
     with pytest.raises(RaymemError, match="seed"):
-        runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("src-marginal", 3, seed=4))
+        runner_marginal.prepare(RunStore.open(source), store,
+                                runner_marginal.MarginalRequest("src-marginal", 3, seed=4))
     # a tampered sets file is refused before anything trains on it
     other = marginal_utility.random_removal(99, info.n_train, len(sets["random"]))
     marginal_utility.write_sets(store, {**sets, "random": other})
@@ -191,7 +194,8 @@ def test_accumulator_checks_each_record_against_its_arm_set(tmp_path):
 
     source = _fake_source(tmp_path)
     store = RunStore.open(str(tmp_path / "m"))
-    runner_marginal.prepare(RunStore.open(source), store, runner_marginal.MarginalRequest("m", 1, min_infl=0.5, min_mem=0.5))
+    runner_marginal.prepare(RunStore.open(source), store,
+                            runner_marginal.MarginalRequest("m", 1, min_infl=0.5, min_mem=0.5))
     info = read_run_info(store)
     masks = marginal_utility.read_arm_masks(store, info)
     acc = Accumulator(store.uri, with_pairs=False, pair_reader_process=False)
@@ -256,7 +260,7 @@ def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
     config = resolve_config("digits", dict(trials=4, epochs=2, batch_size=64))
     run_experiment(config, name="src", run_uri=str(source_dir), options=DriverOptions(num_cpus=2, progress=False))
     # K = 1: three trials, one per arm, each on its arm's set, in the marginal run's own directory
-    first = api.marginal("src", 1, storage=str(tmp_path), num_cpus=2, progress=False)
+    first = api.marginal("src", 1, storage=str(tmp_path), options=api.DriverOptions(num_cpus=2, progress=False))
     assert first["created"] and first["trained_now"] == [0, 1, 2] and not first["failed"]
     mdir = tmp_path / "src-marginal"
     store = RunStore.open(str(mdir))
@@ -269,7 +273,7 @@ def test_tiny_digits_marginal_run_trains_each_arm_and_resumes(tmp_path):
         assert r.train_pred is not None and r.test_pred is not None    # records keep the usual format
     assert first["interval"]["note"]                                    # one model per arm: no interval yet
     # K = 2: only trials 3, 4, 5 train (the arms interleave, nothing moves), then the intervals exist
-    second = api.marginal("src", 2, storage=str(tmp_path), num_cpus=2, progress=False)
+    second = api.marginal("src", 2, storage=str(tmp_path), options=api.DriverOptions(num_cpus=2, progress=False))
     assert second["trained_now"] == [3, 4, 5] and trial_ids(store) == list(range(6))
     for arm in marginal_utility.ARMS:
         for where in ("test", "influenced"):

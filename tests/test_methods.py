@@ -54,8 +54,10 @@ def test_fixed_and_anytime_contain_the_point_estimate_and_nest_in_delta():
     h_in, h_out = np.meshgrid(np.arange(0, 71, 7), np.arange(0, 31, 3), indexing="ij")
     estimate = h_in / 70 - h_out / 30
     for method in ("fixed", "anytime"):
-        wide = bounds.difference_interval(h_in, 70, h_out, 30, 0.01, method=method, plan=joint_bounds.Plan(100, 0.7, 3.0))
-        narrow = bounds.difference_interval(h_in, 70, h_out, 30, 0.1, method=method, plan=joint_bounds.Plan(100, 0.7, 3.0))
+        wide = bounds.difference_interval(h_in, 70, h_out, 30, 0.01, method=method,
+                                          plan=joint_bounds.Plan(100, 0.7, 3.0))
+        narrow = bounds.difference_interval(h_in, 70, h_out, 30, 0.1, method=method,
+                                            plan=joint_bounds.Plan(100, 0.7, 3.0))
         assert (wide[0] <= narrow[0] + 1e-12).all() and (narrow[1] <= wide[1] + 1e-12).all()
         assert (narrow[0] <= estimate + 1e-12).all() and (estimate <= narrow[1] + 1e-12).all()
 
@@ -178,7 +180,8 @@ def test_fdr_pairs_control_the_false_discovery_proportion(method):
     proportions, powers = [], []
     for seed in range(20):
         counts, truth = planted_counts(seed)
-        table = report.pairs_table(counts, Bars(method=method, planned_trials=400, subset_ratio=0.7), PairSelection(fdr=0.1)).to_pydict()
+        table = report.pairs_table(counts, Bars(method=method, planned_trials=400, subset_ratio=0.7),
+                                   PairSelection(fdr=0.1)).to_pydict()
         selected = set(zip(table["train_index"], table["test_index"]))
         false = len(selected - truth)
         proportions.append(false / max(len(selected), 1))
@@ -194,7 +197,8 @@ def test_fdr_pairs_control_the_false_discovery_proportion(method):
 def test_status_counts_the_pairs_passing_at_fdr_01():
     counts, truth = planted_counts(99, trials=300)
     s = report.convergence_summary(counts, Bars(planned_trials=300), subset_size=420)
-    assert s["pairs_fdr_0.1"] == report.pairs_table(counts, Bars(planned_trials=300, subset_ratio=0.7), PairSelection(fdr=0.1)).num_rows > 0
+    assert s["pairs_fdr_0.1"] == report.pairs_table(counts, Bars(planned_trials=300, subset_ratio=0.7),
+                                                    PairSelection(fdr=0.1)).num_rows > 0
     no_pairs = Counts.empty(10, 4, with_pairs=False)
     no_pairs.add(0, np.ones(10, bool), np.ones(10, bool), np.ones(4, bool))
     assert "pairs_fdr_0.1" not in report.convergence_summary(no_pairs, subset_size=7)
@@ -214,17 +218,22 @@ def test_stopping_criteria_report_value_target_and_met(synthetic_run):
     counts = Counts.empty(80, 5, with_pairs=False)
     for k in range(300):
         counts.add(run.trial_ids[k], run.masks[k], run.train_correct[k], run.test_correct[k])
-    s = report.convergence_summary(counts, Bars(planned_trials=300), StatusQuestions(until_halfwidth=0.5, until_jaccard=0.01), subset_size=run.subset_size)
+    s = report.convergence_summary(counts, Bars(planned_trials=300),
+                                   StatusQuestions(until_halfwidth=0.5, until_jaccard=0.01),
+                                   subset_size=run.subset_size)
     crit = s["stopping"]
     assert crit["until_halfwidth"] == {"met": True, "value": s["mem"]["median_halfwidth"], "target": 0.5}
     assert crit["until_jaccard"]["value"] == pytest.approx(s["split_half"]["mem"]["0.25"]["jaccard"])
     assert crit["until_jaccard"]["met"] and crit["all_met"]
-    strict = report.convergence_summary(counts, Bars(planned_trials=300), StatusQuestions(until_halfwidth=0.01), subset_size=run.subset_size)
+    strict = report.convergence_summary(counts, Bars(planned_trials=300), StatusQuestions(until_halfwidth=0.01),
+                                        subset_size=run.subset_size)
     assert strict["stopping"]["until_halfwidth"]["met"] is False and strict["stopping"]["all_met"] is False
     assert "stopping" not in report.convergence_summary(counts, subset_size=run.subset_size)
     # more trials needed: additional ones, 0 once the target is reached, about the 1/sqrt(t) law for chernoff.
-    assert report.convergence_summary(counts, Bars(), StatusQuestions(target_halfwidth=0.99), subset_size=run.subset_size)["mem"]["more_trials_needed"] == 0
-    chernoff = report.convergence_summary(counts, Bars(method="chernoff"), StatusQuestions(target_halfwidth=0.1), subset_size=run.subset_size)
+    assert report.convergence_summary(counts, Bars(), StatusQuestions(target_halfwidth=0.99),
+                                      subset_size=run.subset_size)["mem"]["more_trials_needed"] == 0
+    chernoff = report.convergence_summary(counts, Bars(method="chernoff"), StatusQuestions(target_halfwidth=0.1),
+                                          subset_size=run.subset_size)
     more = chernoff["mem"]["more_trials_needed"]
     law = bounds.trials_needed(300, chernoff["mem"]["median_halfwidth"], 0.1) - 300
     assert 0.7 * law <= more <= 1.3 * law

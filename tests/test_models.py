@@ -89,7 +89,8 @@ def test_feature_extractor_outputs_what_the_logits_layer_consumes(name):
     scale = np.abs(features).astype(np.float64) @ np.abs(kernel).astype(np.float64) + np.abs(bias)
     bound = (features.shape[1] + 2) * np.finfo(np.float32).eps * scale
     error = np.abs(model(images, training=False).numpy() - exact)
-    assert np.all(error <= bound), f"max error {error.max():.3g} over bound {bound[error.argmax() // bound.shape[1]].max():.3g}"
+    assert np.all(error <= bound), (f"max error {error.max():.3g} over bound "
+                                    f"{bound[error.argmax() // bound.shape[1]].max():.3g}")
 
 
 def test_small_input_resnet_stem_is_one_stride_1_conv_without_pooling():

@@ -306,7 +306,8 @@ def test_packs_are_scheduled_logged_retried_and_resumed_like_trials(tmp_path, is
              runtime_env={"worker_process_setup_hook": hook})
     run_dir = tmp_path / "packed"
     config = resolve_config("digits", {"trials": 4, "epochs": 2, "batch_size": 64, "pack": 2})
-    result = run_experiment(config, name="packed", run_uri=str(run_dir), options=DriverOptions(progress=False, shutdown=False))
+    result = run_experiment(config, name="packed", run_uri=str(run_dir),
+                            options=DriverOptions(progress=False, shutdown=False))
     assert not result.failed and sorted(result.trained_now) == [0, 1, 2, 3] and result.pack == 2
     assert sorted(result.retried) == [0, 1]  # the pack (0, 1) was retried whole
     records = {r.trial_id: r for r in iter_trials(RunStore.open(str(run_dir)))}
@@ -323,7 +324,8 @@ def test_packs_are_scheduled_logged_retried_and_resumed_like_trials(tmp_path, is
 
     # extend the run with --pack auto: only the missing trials train, K measured where trials run
     more = resolve_config("digits", {"trials": 6, "epochs": 2, "batch_size": 64, "pack": "auto"})
-    again = run_experiment(more, name="packed", run_uri=str(run_dir), options=DriverOptions(progress=False, shutdown=False))
+    again = run_experiment(more, name="packed", run_uri=str(run_dir),
+                           options=DriverOptions(progress=False, shutdown=False))
     assert sorted(again.trained_now) == [4, 5] and not again.failed
     assert again.pack >= 1 and again.pack_measurements and again.pack_measurements[0]["pack"] == 1
     assert sorted(r.trial_id for r in iter_trials(RunStore.open(str(run_dir)))) == list(range(6))
@@ -342,7 +344,8 @@ def test_a_pack_size_that_leaves_trial_slots_idle_is_named():
     from raymem.driver.run import idle_slots_warning
 
     assert idle_slots_warning(16, packs=1, slots=2) == ("warning: --pack 16 makes 1 pack of the missing trials for 2 "
-                                                        "trial slots, so 1 slot stays idle; a smaller K (or --pack auto) "
+                                                        "trial slots, so 1 slot stays idle; "
+                                                        "a smaller K (or --pack auto) "
                                                         "keeps them busy.")
     assert "6 slots stay idle" in idle_slots_warning(8, packs=2, slots=8)
     assert idle_slots_warning(8, packs=2, slots=2) is None     # every slot has a pack

@@ -68,7 +68,8 @@ def test_mem_table_equals_the_definition_per_example(run, brute_counts, simultan
     d = DELTA / N if simultaneous else DELTA
     chernoff = report.mem_table(count(run), Bars(method="chernoff", delta=DELTA, simultaneous=simultaneous)).to_pydict()
     plan = Bars(delta=DELTA).plan
-    for method, got, lo_col, hi_col in (("anytime", table, "mem_lo", "mem_hi"), ("chernoff", chernoff, "mem_lo", "mem_hi"),
+    for method, got, lo_col, hi_col in (("anytime", table, "mem_lo", "mem_hi"),
+                                        ("chernoff", chernoff, "mem_lo", "mem_hi"),
                                         ("hoeffding", table, "mem_hoeffding_lo", "mem_hoeffding_hi")):
         lo, hi = bounds.difference_interval(c["in_hits"], c["n_in"], c["total_hits"] - c["in_hits"], T - c["n_in"], d,
                                             method, plan=plan)
@@ -87,7 +88,8 @@ def test_simultaneous_bands_are_wider_than_per_example_ones(run):
     width = lambda t: np.subtract(t["mem_hi"], t["mem_lo"])  # noqa: E731
     assert np.median(width(every)) > np.median(width(each))
     pairs_each = report.pairs_table(counts, Bars(), PairSelection(min_infl=0.1234, min_mem=-1.0)).to_pydict()
-    pairs_every = report.pairs_table(counts, Bars(simultaneous=True), PairSelection(min_infl=0.1234, min_mem=-1.0)).to_pydict()
+    pairs_every = report.pairs_table(counts, Bars(simultaneous=True),
+                                     PairSelection(min_infl=0.1234, min_mem=-1.0)).to_pydict()
     assert pairs_each["infl"] == pairs_every["infl"] and len(pairs_each["infl"]) > 0
     assert all(a < b for a, b in zip(pairs_every["infl_lo"], pairs_each["infl_lo"]))
 
@@ -104,7 +106,8 @@ def test_a_bad_delta_is_a_user_error(run):
 @pytest.mark.parametrize("min_infl, min_mem", [(0.1234, -0.0567), (0.15, 0.25), (-0.3001, 0.1001)])
 @pytest.mark.parametrize("simultaneous", [False, True])
 def test_pairs_table_equals_thresholding_the_full_influence_matrix(run, brute_counts, min_infl, min_mem, simultaneous):
-    table = report.pairs_table(count(run), Bars(delta=DELTA, simultaneous=simultaneous), PairSelection(min_infl=min_infl, min_mem=min_mem)).to_pydict()
+    table = report.pairs_table(count(run), Bars(delta=DELTA, simultaneous=simultaneous),
+                               PairSelection(min_infl=min_infl, min_mem=min_mem)).to_pydict()
     mem = [brute_mem(run.masks, run.train_correct, i) for i in range(N)]
     infl = [[brute_infl(run.masks, run.test_correct, i, j) for j in range(N_TEST)] for i in range(N)]
     expected = [(i, j) for i in range(N) for j in range(N_TEST) if mem[i] >= min_mem and infl[i][j] >= min_infl]
@@ -125,7 +128,8 @@ def test_pairs_table_equals_thresholding_the_full_influence_matrix(run, brute_co
 
 def test_pairs_table_of_a_row_slice_reports_global_indexes(run):
     whole = report.pairs_table(count(run), Bars(), PairSelection(min_infl=0.1234, min_mem=-0.0567)).to_pydict()
-    part = report.pairs_table(count(run, rows=(10, 25)), Bars(), PairSelection(min_infl=0.1234, min_mem=-0.0567)).to_pydict()
+    part = report.pairs_table(count(run, rows=(10, 25)), Bars(),
+                              PairSelection(min_infl=0.1234, min_mem=-0.0567)).to_pydict()
     keep = [k for k, i in enumerate(whole["train_index"]) if 10 <= i < 25]
     assert len(keep) > 0
     for name in whole:
@@ -147,8 +151,8 @@ def test_influence_table_top_k_equals_a_full_sort(run, brute_counts, test_index,
     np.testing.assert_allclose(table["mem"], [brute_mem(run.masks, run.train_correct, i) for i in order], atol=1e-12)
     c = brute_counts(run.masks, run.train_correct, run.test_correct)
     h = c["h_in"][order, test_index]
-    lo, hi = bounds.difference_interval(h, c["n_in"][order], c["test_hits"][test_index] - h, T - c["n_in"][order], DELTA,
-                                        plan=Bars(delta=DELTA).plan)
+    lo, hi = bounds.difference_interval(h, c["n_in"][order], c["test_hits"][test_index] - h, T - c["n_in"][order],
+                                        DELTA, plan=Bars(delta=DELTA).plan)
     np.testing.assert_array_equal(table["infl_lo"], lo)
     np.testing.assert_array_equal(table["infl_hi"], hi)
 
@@ -278,7 +282,8 @@ def test_intervals_per_distinct_counts_equal_the_plain_ones(trials):
             assert a.shape == (30, 7)
             np.testing.assert_array_equal(a, b)
     scalar_row = per_distinct_difference(hits_in[0], n_in[0], 3, n_out[0].max() + 5, 0.01)
-    np.testing.assert_array_equal(scalar_row[1], bounds.difference_interval(hits_in[0], n_in[0], 3, n_out[0].max() + 5, 0.01)[1])
+    np.testing.assert_array_equal(scalar_row[1],
+                                  bounds.difference_interval(hits_in[0], n_in[0], 3, n_out[0].max() + 5, 0.01)[1])
     empty = per_distinct_difference(np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), 0.1)
     assert empty[0].shape == (0,)
     with pytest.raises(RaymemError, match="delta"):
@@ -302,7 +307,8 @@ def test_run_view_adds_canaries_and_run_facts(truth_run):
     assert view.bars() == plan
     assert table.drop_columns(["label_flipped"]).equals(report.mem_table(view.counts, plan))
     s = view.status()
-    assert (s["run"], s["run_id"], s["source"], s["trials_target"], s["trials_done"]) == ("truth", info.run_id, "log", 500, 400)
+    assert ((s["run"], s["run_id"], s["source"], s["trials_target"], s["trials_done"])
+            == ("truth", info.run_id, "log", 500, 400))
     assert s["canaries"] == report.canary_recall(np.array(table.column("mem").to_pylist()), flipped)
     assert s["pairs_fdr_0.1"] == view.pairs_table(view.bars(), PairSelection(fdr=0.1)).num_rows
     assert s["canaries"]["count"] == 3 and 0 < s["canaries"]["recall"] <= 1.0
@@ -310,4 +316,5 @@ def test_run_view_adds_canaries_and_run_facts(truth_run):
     assert view.influence_table(4, top=3).equals(report.influence_table(view.counts, 4, plan, top=3))
     assert s["method"] == "anytime" and s["planned_trials"] == 500
     chernoff = view.status(view.bars(method="chernoff"), StatusQuestions(until_halfwidth=0.2, until_jaccard=0.5))
-    assert chernoff["method"] == "chernoff" and set(chernoff["stopping"]) == {"until_halfwidth", "until_jaccard", "all_met"}
+    assert (chernoff["method"] == "chernoff"
+            and set(chernoff["stopping"]) == {"until_halfwidth", "until_jaccard", "all_met"})

@@ -41,7 +41,8 @@ def log_ids(run_dir) -> list[int]:
 def test_run_trains_every_trial_once_and_learns(tmp_path):
     config = resolve_config("digits", dict(trials=10, flip_labels=0.05))
     run_dir = tmp_path / "canary"
-    result = run_experiment(config, name="canary", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
+    result = run_experiment(config, name="canary", run_uri=str(run_dir),
+                            options=DriverOptions(num_cpus=2, progress=False))
     assert result.trials_done == 10 and not result.failed
     assert log_ids(run_dir) == list(range(10))
     records = list(iter_trials(RunStore.open(str(run_dir))))
@@ -96,7 +97,8 @@ def test_injected_failure_is_retried_and_counted_once(tmp_path):
 def test_failure_after_max_attempts_is_reported(tmp_path):
     _ray_failing_first_attempts({0})
     run_dir = tmp_path / "fail"
-    result = run_experiment(tiny(trials=2, max_attempts=1), name="fail", run_uri=str(run_dir), options=DriverOptions(progress=False))
+    result = run_experiment(tiny(trials=2, max_attempts=1), name="fail", run_uri=str(run_dir),
+                            options=DriverOptions(progress=False))
     assert list(result.failed) == [0] and "injected failure" in result.failed[0]
     assert log_ids(run_dir) == [1]
 
@@ -105,8 +107,8 @@ def test_until_halfwidth_stops_early_and_the_log_holds_every_counted_trial(tmp_p
     run_dir = tmp_path / "until"
     # digits examples are mostly right in and out of the subset, so the median anytime half-width (planned for
     # 20 trials) falls to 0.8 after about 10 counted trials; the 2-3 trials in flight then finish and count
-    result = api.run(tiny(trials=20), name="until", storage=str(tmp_path), num_cpus=2, progress=False,
-                     until_halfwidth=0.8)
+    result = api.run(tiny(trials=20), name="until", storage=str(tmp_path),
+                     options=api.DriverOptions(num_cpus=2, progress=False, until_halfwidth=0.8))
     assert result.stopped_early and "halfwidth" in result.stopped_early
     assert result.trials_done < 20 and not result.failed
     assert log_ids(run_dir) == sorted(result.trained_now)  # every counted trial is in the log, nothing else
@@ -117,12 +119,14 @@ def test_until_halfwidth_stops_early_and_the_log_holds_every_counted_trial(tmp_p
 def test_extend_and_refuse_other_config(tmp_path):
     run_dir = tmp_path / "ext"
     run_experiment(tiny(trials=2), name="ext", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
-    result = run_experiment(tiny(trials=3), name="ext", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
+    result = run_experiment(tiny(trials=3), name="ext", run_uri=str(run_dir),
+                            options=DriverOptions(num_cpus=2, progress=False))
     assert result.trained_now == [2]
     assert log_ids(run_dir) == [0, 1, 2]
     assert read_run_info(RunStore.open(str(run_dir))).config["trials"] == 3
     with pytest.raises(RaymemError, match="epochs"):
-        run_experiment(tiny(trials=3, epochs=5), name="ext", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False))
+        run_experiment(tiny(trials=3, epochs=5), name="ext", run_uri=str(run_dir),
+                       options=DriverOptions(num_cpus=2, progress=False))
 
 
 def test_fractional_gpu_trials_share_a_gpu_concurrently(tmp_path):
@@ -197,7 +201,8 @@ def test_second_process_reads_while_running_and_resume_after_driver_killed(tmp_p
     again = subprocess.run(
         [RAYMEM, "run", "digits", "--trials", str(len(before) + 2), "--epochs", "2", "--batch-size", "64",
          "--name", "live", "--storage", str(tmp_path), "--num-cpus", "2", "--quiet"],
-        env={**env, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rmt", dir="/tmp")}, capture_output=True, text=True, timeout=300,
+        env={**env, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rmt", dir="/tmp")},
+        capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 0, again.stdout + again.stderr
     after = log_ids(run_dir)
@@ -227,10 +232,11 @@ def test_stop_kills_the_live_accumulator_and_readers_fall_back_to_the_log(tmp_pa
     from raymem.cluster.connection import NAMESPACE
 
     run_dir = tmp_path / "stopme"
-    run_experiment(tiny(trials=2), name="stopme", run_uri=str(run_dir), options=DriverOptions(num_cpus=2, progress=False, shutdown=False))
+    run_experiment(tiny(trials=2), name="stopme", run_uri=str(run_dir),
+                   options=DriverOptions(num_cpus=2, progress=False, shutdown=False))
     address = ray.get_runtime_context().gcs_address
     ray.get_actor("stopme", namespace=NAMESPACE)  # alive after the run
-    assert api.stop(str(run_dir), address=address) is True
+    assert api.stop(str(run_dir), address=address)["accumulator"] is True
 
     def gone():
         try:
@@ -240,5 +246,5 @@ def test_stop_kills_the_live_accumulator_and_readers_fall_back_to_the_log(tmp_pa
         return False
 
     _wait_for(gone, 20, "the accumulator to be gone")
-    assert api.stop(str(run_dir), address=address) is False
+    assert api.stop(str(run_dir), address=address)["accumulator"] is False
     assert api.status(str(run_dir), address=address)["source"] == "log"

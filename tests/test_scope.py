@@ -88,7 +88,8 @@ def test_class_counts_equal_the_brute_force_counts_on_same_label_cells(run, brut
     assert np.all(h[~estimated] == 0) and counts.pending == 0
     # the blocks are the per-class matrices, labels ascending, rows and columns ascending
     blocks = counts.pair_blocks()
-    assert [b.label for b in blocks] == sorted({int(c) for c in TRAIN_LABELS[start:stop]} & {int(c) for c in TEST_LABELS})
+    assert [b.label for b in blocks] == sorted({int(c) for c in TRAIN_LABELS[start:stop]}
+                                               & {int(c) for c in TEST_LABELS})
     for b in blocks:
         assert np.all(TRAIN_LABELS[b.rows] == b.label) and np.all(TEST_LABELS[b.cols] == b.label)
         assert np.all(np.diff(b.rows) > 0) and np.all(np.diff(b.cols) > 0)
@@ -135,19 +136,23 @@ def test_pair_count_bytes_of_imagenet_shaped_labels():
     train = np.repeat(np.arange(1000), 1281)
     test = np.repeat(np.arange(1000), 50)
     n, n_test = train.size, test.size
-    assert influence_scope.pair_count_bytes("class", n, n_test, train_labels=train, test_labels=test) == 4 * 1000 * 1281 * 50
+    assert influence_scope.pair_count_bytes("class", n, n_test, train_labels=train,
+                                            test_labels=test) == 4 * 1000 * 1281 * 50
     assert influence_scope.pair_count_bytes("class", n, n_test, train_labels=train, test_labels=test) == 256_200_000
     assert influence_scope.pair_count_bytes("full", n, n_test) == 4 * n * n_test == 256_200_000_000
     assert influence_scope.pair_count_bytes("class", n, n_test, num_classes=1000) == 256_200_000
-    assert influence_scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS) == 4 * class_family()
+    assert influence_scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS,
+                                            test_labels=TEST_LABELS) == 4 * class_family()
     with pytest.raises(RaymemError, match="labels"):
         influence_scope.pair_count_bytes("class", n, n_test)
     # a pair shard's slice: what its counts hold
     for rows in [(0, 9), (9, 22), (13, 13)]:
-        klass = Counts.empty(N, N_TEST, rows=rows, influence_scope="class", train_labels=TRAIN_LABELS, test_labels=TEST_LABELS)
+        klass = Counts.empty(N, N_TEST, rows=rows, influence_scope="class", train_labels=TRAIN_LABELS,
+                             test_labels=TEST_LABELS)
         assert influence_scope.pair_count_bytes("class", N, N_TEST, train_labels=TRAIN_LABELS, test_labels=TEST_LABELS,
                                       rows=rows) == 4 * klass.pair_cells_kept == klass.pair_storage.nbytes
-        assert influence_scope.pair_count_bytes("full", N, N_TEST, rows=rows) == Counts.empty(N, N_TEST, rows=rows).h_in.nbytes
+        assert (influence_scope.pair_count_bytes("full", N, N_TEST, rows=rows)
+                == Counts.empty(N, N_TEST, rows=rows).h_in.nbytes)
 
 
 # ---- reads: the full answer restricted to same-label pairs ---------------------------------------------
@@ -169,7 +174,8 @@ def test_simultaneous_bands_cover_the_estimated_pairs(run):
     d = bounds.family_delta(DELTA, class_family(), True)
     n_in, n_out = np.array(got["n_in"]), np.array(got["n_out"])
     h = klass.pair_cells(got["train_index"], got["test_index"])[0].astype(np.int64)
-    lo, hi = bounds.difference_interval(h, n_in, klass.all.test_hits[got["test_index"]] - h, n_out, d, "anytime", plan=plan)
+    lo, hi = bounds.difference_interval(h, n_in, klass.all.test_hits[got["test_index"]] - h, n_out, d, "anytime",
+                                        plan=plan)
     np.testing.assert_array_equal(got["infl_lo"], lo)
     np.testing.assert_array_equal(got["infl_hi"], hi)
 
@@ -247,7 +253,8 @@ def test_compare_with_released_leaves_out_the_pairs_the_scope_does_not_estimate(
     assert got.pop("released_outside_scope") == int(cross.sum())
     assert want.pop("released_outside_scope") == 0
     # the class run's pairs are exactly the released same-label ones; the full run also finds the cross-label ones
-    assert got["pairs_run"] == got["pairs_released"] == got["pairs_common"] == int((~cross).sum()) and got["jaccard"] == 1.0
+    assert (got["pairs_run"] == got["pairs_released"] == got["pairs_common"] == int((~cross).sum())
+            and got["jaccard"] == 1.0)
     assert want["pairs_run"] == len(cross) and want["pairs_released"] == got["pairs_released"]
     for key in ("infl_mean_abs_diff_on_released", "mem_mean_abs_diff_on_released"):
         assert got[key] == want[key] == 0.0
@@ -333,7 +340,8 @@ def test_a_class_scope_run_replayed_from_its_log_reads_like_a_full_one(run, tmp_
     part = counts_from_log(store, read_run_info(store), rows=(10, 25))
     assert part.influence_scope == "class"
     rows = np.arange(10, 25)
-    for got, want in zip(part.pair_cells(rows[:, None], np.arange(N_TEST)), view.counts.pair_cells(rows[:, None], np.arange(N_TEST))):
+    for got, want in zip(part.pair_cells(rows[:, None], np.arange(N_TEST)),
+                         view.counts.pair_cells(rows[:, None], np.arange(N_TEST))):
         np.testing.assert_array_equal(got, want)
     # either scope can be asked for explicitly
     assert offline_view(store, influence_scope="full").pairs_table().equals(full_view.pairs_table())

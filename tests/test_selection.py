@@ -63,7 +63,8 @@ class RecordingMatrix:
 # --- high_influence_pairs -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("min_infl, min_mem", [(formulas.PAPER_MIN_INFL, formulas.PAPER_MIN_MEM), (0.0, -1.0), (0.3, 0.1)])
+@pytest.mark.parametrize("min_infl, min_mem",
+                         [(formulas.PAPER_MIN_INFL, formulas.PAPER_MIN_MEM), (0.0, -1.0), (0.3, 0.1)])
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1024])
 def test_high_influence_pairs_match_brute_force(seed, min_infl, min_mem, chunk_rows):
     c = simulated_counts(seed)
@@ -174,7 +175,8 @@ def brute_force_consistency(a: np.ndarray, b: np.ndarray, threshold: float, elig
     set_b = {x for x in cells if b[x] >= threshold and eligible_b(x)}
     union = set_a | set_b
     if not union:
-        return {"jaccard": math.nan, "mean_abs_diff": math.nan, "size_a": len(set_a), "size_b": len(set_b), "size_union": 0}
+        return {"jaccard": math.nan, "mean_abs_diff": math.nan, "size_a": len(set_a), "size_b": len(set_b),
+                "size_union": 0}
     return {
         "jaccard": len(set_a & set_b) / len(union),
         "mean_abs_diff": sum(abs(a[x] - b[x]) for x in union) / len(union),

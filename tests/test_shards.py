@@ -52,7 +52,8 @@ def records(run_id, count, seed=0):
         train_ok = np.where(np.arange(N) < 4, mask, rng.random(N) < 0.8)
         test_ok = rng.random(N_TEST) < 0.6
         test_ok[:4] = mask[:4]
-        out.append(TrialRecord(run_id=run_id, trial_id=k, seed=k, mask=mask, train_correct=train_ok, test_correct=test_ok))
+        out.append(TrialRecord(run_id=run_id, trial_id=k, seed=k, mask=mask, train_correct=train_ok,
+                               test_correct=test_ok))
     return out
 
 
@@ -113,7 +114,7 @@ def test_sharded_accumulator_equals_unsharded_and_the_log_through_a_shard_crash(
             continue
         assert_same(a, b)
         assert_same(b, c)
-    assert ray.get(three.pairs_table.remote(min_infl=-1.0, min_mem=-1.0)).num_rows == N * N_TEST
+    assert ray.get(three.pairs_table.remote(selected=PairSelection(-1.0, -1.0))).num_rows == N * N_TEST
     # a shard's user error reaches the caller as the same one sentence the offline reader raises
     with pytest.raises(RaymemError) as offline_error:
         offline.influence_table(test_index=N_TEST)
@@ -121,7 +122,8 @@ def test_sharded_accumulator_equals_unsharded_and_the_log_through_a_shard_crash(
         ray.get(three.influence_table.remote(test_index=N_TEST))
     assert str(live_error.value.cause) == str(offline_error.value)
     pairs = ray.get(three.pairs_table.remote())
-    assert {(i, i) for i in range(4)} <= set(zip(pairs.column("train_index").to_pylist(), pairs.column("test_index").to_pylist()))
+    assert {(i, i) for i in range(4)} <= set(zip(pairs.column("train_index").to_pylist(),
+                                                 pairs.column("test_index").to_pylist()))
 
 
 def test_restarted_accumulator_reconciles_shards_with_the_log(tmp_path, local_ray):
@@ -146,8 +148,10 @@ def test_restarted_accumulator_reconciles_shards_with_the_log(tmp_path, local_ra
     assert described["pid"] != old_pid and described["trials"] == 6
     shard = ray.get_actor("rec.pairs-1-of-2", namespace=NAMESPACE)
     assert ray.get(shard.done_trial_ids.remote()) == list(range(6))
-    assert_same(ray.get(acc.pairs_table.remote(min_infl=0.0, min_mem=0.0)),
-                log_replay.offline_view(RunStore.open(run_dir)).pairs_table(log_replay.offline_view(RunStore.open(run_dir)).bars(), PairSelection(min_infl=0.0, min_mem=0.0)))
+    assert_same(ray.get(acc.pairs_table.remote(selected=PairSelection(0.0, 0.0))),
+                log_replay.offline_view(RunStore.open(run_dir)).pairs_table(
+                    log_replay.offline_view(RunStore.open(run_dir)).bars(),
+                    PairSelection(min_infl=0.0, min_mem=0.0)))
 
 
 def restart_and_wait(ray, handle, timeout_s: float = 60.0) -> dict:
@@ -200,10 +204,11 @@ def test_shards_recover_from_a_hard_kill_a_deleted_trial_file_and_an_old_run_of_
     offline = log_replay.offline_view(RunStore.open(run_dir))
     for name in names:
         assert ray.get(ray.get_actor(name, namespace=NAMESPACE).done_trial_ids.remote()) == [0, 2, 3, 4, 5, 6, 7]
-    assert_same(ray.get(acc.pairs_table.remote(min_infl=-1.0, min_mem=-1.0)),
+    assert_same(ray.get(acc.pairs_table.remote(selected=PairSelection(-1.0, -1.0))),
                 offline.pairs_table(offline.bars(), PairSelection(min_infl=-1.0, min_mem=-1.0)))
     for j in range(N_TEST):
-        assert_same(ray.get(acc.influence_table.remote(test_index=j, top=6)), offline.influence_table(test_index=j, top=6))
+        assert_same(ray.get(acc.influence_table.remote(test_index=j, top=6)),
+                    offline.influence_table(test_index=j, top=6))
     # a live accumulator's layout is never changed behind the user's back
     with pytest.raises(RaymemError, match="over 2 actor"):
         get_or_create_accumulator(info, run_dir, with_pairs=True, batch_size=2, pair_shards=3)

@@ -108,7 +108,8 @@ def test_from_predictions_compares_with_the_labels():
     (dict(test_correct=[True] * N_TEST), "test_correct is a list"),
     (dict(train_pred=np.zeros(N_TRAIN, dtype=np.int64)), "train_pred has dtype int64"),
     (dict(test_pred=np.zeros(N_TEST + 1, dtype=np.int32)), "test_pred has dtype int32 and shape"),
-    (dict(mask=np.ones(N_TRAIN, dtype=bool)), f"selects {N_TRAIN} training examples, not the run's subset size {SUBSET}"),
+    (dict(mask=np.ones(N_TRAIN, dtype=bool)),
+     f"selects {N_TRAIN} training examples, not the run's subset size {SUBSET}"),
     (dict(metadata={"x": object()}), "metadata is not JSON-serialisable"),
     (dict(seed=2**64), "is not a 64-bit integer"),
 ])
@@ -177,7 +178,8 @@ def test_write_is_idempotent_and_refuses_a_different_record(store):
     assert store.list("trials") == ["trial-00000005.parquet"]
     assert store.read_bytes(trial_path(5)) == before
     other = dataclasses.replace(record, metadata={"attempt": 2})
-    with pytest.raises(RaymemError, match=rf"{store.location(trial_path(5))} already holds a different result for trial 5"):
+    with pytest.raises(RaymemError,
+                       match=rf"{store.location(trial_path(5))} already holds a different result for trial 5"):
         write_trial(store, other, info)
     assert store.read_bytes(trial_path(5)) == before
 
@@ -203,7 +205,8 @@ def test_ingested_runs_may_have_subsets_of_any_size(store):
 def test_trial_ids_ignore_temp_files_and_foreign_names(store):
     info = _make_run(store)
     write_trial(store, _record(info, 9), info)
-    for name in [f"{TEMP_PREFIX}abc-trial-00000010.parquet", "trial-11.parquet", "notes.txt", "trial-000000012.parquet"]:
+    for name in [f"{TEMP_PREFIX}abc-trial-00000010.parquet", "trial-11.parquet", "notes.txt",
+                 "trial-000000012.parquet"]:
         with store.filesystem.open_output_stream(store.path(f"trials/{name}")) as stream:
             stream.write(b"junk")
     assert trial_ids(store) == [9]

@@ -160,9 +160,13 @@ class Accumulator:
     def _view(self, counts) -> RunView:
         return RunView(self.info, counts, self.flipped, source="actor")
 
-    def mem_table(self, bars: Bars):
+    def _bars(self, bars: Bars | None) -> Bars:
+        """The read's bars; None: the run's defaults, tuned to its plan."""
+        return bars or RunView(self.info, None).bars()
+
+    def mem_table(self, bars: Bars | None = None):
         with self.live.snapshot() as counts:
-            return self._view(counts).mem_table(bars)
+            return self._view(counts).mem_table(self._bars(bars))
 
     def _pair_read(self, method: str, kwargs: dict):
         with self.live.snapshot(pairs=True) as counts:  # the matrix holds exactly these trials until the read ends
@@ -173,7 +177,8 @@ class Accumulator:
                     pass  # read here instead: correct, only slower for the absorbs meanwhile
             return getattr(self._view(counts), method)(**kwargs)
 
-    def pairs_table(self, bars: Bars, selected: PairSelection):
+    def pairs_table(self, bars: Bars | None = None, selected: PairSelection = PairSelection()):
+        bars = self._bars(bars)
         kwargs = {"bars": bars, "selected": selected}
         if not self.pair_shard_count:
             return self._pair_read("pairs_table", kwargs)
@@ -187,13 +192,15 @@ class Accumulator:
             return table
         return report.fdr_step_up(table, selected.fdr, kwargs["n_hypotheses"], bars.method)
 
-    def influence_table(self, test_index: int, bars: Bars, top: int = 10):
+    def influence_table(self, test_index: int, bars: Bars | None = None, top: int = 10):
+        bars = self._bars(bars)
         if self.pair_shard_count:
             return self._on_shards(lambda shards: pair_shard.gather_influence(shards, test_index=test_index, top=top,
                                                                               bars=bars))
         return self._pair_read("influence_table", {"test_index": test_index, "bars": bars, "top": top})
 
-    def status(self, bars: Bars, questions: StatusQuestions) -> dict:
+    def status(self, bars: Bars | None = None, questions: StatusQuestions = StatusQuestions()) -> dict:
+        bars = self._bars(bars)
         fdr = questions.pairs_fdr
         local_pairs = fdr is not None and not self.pair_shard_count and self.live.counts.tracks_pairs
         with self.live.snapshot(pairs=local_pairs) as counts:  # the FDR count needs the pair counts

@@ -85,7 +85,8 @@ class PairReader:
         if self._proc is None or self._proc.poll() is not None:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "raymem.actors.pair_reader", str(self.fd), str(self.shape[0]), str(self.shape[1])],
+                [sys.executable, "-m", "raymem.actors.pair_reader",
+                 str(self.fd), str(self.shape[0]), str(self.shape[1])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(self.fd,), env=env)
         return self._proc
 

@@ -53,7 +53,8 @@ def cached_streaming_dataset(name: str, data_dir: str | None, store: RunStore):
     _, y_test, y_train = labels  # the data set's own labels: before any canary flips
     if datasets.labels_sha256(y_train, y_test) != info.fingerprint.get("labels_sha256"):
         return None
-    if (len(y_train), len(y_test)) != (source["splits"]["train"]["num_examples"], source["splits"]["test"]["num_examples"]):
+    if (len(y_train), len(y_test)) != (source["splits"]["train"]["num_examples"],
+                                       source["splits"]["test"]["num_examples"]):
         return None
     return datasets.streaming_dataset(name, data_dir, y_train, y_test)
 

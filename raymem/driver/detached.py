@@ -99,7 +99,8 @@ def dashboard_url(address: str) -> str:
             time.sleep(1.0)
     except Exception as exc:  # noqa: BLE001 - grpc errors, a wrong token, no cluster for "auto"
         raise RaymemError(f"cannot reach the Ray cluster at {address} ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:200]}); check --address / RAY_ADDRESS and its auth token.") from None
+                          f"{' '.join(str(exc).split())[:200]}); "
+                          "check --address / RAY_ADDRESS and its auth token.") from None
     raise RaymemError(
         f"the Ray cluster at {address} runs no dashboard, and Ray's Job API (--detach) is served by it; start the head "
         "with its dashboard (`raymem up --local --dashboard`, or `ray start --head` without --include-dashboard=false; "
@@ -118,7 +119,8 @@ def _no_ray_address_env():
 
 
 def client(url: str):
-    """A ``JobSubmissionClient`` for the Job API at ``url`` (RaymemError when ray[default] is missing or nothing answers)."""
+    """A ``JobSubmissionClient`` for the Job API at ``url`` (RaymemError when ray[default] is missing or
+    nothing answers)."""
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError:
@@ -183,7 +185,8 @@ def job_state(store: RunStore) -> dict | None:
 
 
 def _iso(ms: int | None) -> str | None:
-    return None if not ms else datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(timespec="seconds")
+    return (None if not ms
+            else datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
 def _require_job(store: RunStore, run: str) -> DetachedRun:
@@ -248,7 +251,8 @@ def submit(config, *, name: str, run_uri: str, storage: str, address: str, data_
         except Exception as exc:  # noqa: BLE001 - the API's HTTP errors
             raise RaymemError(f"Ray's Job API at {url} refused the job ({' '.join(str(exc).split())[:300]}).") from None
     job = DetachedRun(job_id=job_id, name=name, run_uri=store.uri, address=address, dashboard_url=url,
-                      entrypoint=command, submitted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                      entrypoint=command,
+                      submitted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     try:
         store.write_bytes_atomic(JOB_FILE, json.dumps(job.to_dict(), indent=2).encode())
     except Exception as exc:  # noqa: BLE001 - an unwritable run directory: do not leave an unrecorded job running

@@ -187,7 +187,8 @@ def _create(source_store: RunStore, source: RunInfo, store: RunStore, request: M
     pairs = _selected_pairs(source_store, source, chosen)
     labels = read_labels(source_store)
     if labels is None:
-        raise RaymemError(f"run {source.name} has no labels.parquet; a marginal run retrains on the source run's labels.")
+        raise RaymemError(f"run {source.name} has no labels.parquet; "
+                          "a marginal run retrains on the source run's labels.")
     from raymem.data.datasets import load_dataset
 
     if load_dataset(config.dataset, request.data_dir).fingerprint() != source.fingerprint:

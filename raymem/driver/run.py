@@ -72,7 +72,8 @@ def plan(config: ExperimentConfig) -> dict:
         "pack": r.pack,
         "executor": "ray-train worker group" if config.uses_train_group else "warm ray tasks"
                     + ("" if r.pack == 1 else f", packs of {r.pack} trials (one trial's resources each)"),
-        "pair_shards": config.estimator.pair_shards if config.estimator.track_pairs and config.estimator.pair_shards > 1 else 0,
+        "pair_shards": (config.estimator.pair_shards
+                        if config.estimator.track_pairs and config.estimator.pair_shards > 1 else 0),
         "influence_scope": config.estimator.influence_scope,
         "estimated_gpu_hours": hours,
         "estimate_basis": basis,
@@ -89,7 +90,8 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
         if info.fingerprint != fingerprint:
             raise RaymemError(
                 f"run {name} was trained on data with fingerprint {info.fingerprint.get('labels_sha256', '?')[:12]} "
-                f"but {config.dataset} now has {fingerprint.get('labels_sha256', '?')[:12]}; use the same data or a new --name."
+                f"but {config.dataset} now has {fingerprint.get('labels_sha256', '?')[:12]}; "
+                "use the same data or a new --name."
             )
         compare_for_resume(info.config, config, name)
         if info.config != config.to_dict():  # a resumable key changed (more trials, other resources, scope, ...)
@@ -99,7 +101,8 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
         return info, train_labels
     labels = canaries.flip_labels(data.y_train, config.flip_labels, data.num_classes, config.seed)
     info = new_run_info(
-        name=name, n_train=len(data.y_train), n_test=len(data.y_test), subset_size=config.subset_size(len(data.y_train)),
+        name=name, n_train=len(data.y_train), n_test=len(data.y_test),
+        subset_size=config.subset_size(len(data.y_train)),
         seed=config.seed, config=config.to_dict(), fingerprint=fingerprint, source="runner",
     )
     write_labels(store, labels, data.y_test, data.y_train)
@@ -328,7 +331,8 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         missing = [k for k in range(config.trials) if k not in done]
         run = {"run_id": info.run_id, "name": name, "seed": info.seed, "n_train": info.n_train,
                "n_test": info.n_test, "subset_size": info.subset_size, "run_uri": run_uri}
-        if info.kind != "subsets":  # trials on explicit example sets: each trial's mask is its arm's (subsets.trial_mask)
+        # trials on explicit example sets: each trial's mask is its arm's (subsets.trial_mask)
+        if info.kind != "subsets":
             from raymem.paper.marginal_utility import mask_source
 
             run.update(mask_source(store, info))

@@ -50,7 +50,8 @@ def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attem
     gpu_share = configure_gpu_share(config.resources.gpus_per_trial)  # before any TensorFlow op
     limit_tf_threads(config.resources.cpus_per_trial)
     train_pred, test_pred, metadata = train_and_predict(
-        config, data, mask, seed, strategy=strategy, predict_on_local_copy=predict_on_local_copy, checkpoints=checkpoints)
+        config, data, mask, seed, strategy=strategy, predict_on_local_copy=predict_on_local_copy,
+        checkpoints=checkpoints)
     metadata.setdefault("resumed_from_epoch", 0)
     metadata.update(gpu_share)
     metadata.update(_placement())
@@ -63,7 +64,8 @@ def build_record(config: ExperimentConfig, run: dict, data, trial_id: int, attem
     )
 
 
-def build_pack_records(config: ExperimentConfig, run: dict, data, trial_ids: list[int], attempt: int) -> list[TrialRecord]:
+def build_pack_records(config: ExperimentConfig, run: dict, data, trial_ids: list[int],
+                       attempt: int) -> list[TrialRecord]:
     """Train the trials ``trial_ids`` together as one pack (``training.packing``) and return one record per trial.
 
     Each trial keeps its own subset and seed (``trial_subset``); its record is the one an unpacked trial
@@ -77,7 +79,8 @@ def build_pack_records(config: ExperimentConfig, run: dict, data, trial_ids: lis
     started = time.time()
     subsets = [trial_subset(run, k) for k in trial_ids]
     limit_tf_threads(config.resources.cpus_per_trial)
-    outputs = train_and_predict_pack(config, data, np.stack([mask for mask, _ in subsets]), [seed for _, seed in subsets])
+    outputs = train_and_predict_pack(config, data, np.stack([mask for mask, _ in subsets]),
+                                     [seed for _, seed in subsets])
     placement, finished = _placement(), time.time()
     pack = {"id": f"{run['run_id']}:{trial_ids[0]}+{len(trial_ids)}", "members": [int(k) for k in trial_ids],
             "size": len(trial_ids)}
@@ -165,7 +168,8 @@ def _train_group_worker(loop_config: dict) -> None:
                       "world_size": world, "rank": rank})
 
 
-def run_big_trial(config: ExperimentConfig, run: dict, data_box: list, accumulator, trial_id: int, attempt: int, storage_path: str) -> dict:
+def run_big_trial(config: ExperimentConfig, run: dict, data_box: list, accumulator, trial_id: int, attempt: int,
+                  storage_path: str) -> dict:
     """Ray task body for a big trial: one Ray Train worker group per trial, waiting for its GPUs."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer

@@ -54,7 +54,8 @@ def convergence_curve(records: Iterable, n_train: int, n_test: int, bars: Bars =
         try:
             total = len(records)  # type: ignore[arg-type]
         except TypeError:
-            raise RaymemError("convergence_curve needs total= when the records are a stream; pass the number of trials.") from None
+            raise RaymemError("convergence_curve needs total= when the records are a stream; "
+                              "pass the number of trials.") from None
     marks = set(checkpoints(total, points).tolist())
     everything = VectorCounts.zeros(int(n_train), int(n_test))
     even = VectorCounts.zeros(int(n_train), int(n_test))

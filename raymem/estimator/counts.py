@@ -209,9 +209,11 @@ class Counts:
         mask = np.asarray(mask, dtype=bool)
         train_correct = np.asarray(train_correct, dtype=bool)
         test_correct = np.asarray(test_correct, dtype=bool)
-        if mask.shape != (self.n_train,) or train_correct.shape != (self.n_train,) or test_correct.shape != (self.n_test,):
+        if (mask.shape != (self.n_train,) or train_correct.shape != (self.n_train,)
+                or test_correct.shape != (self.n_test,)):
             raise RaymemError(
-                f"trial {trial_id} has shapes mask {mask.shape}, train {train_correct.shape}, test {test_correct.shape} "
+                f"trial {trial_id} has shapes mask {mask.shape}, train {train_correct.shape}, "
+                f"test {test_correct.shape} "
                 f"but the run has {self.n_train} training and {self.n_test} test examples; "
                 "record trials of this run only."
             )
@@ -250,7 +252,8 @@ class Counts:
         else:
             lay = self.layout
             for b in range(lay.labels.size):
-                add_outer_products(lay.block_view(self.pair_storage, b), masks[:, lay.row_bounds[b]:lay.row_bounds[b + 1]],
+                add_outer_products(lay.block_view(self.pair_storage, b),
+                                   masks[:, lay.row_bounds[b]:lay.row_bounds[b + 1]],
                                    test[:, lay.col_bounds[b]:lay.col_bounds[b + 1]])
         self._pending_count = 0
 
@@ -275,7 +278,8 @@ class Counts:
     # ---- pair reads (both scopes) ------------------------------------------------------------
     def _require_pairs(self) -> None:
         if not self.tracks_pairs:
-            raise RaymemError("this run was counted without the pair matrix (influence); rebuild it with pairs enabled.")
+            raise RaymemError("this run was counted without the pair matrix (influence); "
+                              "rebuild it with pairs enabled.")
 
     def pairs_ready(self) -> np.ndarray:
         """Flush, then return the full pair matrix (rows, n_test); scope "full" only (class scope: pair_blocks)."""
@@ -313,7 +317,8 @@ class Counts:
         local = self._local_rows(train_index)
         cols = np.asarray(test_index, dtype=np.int64)
         if cols.size and (cols.min() < 0 or cols.max() >= self.n_test):
-            raise RaymemError(f"test examples {cols.min()}..{cols.max()} are outside the run's test set 0..{self.n_test - 1}.")
+            raise RaymemError(f"test examples {cols.min()}..{cols.max()} are outside the run's test set "
+                              f"0..{self.n_test - 1}.")
         self.flush()
         if self.layout is None:
             local, cols = np.broadcast_arrays(local, cols)
@@ -352,7 +357,8 @@ class Counts:
         return self.layout.hypotheses(row_mask)
 
 
-def add_outer_products(h_in: np.ndarray, masks: np.ndarray, correct: np.ndarray, chunk_rows: int = UPDATE_CHUNK_ROWS) -> None:
+def add_outer_products(h_in: np.ndarray, masks: np.ndarray, correct: np.ndarray,
+                       chunk_rows: int = UPDATE_CHUNK_ROWS) -> None:
     """In place: h_in += masks.T @ correct (masks (B, rows), correct (B, n_test)); returns None.
 
     When h_in is a C-contiguous float32 array and SciPy's BLAS is available, one sgemm call with

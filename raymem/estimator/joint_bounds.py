@@ -91,7 +91,8 @@ class Plan:
         try:
             trials, ratio = int(trials), float(ratio)
         except (TypeError, ValueError):
-            raise RaymemError(f"planned_trials ({planned_trials!r}) and subset_ratio ({subset_ratio!r}) must be numbers; "
+            raise RaymemError(f"planned_trials ({planned_trials!r}) and subset_ratio ({subset_ratio!r}) "
+                              "must be numbers; "
                               "check the run's trials and subset ratio.", parameter="planned_trials") from None
         if trials < 1:
             raise RaymemError(f"planned_trials must be at least 1 (got {trials}); check the run's trials.",
@@ -309,7 +310,8 @@ def _staircase(lower_a: np.ndarray, upper_b: np.ndarray, base: np.ndarray, j0) -
 
 def _budget_steps(budget: float, base) -> np.ndarray | int:
     """j0 = ceil((L + h - 2 U_0) / h): boxes j = 0..j0 cover u1 + u2 < L when both u >= U_0."""
-    steps = np.ceil((budget + LEVEL_STEP - 2.0 * np.asarray(base, dtype=np.float64)) / LEVEL_STEP - 1e-9).astype(np.int64)
+    steps = np.ceil((budget + LEVEL_STEP - 2.0 * np.asarray(base, dtype=np.float64)) / LEVEL_STEP
+                    - 1e-9).astype(np.int64)
     return int(steps) if steps.ndim == 0 else steps
 
 

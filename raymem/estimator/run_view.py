@@ -67,7 +67,8 @@ class RunView:
 
     def pairs_table(self, bars: Bars | None = None, selected: PairSelection = PairSelection(),
                     n_hypotheses: int | None = None) -> pa.Table:
-        """High-influence pairs with intervals, optionally selected at a false discovery rate (``report.pairs_table``)."""
+        """High-influence pairs with intervals, optionally selected at a false discovery rate
+        (``report.pairs_table``)."""
         return report.pairs_table(self.counts, bars or self.bars(), selected, n_hypotheses=n_hypotheses)
 
     def influence_table(self, test_index: int, bars: Bars | None = None, top: int = 10) -> pa.Table:

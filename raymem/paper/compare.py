@@ -77,7 +77,8 @@ def compare_runs(a: Counts, b: Counts, *, min_mem: float = formulas.PAPER_MIN_ME
     """
     if (a.n_train, a.n_test) != (b.n_train, b.n_test):
         raise RaymemError(
-            f"the runs have {a.n_train}x{a.n_test} and {b.n_train}x{b.n_test} examples; compare runs on the same data set."
+            f"the runs have {a.n_train}x{a.n_test} and {b.n_train}x{b.n_test} examples; "
+            "compare runs on the same data set."
         )
     mem_a, mem_b = _mem(a), _mem(b)
     rows = []
@@ -119,7 +120,8 @@ def compare_with_released(counts: Counts, released: dict[str, np.ndarray], *, mi
             "compare it with a run on the same data set in its original order."
         )
     if (counts.row_start, counts.row_stop) != (0, counts.n_train):
-        raise RaymemError("comparing with released pairs needs the counts of every training row; gather the run's shards first.")
+        raise RaymemError("comparing with released pairs needs the counts of every training row; "
+                          "gather the run's shards first.")
     mem = _mem(counts)
     found = report.high_influence_pairs(counts, mem, min_infl=min_infl, min_mem=min_mem)
     our_infl, estimated = _infl_cells(counts, tr, tt)

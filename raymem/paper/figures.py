@@ -77,13 +77,15 @@ def check_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
 def _require_columns(table: pa.Table, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise RaymemError(f"the {what} table lacks the columns {', '.join(missing)}; pass the table raymem made for the run.")
+        raise RaymemError(f"the {what} table lacks the columns {', '.join(missing)}; "
+                          "pass the table raymem made for the run.")
 
 
 def _labels(array, what: str) -> np.ndarray:
     a = np.asarray(array)
     if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
-        raise RaymemError(f"{what} must be a 1-D array of integer class labels, got dtype {a.dtype} with shape {a.shape}.")
+        raise RaymemError(f"{what} must be a 1-D array of integer class labels, "
+                          f"got dtype {a.dtype} with shape {a.shape}.")
     return a.astype(np.int64)
 
 
@@ -100,7 +102,8 @@ def _check_images(images, n: int, what: str) -> None:
         first = np.asarray(images[0])
         if not (first.ndim == 2 or (first.ndim == 3 and first.shape[-1] in (1, 3, 4))):
             raise RaymemError(
-                f"{what} are not images (one has shape {first.shape}); figures need (H, W) or (H, W, C) with C in 1, 3, 4."
+                f"{what} are not images (one has shape {first.shape}); "
+                "figures need (H, W) or (H, W, C) with C in 1, 3, 4."
             )
 
 
@@ -547,7 +550,8 @@ def comparison_figure(
         axes[r][1].set_ylabel(f"{quantity}: Jaccard")
         axes[r][1].set_ylim(0, 1.05)
         for ax in axes[r]:
-            ax.set_xlabel(f"threshold on {quantity}" + (f" (with mem >= {formulas.PAPER_MIN_MEM:g})" if quantity == "infl" else ""))
+            ax.set_xlabel(f"threshold on {quantity}"
+                          + (f" (with mem >= {formulas.PAPER_MIN_MEM:g})" if quantity == "infl" else ""))
     axes[0][1].legend(fontsize=7, loc="lower left")
     fig.suptitle(title or f"consistency against {legend_label(reference, legend.get(reference))}", fontsize=10)
     return plots.save_figure(fig, out)

@@ -66,7 +66,8 @@ def _as_bool(array: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 def _as_index(array: np.ndarray, path: Path, key: str, n: int) -> np.ndarray:
     if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise RaymemError(f"{path} key {key} must be a 1-D integer index array, got {array.dtype} with shape {array.shape}.")
+        raise RaymemError(f"{path} key {key} must be a 1-D integer index array, "
+                          f"got {array.dtype} with shape {array.shape}.")
     array = array.astype(np.int64)
     if array.size and (array.min() < 0 or array.max() >= n):
         raise RaymemError(f"{path} key {key} holds indices outside 0..{n - 1}; it must index the {n} examples.")
@@ -140,7 +141,8 @@ def export_fz(
     test = np.asarray(test_labels)
     for what, labels, n in (("train_labels", train, counts.n_train), ("test_labels", test, counts.n_test)):
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-            raise RaymemError(f"{what} has shape {labels.shape} and dtype {labels.dtype}; the run needs {n} integer labels.")
+            raise RaymemError(f"{what} has shape {labels.shape} and dtype {labels.dtype}; "
+                              f"the run needs {n} integer labels.")
     if (counts.row_start, counts.row_stop) != (0, counts.n_train):
         raise RaymemError("export needs the counts of every training row; gather the run's shards first.")
     train, test = train.astype(np.int64), test.astype(np.int64)
@@ -181,15 +183,18 @@ class FzEstimates:
 def read_fz(path: str | Path, *, train_index_map=None, test_index_map=None) -> FzEstimates:
     """Read a file in the authors' released layout (theirs or :func:`export_fz`'s) into tfds order."""
     path = Path(path)
-    hint = f"a .npz with {', '.join(FZ_KEYS)} and per class infl_matrix_class{{c}}, tr_classidx_{{c}}, tt_classidx_{{c}}"
+    hint = (f"a .npz with {', '.join(FZ_KEYS)} and per class infl_matrix_class{{c}}, "
+            "tr_classidx_{c}, tt_classidx_{c}")
     with NpzArchive(path, "estimates file", f"the authors' layout needs {hint}") as z:
         tr_mem = z.array("tr_mem").astype(np.float64)
         tr_labels = z.array("tr_labels")
         tt_labels = z.array("tt_labels")
         n, n_test = tr_mem.shape[0] if tr_mem.ndim == 1 else -1, tt_labels.shape[0] if tt_labels.ndim == 1 else -1
         if tr_mem.ndim != 1 or tr_labels.shape != (n,) or tt_labels.ndim != 1:
-            raise RaymemError(f"{path} has tr_mem {tr_mem.shape}, tr_labels {tr_labels.shape}, tt_labels {tt_labels.shape}; "
-                              "tr_mem and tr_labels need one entry per training example, tt_labels one per test example.")
+            raise RaymemError(f"{path} has tr_mem {tr_mem.shape}, tr_labels {tr_labels.shape}, "
+                              f"tt_labels {tt_labels.shape}; "
+                              "tr_mem and tr_labels need one entry per training example, "
+                              "tt_labels one per test example.")
         tr_map = check_index_map(train_index_map, n, "training index map")
         tt_map = check_index_map(test_index_map, n_test, "test index map")
         blocks = {}
@@ -247,13 +252,15 @@ def compare_with_fz(counts: Counts, fz: FzEstimates, *, min_infl: float = formul
     constraint on each side), plus pairs_run / pairs_file / pairs_common.
     """
     if fz.tr_mem.shape != (counts.n_train,) or fz.tt_labels.shape != (counts.n_test,):
-        raise RaymemError(f"the estimates file covers {fz.tr_mem.size} training / {fz.tt_labels.size} test examples but "
+        raise RaymemError(f"the estimates file covers {fz.tr_mem.size} training / "
+                          f"{fz.tt_labels.size} test examples but "
                           f"the run has {counts.n_train} / {counts.n_test}; compare with a run on the same data set.")
     v = counts.all
     mem = formulas.memorization(v.in_hits, v.n_in, v.out_hits, v.n_out)
     ours, theirs = [], []
     if (counts.row_start, counts.row_stop) != (0, counts.n_train):
-        raise RaymemError("comparing with an estimates file needs the counts of every training row; gather the run's shards first.")
+        raise RaymemError("comparing with an estimates file needs the counts of every training row; "
+                          "gather the run's shards first.")
     for tr_idx, tt_idx, block in fz.blocks.values():
         h, estimated = counts.pair_cells(tr_idx[:, None], tt_idx[None, :])
         run = formulas.influence(h, v.n_in[tr_idx], v.test_hits[tt_idx], v.n_out[tr_idx])
@@ -290,7 +297,8 @@ def read_npz_trials(path: str | Path, *, train_index_map=None, test_index_map=No
     when a key is missing, not bool/0-1, or the shapes disagree.
     """
     path = Path(path)
-    layout = "trainset_mask (trials, n_train), trainset_correctness (trials, n_train) and testset_correctness (trials, n_test) as bool arrays"
+    layout = ("trainset_mask (trials, n_train), trainset_correctness (trials, n_train) "
+              "and testset_correctness (trials, n_test) as bool arrays")
     with NpzArchive(path, "--from npz file", f"the npz layout needs {layout}") as z:
         arrays = [_as_bool(z.array(key), path, key) for key in NPZ_TRIAL_KEYS]
     masks, train_ok, test_ok = arrays
@@ -298,7 +306,8 @@ def read_npz_trials(path: str | Path, *, train_index_map=None, test_index_map=No
         if a.ndim != 2:
             raise RaymemError(f"{path} key {key} has shape {a.shape}; it must be 2-D (trials, examples).")
     if train_ok.shape != masks.shape:
-        raise RaymemError(f"{path} key trainset_correctness has shape {train_ok.shape} but trainset_mask has {masks.shape}; "
+        raise RaymemError(f"{path} key trainset_correctness has shape {train_ok.shape} "
+                          f"but trainset_mask has {masks.shape}; "
                           "both must be (trials, n_train).")
     if test_ok.shape[0] != masks.shape[0]:
         raise RaymemError(f"{path} key testset_correctness has {test_ok.shape[0]} trials but trainset_mask has "
@@ -316,7 +325,8 @@ def fz_aux_runs(directory: str | Path) -> list[Path]:
     """Return the ``aux_arrays.npz`` files of a run directory, one per run subdirectory, in trial order."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise RaymemError(f"--from fz-aux {directory} is not a directory; pass the folder holding one subdirectory per run.")
+        raise RaymemError(f"--from fz-aux {directory} is not a directory; "
+                          "pass the folder holding one subdirectory per run.")
     subdirs = sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
                      key=lambda p: _natural_key(p.name))
     files = []
@@ -329,7 +339,8 @@ def fz_aux_runs(directory: str | Path) -> list[Path]:
             raise RaymemError(f"--from fz-aux: {sub} has no {AUX_FILE}; {hint}.")
         files.append(aux)
     if not files:
-        raise RaymemError(f"--from fz-aux {directory} has no run subdirectories with {AUX_FILE}; pass one subset ratio's folder.")
+        raise RaymemError(f"--from fz-aux {directory} has no run subdirectories with {AUX_FILE}; "
+                          "pass one subset ratio's folder.")
     return files
 
 
@@ -352,7 +363,8 @@ def _read_aux(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     covered = np.zeros(n, dtype=np.int64)
     np.add.at(covered, np.concatenate([idx_train, idx_removed]), 1)
     if not np.all(covered == 1):
-        raise RaymemError(f"{path} keys index_train and index_removed do not list each of the {n} training examples once; "
+        raise RaymemError(f"{path} keys index_train and index_removed do not list each of the {n} "
+                          "training examples once; "
                           "export both splits of the full training set.")
     if np.unique(idx_test).size != n_test:
         raise RaymemError(f"{path} key index_test repeats a test example; list each test example once.")

@@ -62,8 +62,8 @@ def select_training_rows(train_index, infl, *, n_copies: int = N_COPIES, n_egs: 
     max_infl_of_train_selected their highest influence on a test example. Two choices the printed code
     leaves open: ties in the highest influence keep ascending training index (a stable sort), and
     with fewer than ``n_copies`` training examples (where the printed code would index from the end of
-    the list) every base position is 0 and copies past the end repeat the last example. Copies may repeat an example when few are selected,
-    exactly as the printed code does. No pairs: an empty list.
+    the list) every base position is 0 and copies past the end repeat the last example. Copies may
+    repeat an example when few are selected, exactly as the printed code does. No pairs: an empty list.
     """
     idx_train_selected, max_infl = max_influence_per_training_example(train_index, infl)
     n_copies, n_egs = int(n_copies), int(n_egs)
@@ -132,7 +132,8 @@ def top_influenced_from_counts(counts: Counts, train_indices, bars: Bars = Bars(
     """The ``k`` most influenced test examples of each training example, over its whole row of the pair matrix.
 
     This is what the paper's figures show ("4 most influenced examples in the test set"). Intervals are
-    ``report.infl_intervals`` by ``bars``: for a pair the pairs table also lists, the same interval. ``test_columns`` (optional bool (n_test,) or callable train_index -> bool (n_test,))
+    ``report.infl_intervals`` by ``bars``: for a pair the pairs table also lists, the same interval.
+    ``test_columns`` (optional bool (n_test,) or callable train_index -> bool (n_test,))
     limits the candidates, e.g. to test examples of the training example's class. In class scope the
     candidates are the test examples of the training example's class (the only pairs estimated).
     Columns as :func:`top_influenced_from_pairs`.
@@ -221,5 +222,6 @@ def class_members(klass, mem, train_labels, num_classes: int | None = None) -> n
         raise class_range_error(klass, num_classes)
     members = np.flatnonzero(labels == c)
     if members.size == 0:
-        raise RaymemError(f"class {c} has no training examples in this run; pick another --class in 0..{num_classes - 1}.")
+        raise RaymemError(f"class {c} has no training examples in this run; "
+                          f"pick another --class in 0..{num_classes - 1}.")
     return members[np.lexsort((members, -mem[members]))]

@@ -57,7 +57,8 @@ def write_atomic(out: str | Path, write: Callable[[io.BytesIO], object], flag: s
     text = check_output_path(out, flag)
     buffer = io.BytesIO()
     write(buffer)
-    parent, name = posixpath.split(text.replace("\\", "/")) if "://" in text else (str(Path(text).parent), Path(text).name)
+    parent, name = (posixpath.split(text.replace("\\", "/")) if "://" in text
+                    else (str(Path(text).parent), Path(text).name))
     RunStore.open(parent).write_bytes_atomic(name, buffer.getvalue())
     return text
 
@@ -133,7 +134,8 @@ class NpzArchive:
                               "unpickle; save it as a numeric array.") from None
 
 
-def load_npz(path: str | Path, what: str, keys: tuple[str, ...], *, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def load_npz(path: str | Path, what: str, keys: tuple[str, ...], *,
+             optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Load the arrays ``keys`` (and any of ``optional`` present) from an ``.npz`` archive without pickle.
 
     Raises:
@@ -147,7 +149,8 @@ def load_npz(path: str | Path, what: str, keys: tuple[str, ...], *, optional: tu
 
 def _check_array(array: np.ndarray, name: str, dtype, ndim: int | None) -> None:
     if dtype is not None and array.dtype != np.dtype(dtype):
-        raise RaymemError(f"{name} holds dtype {array.dtype}, not {np.dtype(dtype)}; save it with array.astype({np.dtype(dtype).name}).")
+        raise RaymemError(f"{name} holds dtype {array.dtype}, not {np.dtype(dtype)}; "
+                          f"save it with array.astype({np.dtype(dtype).name}).")
     if ndim is not None and array.ndim != ndim:
         raise RaymemError(f"{name} has shape {array.shape}; it must be {ndim}-D.")
 

@@ -172,7 +172,8 @@ def _decode(data: bytes, trial_id: int, info: RunInfo) -> TrialRecord:
         raise ValueError("checksum mismatch")
     expected_size = subset_size_to_check(info)
     if expected_size is not None and int(record.mask.sum()) != expected_size:
-        raise ValueError(f"the mask selects {int(record.mask.sum())} examples, the run's subset size is {expected_size}")
+        raise ValueError(f"the mask selects {int(record.mask.sum())} examples, "
+                         f"the run's subset size is {expected_size}")
     return record
 
 

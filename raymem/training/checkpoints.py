@@ -1,8 +1,8 @@
 """In-trial checkpoints: a trial's training state in the run's storage, so a retried attempt resumes.
 
 A CIFAR-100 ResNet50 trial trains for hours, an ImageNet one for days; on spot nodes an attempt can
-die at any epoch. With ``resources.checkpoint_every = E`` (an integer >= 1; None: off) a trial saves, every E epochs, its
-model weights (BatchNorm statistics included), its optimizer's variables (momentum and the step
+die at any epoch. With ``resources.checkpoint_every = E`` (an integer >= 1; None: off) a trial saves, every E epochs,
+its model weights (BatchNorm statistics included), its optimizer's variables (momentum and the step
 counter, which is the learning-rate schedule's position) and the number of epochs done, under
 ``RUN/checkpoints/trial-XXXXXXXX/`` through the run's :class:`RunStore` (local, ``s3://``, ``gs://``).
 
