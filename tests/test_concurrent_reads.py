@@ -115,7 +115,7 @@ def test_reader_loop_during_absorbs_does_not_change_what_is_counted(tmp_path):
         assert np.array_equal(live.h_in, offline.pairs_ready())
     assert acc.pairs_table().equals(offline_view(store).pairs_table())
     assert acc.influence_table(test_index=3, top=5).equals(offline_view(store).influence_table(test_index=3, top=5))
-    with pytest.raises(RaymemError, match="test-index"):
+    with pytest.raises(RaymemError, match="test_index"):
         acc.influence_table(test_index=10_000)  # the child's user error arrives as itself
     acc.live.close()
     acc.reader.close()
