@@ -97,8 +97,9 @@ def test_sharded_accumulator_equals_unsharded_and_the_log_through_a_shard_crash(
             shard = ray.get_actor("three.pairs-2-of-3", namespace=NAMESPACE)
             ray.kill(shard, no_restart=False)
     offline = log_replay.offline_view(RunStore.open(three_dir))
-    reads = [("pairs_table", {}), ("pairs_table", {"min_infl": 0.05, "min_mem": 0.0}),
-             ("pairs_table", {"min_infl": -1.0, "min_mem": -1.0, "simultaneous": True}),  # every pair, in order
+    every_pair = {"bars": offline.bars(simultaneous=True), "selected": PairSelection(-1.0, -1.0)}  # in order
+    reads = [("pairs_table", {}), ("pairs_table", {"selected": PairSelection(0.05, 0.0)}),
+             ("pairs_table", every_pair),
              ("influence_table", {"test_index": 2, "top": 7}), ("influence_table", {"test_index": 5, "top": 80}),
              ("mem_table", {}), ("status", {})]
     reads += [("influence_table", {"test_index": j, "top": 3}) for j in range(N_TEST)]
