@@ -21,9 +21,9 @@ from raymem.cluster import connection
 from raymem.config.experiment import ExperimentConfig, parse_settings, presets_table, resolve_config
 from raymem.driver.run import DriverOptions
 from raymem.errors import RaymemError
-from raymem.estimator import bounds, formulas, report
+from raymem.estimator import formulas, report
 from raymem.estimator.report import PairSelection, StatusQuestions
-from raymem.handle import Run, _location, default_storage
+from raymem.handle import DELTA, METHOD, Run, _location, default_storage
 from raymem.store.run_info import new_run_info, write_labels, write_run_info
 from raymem.store.safe_files import load_npy
 from raymem.store.storage import RunStore, run_location, validate_run_name
@@ -37,7 +37,6 @@ __all__ = [
     "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage",
 ]
 
-METHOD, DELTA = bounds.DEFAULT_METHOD, bounds.DEFAULT_DELTA
 
 
 def _new_run_dir(name: str, storage: str | None) -> str:
@@ -298,13 +297,14 @@ def influence(run: str, test_index: int, *, storage: str | None = None, address:
                                                          simultaneous=simultaneous)
 
 
-def status(run: str, *, storage: str | None = None, address: str | None = None, bars: dict | None = None,
-           target_halfwidth: float = report.DEFAULT_TARGET_HALFWIDTH, until_halfwidth: float | None = None,
-           until_jaccard: float | None = None, pairs_fdr: float | None = report.STATUS_FDR) -> dict:
-    """:meth:`Run.status` of ``run``; ``bars``: ``{"method", "delta", "simultaneous"}`` (any of them)."""
-    return Run(run, storage, address=address).status(**(bars or {}), target_halfwidth=target_halfwidth,
-                                                      until_halfwidth=until_halfwidth, until_jaccard=until_jaccard,
-                                                      pairs_fdr=pairs_fdr)
+def status(run: str, *, storage: str | None = None, address: str | None = None, method: str = METHOD,
+           delta: float = DELTA, simultaneous: bool = False, target_halfwidth: float = report.DEFAULT_TARGET_HALFWIDTH,
+           until_halfwidth: float | None = None, until_jaccard: float | None = None,
+           pairs_fdr: float | None = report.STATUS_FDR) -> dict:
+    """:meth:`Run.status` of ``run``."""
+    return Run(run, storage, address=address).status(
+        method=method, delta=delta, simultaneous=simultaneous, target_halfwidth=target_halfwidth,
+        until_halfwidth=until_halfwidth, until_jaccard=until_jaccard, pairs_fdr=pairs_fdr)
 
 
 def trials(run: str, *, storage: str | None = None) -> pa.Table:

@@ -531,8 +531,8 @@ def status(
 
     def read() -> dict:
         # --watch skips the FDR pair count: each refresh would cost a full pairs read
-        bars = {"method": method, "delta": delta, "simultaneous": simultaneous}
-        return _api().status(run, storage=storage, address=address, bars=bars, target_halfwidth=target_halfwidth,
+        return _api().status(run, storage=storage, address=address, method=method, delta=delta,
+                             simultaneous=simultaneous, target_halfwidth=target_halfwidth,
                              until_halfwidth=until_halfwidth, until_jaccard=until_jaccard,
                              **({"pairs_fdr": None} if watch else {}))
 

@@ -24,7 +24,7 @@ from raymem.estimator import bounds, formulas, report
 from raymem.estimator.bars import Bars
 from raymem.estimator.log_replay import offline_view
 from raymem.estimator.report import PairSelection, StatusQuestions
-from raymem.estimator.run_view import RunView
+from raymem.estimator.run_view import run_bars
 from raymem.paper.marginal_utility import KIND as MARGINAL_KIND
 from raymem.store.run_info import RunInfo, read_run_info
 from raymem.store.storage import RunStore, run_location, validate_run_name
@@ -136,17 +136,16 @@ class Run:
 
     def bars(self, method: str = METHOD, delta: float = DELTA, simultaneous: bool = False) -> Bars:
         """The :class:`Bars` of a read of this run: the caller's choices tuned to the run's plan."""
-        return RunView(self.info, None).bars(method, delta, simultaneous)
+        return run_bars(self.info, method, delta, simultaneous)
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def _reader(self, with_pairs: bool = True):
+    def _reader(self, info: RunInfo, with_pairs: bool = True):
         """The live accumulator when reachable, else a view rebuilt from the trial log."""
-        actor = self._live_accumulator()
+        actor = self._live_accumulator(info)
         return _Live(actor) if actor is not None else offline_view(self.store, with_pairs=with_pairs)
 
-    def _live_accumulator(self):
-        info = self.info
+    def _live_accumulator(self, info: RunInfo):
         address = connection.ray_address(self.address) or connection.read_live_address(self.store)
         if not address:
             from raymem.driver.detached import job_address
@@ -167,8 +166,8 @@ class Run:
             One row per training example: ``train_index, mem, mem_lo, mem_hi, mem_hoeffding_lo, mem_hoeffding_hi,
             p_in, p_out, n_in, n_out, in_hits, out_hits`` (and ``label_flipped`` with canaries).
         """
-        bars = self.bars(method, delta, simultaneous)
-        return self._reader(with_pairs=False).mem_table(bars)
+        info = self.info
+        return self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
 
     def pairs(self, *, min_infl: float = formulas.PAPER_MIN_INFL, min_mem: float = formulas.PAPER_MIN_MEM,
               fdr: float | None = None, method: str = METHOD, delta: float = DELTA,
@@ -180,8 +179,8 @@ class Run:
             One row per pair: ``train_index, test_index, infl, infl_lo, infl_hi, mem, n_in, n_out`` (+ ``q_value``).
         """
         selected = PairSelection(min_infl, min_mem, fdr)
-        bars = self.bars(method, delta, simultaneous)
-        return self._reader().pairs_table(bars, selected)
+        info = self.info
+        return self._reader(info).pairs_table(run_bars(info, method, delta, simultaneous), selected)
 
     def influence(self, test_index: int, *, top: int = 10, method: str = METHOD, delta: float = DELTA,
                   simultaneous: bool = False) -> pa.Table:
@@ -190,8 +189,9 @@ class Run:
         Returns:
             One row per influencer: ``rank, train_index, test_index, infl, infl_lo, infl_hi, mem``.
         """
-        bars = self.bars(method, delta, simultaneous)
-        return self._reader().influence_table(int(test_index), bars, int(top))
+        info = self.info
+        return self._reader(info).influence_table(int(test_index), run_bars(info, method, delta, simultaneous),
+                                                  int(top))
 
     def status(self, *, method: str = METHOD, delta: float = DELTA, simultaneous: bool = False,
                target_halfwidth: float = report.DEFAULT_TARGET_HALFWIDTH, until_halfwidth: float | None = None,
@@ -205,15 +205,16 @@ class Run:
         from raymem.driver.lease import driver_state
 
         questions = StatusQuestions(target_halfwidth, until_halfwidth, until_jaccard, pairs_fdr)
-        bars = Bars(method, delta, simultaneous)  # checked before any file is read
+        Bars(method, delta, simultaneous)  # refuse bad settings before any file is read
         if not self.exists and (job := job_state(self.store)) is not None:
             # detached, and the job's driver has not created the run yet (or failed before it did)
             return {"run": self.name, "source": "job", "trials_done": 0, "trials_target": None, "job": job}
-        if self.kind == MARGINAL_KIND:  # memorization of its arms' trials means nothing
+        info = self.info
+        if info.kind == MARGINAL_KIND:  # memorization of its arms' trials means nothing
             summary = {"kind": MARGINAL_KIND, **self.marginal_report(delta=delta)}
         else:
-            bars = self.bars(method, delta, simultaneous)
-            summary = self._reader(with_pairs=pairs_fdr is not None).status(bars, questions)
+            bars = run_bars(info, method, delta, simultaneous)
+            summary = self._reader(info, with_pairs=pairs_fdr is not None).status(bars, questions)
             if (job := job_state(self.store)) is not None:
                 summary["job"] = job
         if (driver := driver_state(self.store)) is not None:
@@ -251,7 +252,7 @@ class Run:
         from raymem.store.run_info import read_labels
         from raymem.store.trial_log import iter_trials, trial_ids
 
-        bars = Bars(method, delta, simultaneous)
+        Bars(method, delta, simultaneous)  # refuse bad settings before the trial log is read
         paper_figures.check_out_dir(out_dir, "out_dir")
         view = offline_view(self.store)
         bars = view.bars(method, delta, simultaneous)
@@ -416,7 +417,7 @@ class Run:
         job = self.stop_job()
         if not self.exists:
             return {"job": job, "accumulator": False}  # its job was stopped before its driver created the run
-        actor = self._live_accumulator()
+        actor = self._live_accumulator(self.info)
         if actor is None:
             return {"job": job, "accumulator": False}
         import ray

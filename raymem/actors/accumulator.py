@@ -43,7 +43,7 @@ from raymem.estimator.subsets import trial_mask
 from raymem.store.trial_log import write_trial
 from raymem.estimator.bars import Bars
 from raymem.estimator.report import PairSelection, StatusQuestions
-from raymem.estimator.run_view import RunView
+from raymem.estimator.run_view import RunView, run_bars
 #: Completed trials kept for the throughput estimate.
 THROUGHPUT_WINDOW = 50
 #: Threads of the accumulator actor: absorbs and reads at the same time (see live_counts).
@@ -162,7 +162,7 @@ class Accumulator:
 
     def _bars(self, bars: Bars | None) -> Bars:
         """The read's bars; None: the run's defaults, tuned to its plan."""
-        return bars or RunView(self.info, None).bars()
+        return bars or run_bars(self.info)
 
     def mem_table(self, bars: Bars | None = None):
         with self.live.snapshot() as counts:

@@ -23,7 +23,7 @@ import numpy as np
 from raymem.errors import RaymemError
 from raymem.estimator.bars import Bars
 from raymem.estimator.report import StatusQuestions
-from raymem.estimator.run_view import RunView
+from raymem.estimator.run_view import run_bars
 from raymem.store.run_info import new_run_info, read_labels, read_run_info, write_labels, write_run_info
 from raymem.store.storage import RunStore
 from raymem.data import canaries
@@ -346,7 +346,7 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         stop_check = None
         if options.stops_early:
             def stop_check():
-                return criteria_met(accumulator, RunView(info, None).bars(), options)
+                return criteria_met(accumulator, run_bars(info), options)
         _drive(config, units, submit, result, bar, demand, stop_check)
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))

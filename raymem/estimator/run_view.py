@@ -19,6 +19,25 @@ from raymem.estimator.report import PairSelection, StatusQuestions
 from raymem.store.run_info import RunInfo
 
 
+def planned_trials(info: RunInfo) -> int | None:
+    """The run's planned trial count (its config's "trials"), to which the anytime bars are tuned."""
+    trials = info.config.get("trials") if isinstance(info.config, dict) else None
+    return int(trials) if isinstance(trials, (int, float)) and trials >= 1 else None
+
+
+def subset_ratio(info: RunInfo) -> float | None:
+    """m / n of the run's subsets, or None when it is degenerate."""
+    n, m = info.n_train, info.subset_size
+    return m / n if n and 0 < m < n else None
+
+
+def run_bars(info: RunInfo, method: str = bounds.DEFAULT_METHOD, delta: float = bounds.DEFAULT_DELTA,
+             simultaneous: bool = False) -> Bars:
+    """The :class:`Bars` of a read of this run: the caller's choices tuned to the run's plan (the one way every
+    reader, live or offline, makes them)."""
+    return Bars(method, delta, simultaneous, planned_trials(info), subset_ratio(info))
+
+
 @dataclass
 class RunView:
     """A run's counts with what the run knows (info, canaries): every read, answered the same live or offline.
@@ -33,20 +52,18 @@ class RunView:
 
     @property
     def planned_trials(self) -> int | None:
-        """The run's planned trial count (its config's "trials"), to which the anytime bars are tuned."""
-        trials = self.info.config.get("trials") if isinstance(self.info.config, dict) else None
-        return int(trials) if isinstance(trials, (int, float)) and trials >= 1 else None
+        """The run's planned trial count (:func:`planned_trials`)."""
+        return planned_trials(self.info)
 
     @property
     def subset_ratio(self) -> float | None:
-        """m / n of the run's subsets, or None when it is degenerate."""
-        n, m = self.info.n_train, self.info.subset_size
-        return m / n if n and 0 < m < n else None
+        """m / n of the run's subsets (:func:`subset_ratio`)."""
+        return subset_ratio(self.info)
 
     def bars(self, method: str = bounds.DEFAULT_METHOD, delta: float = bounds.DEFAULT_DELTA,
              simultaneous: bool = False) -> Bars:
-        """The read's :class:`Bars`, tuned to this run's plan (the one way a reader makes them)."""
-        return Bars(method, delta, simultaneous, self.planned_trials, self.subset_ratio)
+        """The read's :class:`Bars`, tuned to this run's plan (:func:`run_bars`)."""
+        return run_bars(self.info, method, delta, simultaneous)
 
     @property
     def influence_scope(self) -> str:

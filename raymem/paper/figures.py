@@ -64,13 +64,16 @@ EXAMPLES_SCHEMA = pa.schema([
 def check_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
     """Return ``out_dir`` as a Path if it is a directory or can be created as one; RaymemError otherwise."""
     out_dir = Path(out_dir)
+    parameter = None if flag.startswith("--") else flag  # a parameter name: the CLI shows its own flag
     if out_dir.exists() and not out_dir.is_dir():
-        raise RaymemError(f"{flag} {out_dir} is a file; give a directory for the figures.")
+        raise RaymemError(f"{flag} {out_dir} is a file; give a directory for the figures.", parameter=parameter)
     if not out_dir.exists() and not out_dir.parent.is_dir():
-        raise RaymemError(f"{flag} {out_dir}: the folder {out_dir.parent} does not exist; create it first.")
+        raise RaymemError(f"{flag} {out_dir}: the folder {out_dir.parent} does not exist; create it first.",
+                          parameter=parameter)
     for name in OUTPUT_FILES:
         if (out_dir / name).is_dir():
-            raise RaymemError(f"{flag} {out_dir} holds a directory named {name}; remove it or pick another {flag}.")
+            raise RaymemError(f"{flag} {out_dir} holds a directory named {name}; remove it or pick another "
+                              "directory.", parameter=parameter)
     return out_dir
 
 

@@ -27,7 +27,7 @@ def check_output_path(out: str | Path, flag: str = "--out") -> str:
 
     Args:
         out: a local path or an ``s3://`` / ``gs://`` URI (URIs are checked when written).
-        flag: the option that gave the path, for the message.
+        flag: the option (``--out``) or API parameter (``out``) that gave the path, for the message.
 
     Raises:
         RaymemError: the path is a folder, or its folder does not exist.
@@ -36,10 +36,13 @@ def check_output_path(out: str | Path, flag: str = "--out") -> str:
     if "://" in text:
         return text
     path = Path(text)
+    parameter = None if flag.startswith("--") else flag  # a parameter name: the CLI shows its own flag
     if path.is_dir():
-        raise RaymemError(f"{flag} {path} is a directory; give a file name such as {path / 'result.parquet'}.")
+        raise RaymemError(f"{flag} {path} is a directory; give a file name such as {path / 'result.parquet'}.",
+                          parameter=parameter)
     if not path.parent.is_dir():
-        raise RaymemError(f"{flag} {path}: the folder {path.parent} does not exist; create it first.")
+        raise RaymemError(f"{flag} {path}: the folder {path.parent} does not exist; create it first.",
+                          parameter=parameter)
     return text
 
 

@@ -84,13 +84,18 @@ def _head(x, num_classes: int) -> "keras.KerasTensor":
 
 def _basic_block(x, filters: int, stride: int, name: str):
     """Return the output of a ResNet basic block (two 3x3 convs, expansion 1)."""
-    shortcut = x
     y = _conv(x, filters, 3, stride, name=f"{name}_conv1")
     y = _bn_relu(y, f"{name}_1")
     y = _conv(y, filters, 3, 1, name=f"{name}_conv2")
     y = layers.BatchNormalization(name=f"{name}_2_bn")(y)
-    if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv(x, filters, 1, stride, name=f"{name}_proj")
+    return _residual_out(x, y, filters, stride, name)
+
+
+def _residual_out(x, y, out_filters: int, stride: int, name: str):
+    """ReLU(y + shortcut): the identity, or a strided 1x1 projection when the shape changes."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != out_filters:
+        shortcut = _conv(x, out_filters, 1, stride, name=f"{name}_proj")
         shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
@@ -99,18 +104,13 @@ def _basic_block(x, filters: int, stride: int, name: str):
 def _bottleneck_block(x, filters: int, stride: int, name: str):
     """Return the output of a ResNet bottleneck block (1x1, 3x3 with the stride, 1x1 x4)."""
     out_filters = 4 * filters
-    shortcut = x
     y = _conv(x, filters, 1, 1, name=f"{name}_conv1")
     y = _bn_relu(y, f"{name}_1")
     y = _conv(y, filters, 3, stride, name=f"{name}_conv2")
     y = _bn_relu(y, f"{name}_2")
     y = _conv(y, out_filters, 1, 1, name=f"{name}_conv3")
     y = layers.BatchNormalization(name=f"{name}_3_bn")(y)
-    if stride != 1 or x.shape[-1] != out_filters:
-        shortcut = _conv(x, out_filters, 1, stride, name=f"{name}_proj")
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
-    y = layers.Add(name=f"{name}_add")([shortcut, y])
-    return layers.ReLU(name=f"{name}_out")(y)
+    return _residual_out(x, y, out_filters, stride, name)
 
 
 def _resnet(input_shape, num_classes: int, block: Callable, blocks_per_stage, name: str):
