@@ -101,6 +101,14 @@ def command(**settings):
 
 
 RunArg = typer.Argument(..., help="Run name (under --storage) or run directory / URI.")
+
+def _key_option(key: str, flag: str | None = None):
+    """The option that sets config key ``key``, its help the key's description in the config (written once)."""
+    from raymem.config.experiment import config_keys
+
+    description = next(k["description"] for k in config_keys() if k["name"] == key)
+    return typer.Option(None, flag or "--" + key.replace("_", "-"), help=description)
+
 StorageOpt = typer.Option(None, "--storage", envvar="RAYMEM_STORAGE", rich_help_panel=WHERE,
                           help="Storage root for run names (local, s3:// or gs://); default ./runs.")
 # No envvar here: the library falls back to $RAY_ADDRESS itself (connection.ray_address), in one place.
@@ -357,20 +365,18 @@ def run(
     storage: Optional[str] = StorageOpt,
     address: Optional[str] = ClusterOpt,
     data_dir: Optional[str] = DataDirOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    base_lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
-    model: Optional[str] = typer.Option(None, "--model"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set name, or npz:FILE / parquet:DIR."),
-    subset_ratio: Optional[float] = typer.Option(None, "--subset-ratio", help="m/n (paper: 0.7)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    flip_labels: Optional[float] = typer.Option(None, "--flip-labels",
-                                                help="Flip this fraction of training labels (canaries)."),
-    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial"),
-    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial"),
-    nodes_per_trial: Optional[int] = typer.Option(None, "--nodes-per-trial"),
-    max_attempts: Optional[int] = typer.Option(None, "--max-attempts",
-                                               help="Tries per trial before it is reported failed."),
+    epochs: Optional[int] = _key_option("epochs"),
+    batch_size: Optional[int] = _key_option("batch_size"),
+    base_lr: Optional[float] = _key_option("base_lr", "--lr"),
+    model: Optional[str] = _key_option("model"),
+    dataset: Optional[str] = _key_option("dataset"),
+    subset_ratio: Optional[float] = _key_option("subset_ratio"),
+    seed: Optional[int] = _key_option("seed"),
+    flip_labels: Optional[float] = _key_option("flip_labels"),
+    cpus_per_trial: Optional[float] = _key_option("cpus_per_trial"),
+    gpus_per_trial: Optional[float] = _key_option("gpus_per_trial"),
+    nodes_per_trial: Optional[int] = _key_option("nodes_per_trial"),
+    max_attempts: Optional[int] = _key_option("max_attempts"),
     pair_shards: Optional[int] = PairShardsOpt,
     until_halfwidth: Optional[float] = UntilHalfwidthOpt,
     until_jaccard: Optional[float] = UntilJaccardOpt,

@@ -29,3 +29,39 @@ def test_the_readme_notebook_example_runs(tmp_path):
     exec(compile(notebook_example(), str(README), "exec"), namespace)  # noqa: S102 - the README's own code
     assert namespace["mem"].height == namespace["run"].n_train
     assert namespace["plan"]["trials"] == 2000
+
+
+def _cli_reference():
+    import importlib.util
+
+    path = README.parent / "scripts" / "cli_reference.py"
+    spec = importlib.util.spec_from_file_location("cli_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_command_reference_is_what_the_cli_says():
+    reference = _cli_reference()
+    assert reference.readme_block(README.read_text()) == reference.reference(), (
+        "the README's command reference is stale; run `python scripts/cli_reference.py --write`")
+
+
+def test_every_option_of_every_help_is_in_the_readme_reference_and_the_reverse():
+    """Read independently of the generator: the flags `raymem CMD --help` prints against the README's block."""
+    from typer.testing import CliRunner
+
+    from raymem.cli import app
+
+    block = _cli_reference().readme_block(README.read_text())
+    sections = dict(re.findall(r"#### `raymem (\S+)[^`]*`\n(.*?)(?=\n#### |\Z)", block, re.S))
+    assert sections, "the README has a command reference"
+    for command, section in sections.items():
+        text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).stdout
+        options = text.split("Options:", 1)[-1]
+        declared = re.findall(r"^ {2,4}(--?[a-z][\w-]*)(?:(?:, | / )(--?[a-z][\w-]*))?", options, re.M)
+        in_help = {flag for pair in declared for flag in pair if flag}
+        in_readme = set(re.findall(r"`(--?[a-z][a-z-]*)`", section))
+        in_help.discard("--help")
+        assert in_help <= in_readme, (command, sorted(in_help - in_readme))
+        assert in_readme <= in_help, (command, sorted(in_readme - in_help))
