@@ -331,12 +331,10 @@ def compare(run: str, other: str, *, storage: str | None = None, min_infl: float
     return Run(run, storage).compare(other, min_infl=min_infl, min_mem=min_mem, storage=storage)
 
 
-def marginal(run: str, models_per_arm: int, *, storage: str | None = None, name: str | None = None,
-             selection: PairSelection | None = None, method: str | None = None, seed: int | None = None,
-             settings: list[str] | None = None, options: DriverOptions | None = None) -> dict:
-    """:meth:`Run.marginal` of ``run``."""
-    return Run(run, storage).marginal(models_per_arm, name=name, selection=selection, method=method, seed=seed,
-                                      settings=settings, options=options)
+def marginal(run: str, models_per_arm: int, *, storage: str | None = None, **choices) -> dict:
+    """:meth:`Run.marginal` of ``run``; ``choices`` are its keyword arguments (name, the pair selection, seed,
+    settings, options, delta)."""
+    return Run(run, storage).marginal(models_per_arm, **choices)
 
 
 def marginal_report(run: str, *, storage: str | None = None, delta: float = DELTA) -> dict:

@@ -18,7 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.models import ArgumentInfo, OptionInfo
 
 from raymem.errors import RaymemError
-from raymem.estimator import bounds, formulas, report
+from raymem.estimator import formulas, report
 
 APP_HELP = """Which training examples a network memorizes, and which test predictions each drives
 (Feldman & Zhang 2020), on Ray.
@@ -966,18 +966,10 @@ def marginal(
     set of the same size, K models each, and compare their test accuracy.
     """
     api = _api()
-    chosen = (min_infl, min_mem, fdr) != (None, None, None)
-    selection = api.PairSelection(formulas.PAPER_MIN_INFL if min_infl is None else min_infl,
-                                  formulas.PAPER_MIN_MEM if min_mem is None else min_mem, fdr) if chosen else None
-    bounds.check_delta(delta)  # before any training, not after it
     options = api.DriverOptions(address=address, data_dir=data_dir, num_cpus=num_cpus, num_gpus=num_gpus,
                                 progress=not (quiet or as_json))
-    result = api.marginal(run, trials, storage=storage, name=name, selection=selection, seed=seed,
-                          settings=settings, options=options)
-    if delta != report.DEFAULT_DELTA:  # the report at the asked confidence, from the marginal run's log
-        source = api.Run(run, storage)
-        location = source.marginal_location(name or source.info.name + "-marginal")
-        result = {**result, **api.marginal_report(location, delta=delta)}
+    result = api.marginal(run, trials, storage=storage, name=name, min_infl=min_infl, min_mem=min_mem, fdr=fdr,
+                          seed=seed, settings=settings, options=options, delta=delta)
     echo_json(result) if as_json else typer.echo(format_marginal(result))
     for k, why in sorted(result["failed"].items()):
         typer.echo(f"  trial {k} failed: {why}", err=True)

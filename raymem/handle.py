@@ -327,9 +327,10 @@ class Run:
             parent = os.path.dirname(os.path.normpath(self.location)) or "."
         return run_location(parent, validate_run_name(name))
 
-    def marginal(self, models_per_arm: int, *, name: str | None = None, selection: PairSelection | None = None,
-                 method: str | None = None, seed: int | None = None, settings: list[str] | None = None,
-                 options=None) -> dict:
+    def marginal(self, models_per_arm: int, *, name: str | None = None, min_infl: float | None = None,
+                 min_mem: float | None = None, fdr: float | None = None, method: str | None = None,
+                 seed: int | None = None, settings: list[str] | None = None, options=None,
+                 delta: float = DELTA) -> dict:
         """The marginal-utility experiment of this finished influence run (supplement, section C).
 
         Trains ``models_per_arm`` (K) models on each arm: the full training set S, S minus S_h (the training
@@ -339,11 +340,12 @@ class Run:
         log lacks (a larger K adds models).
 
         Args:
-            selection: the pairs (default: the paper's 0.15 / 0.25, or on resume the marginal run's own); with
-                ``fdr`` set, ``method`` is the bars the FDR selection uses.
+            min_infl, min_mem, fdr: the pair selection; each one not given is the marginal run's own on resume,
+                else the paper's 0.15 / 0.25 (and no FDR); with ``fdr``, ``method`` is the bars it uses.
             seed: the marginal run's seed (training seeds, the random control); default this run's.
             settings: ``--set`` items for resource keys (where trials run; the recipe stays this run's).
             options: a :class:`raymem.driver.run.DriverOptions` (cluster, data dir, progress).
+            delta: the report's intervals hold with probability 1 - delta.
 
         Returns:
             :meth:`marginal_report` of the marginal run plus ``trained_now``, ``failed`` and ``created``.
@@ -352,13 +354,13 @@ class Run:
         from raymem.driver.run import DriverOptions, run_experiment
 
         options = options or DriverOptions()
-        chosen = {} if selection is None else {"min_infl": selection.min_infl, "min_mem": selection.min_mem,
-                                               "fdr": selection.fdr}
+        marginal_run.check_models_per_arm(models_per_arm)
+        delta = bounds.check_delta(delta)  # before any training, not after it
         source = self.info
         marginal_run.check_source(source, self.uri)
         mname = validate_run_name(name or source.name + MARGINAL_SUFFIX)
-        request = marginal_run.MarginalRequest(mname, models_per_arm, method=method, seed=seed,
-                                               settings=tuple(settings or ()), data_dir=options.data_dir, **chosen)
+        request = marginal_run.MarginalRequest(mname, models_per_arm, min_infl, min_mem, fdr, method, seed,
+                                               tuple(settings or ()), options.data_dir)
         location = self.marginal_location(mname)  # keeps a URI's query (store.uri is for messages)
         prepared = marginal_run.prepare(self.store, RunStore.open(location), request)
         trained, failed = [], {}
@@ -367,7 +369,7 @@ class Run:
                 connection.keep_on_loopback()
             result = run_experiment(prepared.config, name=prepared.info.name, run_uri=location, options=options)
             trained, failed = sorted(result.trained_now), dict(result.failed)
-        return {**Run(location).marginal_report(), "trained_now": trained, "failed": failed,
+        return {**Run(location).marginal_report(delta=delta), "trained_now": trained, "failed": failed,
                 "created": prepared.created}
 
     def marginal_report(self, *, delta: float = DELTA) -> dict:
