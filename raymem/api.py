@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymem.cluster import connection
-from raymem.config.experiment import ExperimentConfig, parse_settings, presets_table, resolve_config
+from raymem.config.experiment import ExperimentConfig, config_keys, parse_settings, presets_table, resolve_config
 from raymem.driver.run import DriverOptions
 from raymem.errors import RaymemError
 from raymem.estimator import formulas, report
@@ -32,7 +32,7 @@ from raymem.store.trial_record import TrialRecord
 
 __all__ = [
     "Run", "DriverOptions", "PairSelection", "RaymemError",
-    "run", "plan", "load_config", "presets", "ingest", "ingest_files", "ingest_from", "features",
+    "run", "plan", "load_config", "presets", "config_keys", "ingest", "ingest_files", "ingest_from", "features",
     "estimates", "pairs", "influence", "status", "trials", "figures", "export", "compare", "compare_many",
     "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage",
 ]

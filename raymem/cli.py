@@ -633,27 +633,43 @@ PRESET_COLUMNS = {"preset": "preset", "model": "model", "epochs": "epochs", "per
                   "GPU-h for 2,000 trials": "GPU-h, 2000 trials"}
 
 
+KEY_COLUMNS = {"key": "key", "type": "type", "default": "default", "resumable": "on resume"}
+
+
+def _key_row(key: dict) -> dict:
+    """A config key as a row of the keys table (``config_keys()`` has more fields; --json of --keys shows these)."""
+    default = "(required)" if key["required"] else json.dumps(key["default"])
+    return {"key": key["key"], "type": key["type"], "default": default,
+            "resumable": "may change" if key["resumable"] else "fixed", "description": key["description"]}
+
+
+def _echo_markdown(rows: list[dict]) -> None:
+    header = list(rows[0])
+    typer.echo("| " + " | ".join(header) + " |")
+    typer.echo("|" + "---|" * len(header))
+    for row in rows:
+        typer.echo("| " + " | ".join(" ".join(str(row[key]).split()).replace("|", "\\|") for key in header) + " |")
+
+
 @command()
 def presets(
     markdown: bool = typer.Option(False, "--markdown", help="Print every column as a Markdown table (as in the "
                                                             "README)."),
     as_json: bool = typer.Option(False, "--json", help="Print every column as JSON."),
+    keys: bool = typer.Option(False, "--keys", help="List the config keys instead: type, default, whether a "
+                                                    "resumed run may change it, and what it means."),
 ):
     """The presets: data, model, recipe, resources, GPU-hours.
 
     The table shows the main columns; --markdown and --json hold every column (recipe, schedule, augmentation,
-    the paper's seconds per epoch).
+    the paper's seconds per epoch). With --keys, the keys a config file, --set or a flag may give.
     """
-    rows = _api().presets()
+    rows = [_key_row(k) for k in _api().config_keys()] if keys else _api().presets()
     if as_json:
         echo_json(rows)
         return
-    if markdown:
-        header = list(rows[0])
-        typer.echo("| " + " | ".join(header) + " |")
-        typer.echo("|" + "---|" * len(header))
-        for row in rows:
-            typer.echo("| " + " | ".join(str(row[key]) for key in header) + " |")
+    if markdown or keys:
+        _echo_markdown(rows) if markdown else typer.echo(format_table(rows, KEY_COLUMNS))
         return
     shown = {key: heading for key, heading in PRESET_COLUMNS.items() if key in rows[0]}
     typer.echo(format_table(rows, shown or None))

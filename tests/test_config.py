@@ -300,3 +300,6 @@ def test_readme_presets_table_is_the_generated_one():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     result = CliRunner().invoke(app, ["presets", "--markdown"])
     assert result.output.strip() in readme, "regenerate the README table with `raymem presets --markdown`"
+    keys = CliRunner().invoke(app, ["presets", "--keys", "--markdown"])
+    assert keys.exit_code == 0 and keys.output.count("\n") == len(config_keys()) + 2
+    assert keys.output.strip() in readme, "regenerate the README key table with `raymem presets --keys --markdown`"
