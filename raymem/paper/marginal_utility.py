@@ -122,7 +122,7 @@ def read_sets(store: RunStore, info: RunInfo) -> dict[str, np.ndarray]:
     if not store.exists(SETS_FILE):
         raise fail("missing")
     try:
-        table = pq.read_table(pa.BufferReader(store.read_bytes(SETS_FILE)))
+        table = store.read_parquet(SETS_FILE)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise fail(f"unreadable Parquet: {exc}") from exc
     if not table.schema.equals(SETS_SCHEMA, check_metadata=False) or table.column("index").null_count:

@@ -200,7 +200,7 @@ def read_labels(store: RunStore) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
         return RaymemError(f"{where} is invalid ({problem}); delete it and write the run's labels again.")
 
     try:
-        table = pq.read_table(pa.BufferReader(store.read_bytes(LABELS_FILE)))
+        table = store.read_parquet(LABELS_FILE)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise fail(f"unreadable Parquet: {exc}") from exc
     if not table.schema.equals(LABELS_SCHEMA, check_metadata=False):

@@ -17,7 +17,9 @@ import re
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from raymem.errors import RaymemError
 
@@ -93,6 +95,23 @@ class RunStore:
                 return stream.read()
         except FileNotFoundError as exc:
             raise RaymemError(f"{self.location(relpath)} does not exist; check the run directory.") from exc
+
+    def read_parquet(self, relpath: str, *, columns: list[str] | None = None,
+                     verify_pages: bool = False) -> pa.Table:
+        """Return the Parquet table at ``relpath``, read on the calling thread from Arrow-owned memory.
+
+        Why not ``pq.read_table(pa.BufferReader(bytes))``: Arrow's pool threads then hold a reference to a Python
+        buffer and may release it while the interpreter finalizes, which aborts the process after its work is done
+        (exit 134, apache/arrow#49942). Reading an Arrow buffer with ``use_threads=False`` leaves no such thread.
+        Arrow errors propagate for the caller to name the file; a missing file is a RaymemError naming it.
+        """
+        try:
+            with self.filesystem.open_input_stream(self.path(relpath)) as stream:
+                buffer = stream.read_buffer()
+        except FileNotFoundError as exc:
+            raise RaymemError(f"{self.location(relpath)} does not exist; check the run directory.") from exc
+        return pq.read_table(pa.BufferReader(buffer), columns=columns, use_threads=False, pre_buffer=False,
+                             page_checksum_verification=verify_pages)
 
     def write_bytes_atomic(self, relpath: str, data: bytes) -> None:
         """Write ``data`` to ``relpath`` atomically: a temporary file in the same directory, then a move.

@@ -122,12 +122,8 @@ def _corrupt(store: RunStore, relpath: str, trial_id: int, problem: str) -> Raym
     )
 
 
-def _decode(data: bytes, trial_id: int, info: RunInfo) -> TrialRecord:
-    """Return the record in a trial file's bytes; ValueError describing the first problem found."""
-    try:
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
-    except (pa.ArrowException, OSError, ValueError, MemoryError, OverflowError) as exc:
-        raise ValueError(f"unreadable Parquet: {exc}") from exc
+def _decode(table: pa.Table, trial_id: int, info: RunInfo) -> TrialRecord:
+    """Return the record in a trial file's table; ValueError describing the first problem found."""
     if not table.schema.equals(TRIAL_SCHEMA, check_metadata=False):
         raise ValueError(f"columns {table.schema.names} do not match the trial log format")
     if table.num_rows != 1:
@@ -192,9 +188,12 @@ def read_trial(store: RunStore, trial_id: int, info: RunInfo | None = None) -> T
     """
     info = read_run_info(store) if info is None else info
     relpath = trial_path(trial_id)
-    data = store.read_bytes(relpath)
     try:
-        return _decode(data, int(trial_id), info)
+        table = store.read_parquet(relpath, verify_pages=True)
+    except (pa.ArrowException, OSError, ValueError, MemoryError, OverflowError) as exc:
+        raise _corrupt(store, relpath, trial_id, f"unreadable Parquet: {exc}") from exc
+    try:
+        return _decode(table, int(trial_id), info)
     except ValueError as exc:
         raise _corrupt(store, relpath, trial_id, str(exc)) from exc
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raymem.errors import RaymemError
 from raymem.store.storage import RunStore
@@ -56,7 +55,7 @@ def trial_table(store: RunStore) -> pa.Table:
     for k in trial_ids(store):
         relpath = trial_path(k)
         try:
-            table = pq.read_table(store.path(relpath), filesystem=store.filesystem, columns=["metadata"])
+            table = store.read_parquet(relpath, columns=["metadata"])
             metadata = json.loads(table.column("metadata")[0].as_py())
         except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
             raise RaymemError(f"{store.location(relpath)} cannot be read ({type(exc).__name__}); delete it so that "
