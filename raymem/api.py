@@ -81,7 +81,7 @@ def plan(experiment: str | ExperimentConfig, overrides: dict | None = None, sett
     from raymem.driver.run import plan as make_plan
 
     config = load_config(experiment, overrides, settings)
-    return {**make_plan(config), "run_dir": _new_run_dir(name or config.preset, storage)}
+    return {**make_plan(config), "run_dir": _new_run_dir(config.preset if name is None else name, storage)}
 
 
 def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, settings: list[str] | None = None,
@@ -111,7 +111,7 @@ def run(experiment: str | ExperimentConfig, *, overrides: dict | None = None, se
     options = options or DriverOptions()
     config = load_config(experiment, overrides, settings)
     StatusQuestions(until_halfwidth=options.until_halfwidth, until_jaccard=options.until_jaccard)  # checks them
-    name = name or config.preset
+    name = config.preset if name is None else name  # "" is a bad name to refuse, not "no name"
     uri = _new_run_dir(name, storage)  # a bad name is refused here, before anything starts
     if detach:
         return _submit_detached(config, name, storage, options)
@@ -215,7 +215,7 @@ def ingest(
         raise RaymemError(f"{store.uri} already holds a run; pick a new directory for the ingested results.")
     sizes = masks.sum(axis=1)
     info = new_run_info(
-        name=name or Path(run_dir.rstrip("/")).name or "ingested",
+        name=(Path(run_dir.rstrip("/")).name or "ingested") if name is None else name,
         n_train=n,
         n_test=int(test_correct.shape[1]),
         subset_size=int(round(float(sizes.mean()))),

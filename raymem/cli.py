@@ -24,7 +24,8 @@ APP_HELP = """Which training examples a network memorizes, and which test predic
 (Feldman & Zhang 2020), on Ray.
 
 Every command that takes --json prints exactly one JSON document on stdout: an object, or an array of row
-objects for a table (`raymem trials --json`); messages go to stderr. --out writes a table as Parquet.
+objects for a table (`raymem trials --json`); messages go to stderr. --out writes a table as Parquet or CSV,
+as its extension says.
 """
 
 #: The main help's command sections, in the order a new user meets them.
@@ -268,10 +269,16 @@ def format_table(data, columns: dict[str, str] | None = None, *, limit: int | No
     return "\n".join(line for line in lines if line or header)
 
 
-def _check_outputs(**paths: Optional[str]) -> None:
-    """Check every output path (keyword = flag name) before any work, so a bad one writes nothing."""
+def _check_outputs(table: Optional[str] = None, **paths: Optional[str]) -> None:
+    """Check every output path before any work, so a bad one writes nothing.
+
+    ``table`` is the --out of a table (its extension chooses Parquet or CSV); other keywords are flag names.
+    """
+    from raymem.paper.plots import check_table_path
     from raymem.store.safe_files import check_output_path
 
+    if table:
+        check_table_path(table, "--out")
     for flag, path in paths.items():
         if path:
             check_output_path(path, f"--{flag}")
@@ -569,7 +576,7 @@ TRIAL_COLUMNS = {"trial_id": "trial", "attempt": "attempt", "host": "host", "tra
 def trials(
     run: str = RunArg,
     as_json: bool = typer.Option(False, "--json", help="Print every column of every trial as JSON."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the table (every column) as Parquet here."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table (every column) here: .parquet or .csv."),
     storage: Optional[str] = StorageOpt,
 ):
     """Each trial: attempt, host, seconds, resumed epoch, accuracy.
@@ -579,10 +586,10 @@ def trials(
     """
     from raymem.paper import plots
 
-    _check_outputs(out=out)
+    _check_outputs(table=out)
     table = _api().trials(run, storage=storage)
     if out:
-        plots.write_parquet(table, out)
+        plots.write_table(table, out)
         typer.echo(f"wrote {table.num_rows} rows to {out}", err=as_json)
     if as_json:
         echo_json(table.to_pylist())
@@ -691,7 +698,7 @@ ESTIMATES_EXAMPLES = """Examples:
 @user_errors
 def estimates(
     run: str = RunArg,
-    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table here: .parquet or .csv."),
     figure: Optional[str] = typer.Option(None, "--figure", help="Write a PNG histogram of the estimates here."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
@@ -702,11 +709,11 @@ def estimates(
     """Memorization of every training example, with its error bars."""
     from raymem.paper import plots
 
-    _check_outputs(out=out, figure=figure)
+    _check_outputs(table=out, figure=figure)
     table = _api().estimates(run, storage=storage, address=address, delta=delta, simultaneous=simultaneous,
                              method=method)
     if out:
-        plots.write_parquet(table, out)
+        plots.write_table(table, out)
         typer.echo(f"wrote {table.num_rows} rows to {out}")
     if figure:
         plots.mem_figure(table, figure, title=f"memorization: {run}")
@@ -737,7 +744,7 @@ def pairs(
                                    help="Keep pairs with influence at least this."),
     min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem",
                                   help="Keep training examples with memorization at least this."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the pairs as Parquet here."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the pairs here: .parquet or .csv."),
     npz: Optional[str] = typer.Option(None, "--npz", help="Also write them in the paper's released layout "
                                                          "(tr_idx, tt_idx, infl, mem)."),
     fdr: Optional[float] = typer.Option(None, "--fdr", help="Select pairs with infl > --min-infl at this false "
@@ -756,11 +763,11 @@ def pairs(
     """
     from raymem.paper import plots
 
-    _check_outputs(out=out, npz=npz)
+    _check_outputs(table=out, npz=npz)
     table = _api().pairs(run, storage=storage, address=address, min_infl=min_infl, min_mem=min_mem,
                          delta=delta, simultaneous=simultaneous, method=method, fdr=fdr)
     if out:
-        plots.write_parquet(table, out)
+        plots.write_table(table, out)
         typer.echo(f"wrote {table.num_rows} pairs to {out}")
     if npz:
         from raymem.paper.compare import export_pairs_npz
@@ -784,7 +791,7 @@ def influence(
     run: str = RunArg,
     test_index: int = typer.Option(..., "--test-index", help="Test example to explain."),
     top: int = typer.Option(10, "--top", help="How many influencers to list."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the table as Parquet here."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table here: .parquet or .csv."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
     method: str = MethodOpt,
@@ -794,11 +801,11 @@ def influence(
     """The training examples that most influence one test example."""
     from raymem.paper import plots
 
-    _check_outputs(out=out)
+    _check_outputs(table=out)
     table = _api().influence(run, test_index, storage=storage, address=address, top=top, delta=delta,
                              simultaneous=simultaneous, method=method)
     if out:
-        plots.write_parquet(table, out)
+        plots.write_table(table, out)
     typer.echo(format_table(table, limit=top))
 
 
@@ -813,7 +820,8 @@ def compare(
                                                  "first)."),
     min_infl: float = typer.Option(formulas.PAPER_MIN_INFL, "--min-infl"),
     min_mem: float = typer.Option(formulas.PAPER_MIN_MEM, "--min-mem"),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the consistency table as Parquet here (run vs run)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the consistency table here (run vs run): .parquet "
+                                                          "or .csv."),
     figure: Optional[str] = typer.Option(None, "--figure",
                                          help="Write the consistency curves as a PNG (runs vs the reference)."),
     storage: Optional[str] = StorageOpt,
@@ -825,7 +833,7 @@ def compare(
     """
     from raymem.paper import plots
 
-    _check_outputs(out=out, figure=figure)
+    _check_outputs(table=out, figure=figure)
     api = _api()
     if len(others) == 1 and reference is None:
         result = api.compare(run, others[0], storage=storage, min_infl=min_infl, min_mem=min_mem)
@@ -833,7 +841,7 @@ def compare(
             echo_json(result)
             return
         if out:
-            plots.write_parquet(result, out)
+            plots.write_table(result, out)
         if figure:
             plots.consistency_figure(result, figure, title=f"{run} vs {others[0]}")
         typer.echo(format_table(result, limit=40))
@@ -845,7 +853,7 @@ def compare(
     ref, curves, legend = api.compare_many([run, *others], reference=reference, storage=storage, min_mem=min_mem)
     table = pa.concat_tables([t.append_column("run", pa.array([name] * t.num_rows)) for name, t in curves.items()])
     if out:
-        plots.write_parquet(table, out)
+        plots.write_table(table, out)
     if figure:
         paper_figures.comparison_figure(ref, curves, figure, legend=legend)
         typer.echo(f"wrote {figure}")

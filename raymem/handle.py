@@ -358,7 +358,7 @@ class Run:
         delta = bounds.check_delta(delta)  # before any training, not after it
         source = self.info
         marginal_run.check_source(source, self.uri)
-        mname = validate_run_name(name or source.name + MARGINAL_SUFFIX)
+        mname = validate_run_name(source.name + MARGINAL_SUFFIX if name is None else name)
         request = marginal_run.MarginalRequest(mname, models_per_arm, min_infl, min_mem, fdr, method, seed,
                                                tuple(settings or ()), options.data_dir)
         location = self.marginal_location(mname)  # keeps a URI's query (store.uri is for messages)

@@ -129,6 +129,22 @@ def test_estimates_out_writes_the_library_table(run_dir, tmp_path, direct):
     assert "top memorized" in result.stdout
 
 
+@pytest.mark.parametrize("command", [["estimates"], ["pairs", *LOOSE_PAIRS], ["influence", "--test-index", "6"]])
+def test_an_out_ending_in_csv_is_written_as_csv_with_the_parquet_values(run_dir, tmp_path, command):
+    written = {}
+    for ext in ("parquet", "csv"):
+        out = tmp_path / f"table.{ext}"
+        result = invoke(command[0], str(run_dir), *command[1:], "--out", str(out))
+        assert result.exit_code == 0, result.output
+        written[ext] = out
+    assert not written["csv"].read_bytes().startswith(b"PAR1")
+    parquet, csv = pl.read_parquet(written["parquet"]), pl.read_csv(written["csv"])
+    assert csv.columns == parquet.columns and csv.height == parquet.height > 0
+    for name in parquet.columns:
+        np.testing.assert_allclose(csv[name].cast(pl.Float64).to_numpy(), parquet[name].cast(pl.Float64).to_numpy(),
+                                   rtol=1e-12, err_msg=name)
+
+
 def test_estimates_figure_is_a_png(run_dir, tmp_path):
     figure = tmp_path / "mem.png"
     result = invoke("estimates", str(run_dir), "--figure", str(figure))
@@ -307,6 +323,12 @@ BAD_READS = {
     "figure folder missing": (["estimates", "{run}", "--out", "{out}", "--figure", "{missing}"],
                               ["--figure", "{missing}"]),
     "out is a folder": (["estimates", "{run}", "--out", "{folder}"], ["--out", "{folder}"]),
+    "estimates out not a table format": (["estimates", "{run}", "--out", "{txt}"], ["--out", "{txt}", ".csv"]),
+    "pairs out not a table format": (["pairs", "{run}", "--out", "{txt}"], ["--out", "{txt}", ".parquet"]),
+    "influence out without extension": (["influence", "{run}", "--test-index", "0", "--out", "{bare}"],
+                                        ["--out", "{bare}"]),
+    "trials out not a table format": (["trials", "{run}", "--out", "{txt}"], ["--out", "{txt}"]),
+    "compare out not a table format": (["compare", "{run}", "{run}", "--out", "{txt}"], ["--out", "{txt}"]),
     "run missing": (["estimates", "{nothing}", "--out", "{out}"], ["{nothing}", "run.json"]),
     "not a run": (["status", "{folder}"], ["{folder}"]),
     "target half-width nan": (["status", "{run}", "--target-halfwidth", "nan"], ["--target-halfwidth"]),
@@ -328,7 +350,8 @@ def test_bad_read_arguments_exit_2_and_write_nothing(run_dir, tmp_path, case):
     args, names = BAD_READS[case]
     (tmp_path / "folder").mkdir()
     where = {"run": run_dir, "out": tmp_path / "out.parquet", "missing": tmp_path / "no" / "x.parquet",
-             "folder": tmp_path / "folder", "nothing": tmp_path / "nothing"}
+             "folder": tmp_path / "folder", "nothing": tmp_path / "nothing", "txt": tmp_path / "x.txt",
+             "bare": tmp_path / "table"}
     fill = lambda s: s.format(**where)  # noqa: E731
     before = snapshot(tmp_path)
     result = invoke(*map(fill, args))

@@ -193,6 +193,8 @@ RAW_INVALID_FILES = {
     "broken_yaml": ("cluster_name: raymem\nprovider: {type: aws\n", "not valid YAML"),
     "top_level_list": ("- cluster_name: raymem\n", "mapping"),
     "empty_file": ("", "mapping"),
+    "duplicated_key": ("cluster_name: raymem\nmax_workers: 2\nmax_workers: 200\n",
+                       r"line 3, column 1 \(found the key 'max_workers' twice\)"),
 }
 
 

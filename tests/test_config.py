@@ -215,12 +215,50 @@ def test_file_then_flags_override_the_preset(tmp_path):
     ("schedule_params: {warmup_epochs: 3}\n", "warmup_epochs is not a parameter of schedule 'warmup_linear_decay'"),
     ("schedule_params: {warmup_fraction: abc}\n", "warmup_fraction='abc' must be a number"),
     ("augment_pad: -1\n", "recipe.augment_pad=-1"),
+    # a key given twice: the last one would silently win
+    ("trials: 20\nepochs: 3\ntrials: 2000\n", r"line 3, column 1 \(found the key 'trials' twice\)"),
+    ("recipe:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n", "found the key 'epochs' twice"),
+    # strict types: no bool or float read as a whole number, no number read from a string
+    ("trials: true\n", "trials=True .*valid integer"),
+    ("epochs: 2.5\n", "recipe.epochs=2.5 .*valid integer"),
+    ("epochs: 3.0\n", "recipe.epochs=3.0 .*valid integer"),
+    ('trials: "20"\n', "trials='20' .*valid integer"),
+    ("augment_flip: 1\n", "recipe.augment_flip=1 .*valid boolean"),
+    ("momentum: false\n", "recipe.momentum=False .*valid number"),
+    # sane upper bounds on counts
+    ("trials: 100000000000000000000\n", "trials=100000000000000000000 .*less than or equal to 16777216"),
+    ("seed: 18446744073709551616\n", "seed=.* .*less than 9223372036854775808"),
+    ("cpus_per_trial: 0\n", "resources.cpus_per_trial=0 .*greater than 0"),
+    ("max_attempts: 1000000\n", "resources.max_attempts=1000000 .*less than or equal to 100"),
 ])
 def test_bad_config_files_are_named(tmp_path, text, match):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(RaymemError, match=match):
         resolve_config(str(path))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("trials = 20\ntrials = 2000\n", "not valid TOML .*line 2"),
+    ("[recipe]\nepochs = 3\nepochs = 4\n", "not valid TOML"),
+    ("trials = true\n", "trials=True .*valid integer"),
+    ("[recipe]\nepochs = 2.0\n", "recipe.epochs=2.0 .*valid integer"),
+])
+def test_bad_toml_files_are_named(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(RaymemError, match=match):
+        resolve_config(str(path))
+
+
+def test_typed_values_that_mean_what_they_say_are_kept(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("trials: 7\nbase_lr: 1\nxla: on\nmixed_precision: off\ngpus_per_trial: 1\n")
+    config = resolve_config(str(path))
+    assert config.trials == 7 and config.recipe.base_lr == 1.0 and isinstance(config.recipe.base_lr, float)
+    assert (config.recipe.xla, config.recipe.mixed_precision) == ("on", "off")  # YAML 1.1 reads on/off as booleans
+    assert config.resources.gpus_per_trial == 1.0
+    assert resolve_config("digits", {"trials": 16_777_216}).trials == 16_777_216
 
 
 def test_unknown_experiment_and_missing_file():
@@ -268,6 +306,11 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     (["--set", "nope=1"], "unknown config key 'nope'"),
     (["--set", "epochs"], "is not KEY=VALUE"),
     (["--name", "../escape"], "not a valid run name"),
+    (["--name", ""], "'' is not a valid run name"),
+    (["--cpus-per-trial", "0"], "resources.cpus_per_trial=0.0"),
+    (["--set", "trials=true"], "trials=True"),
+    (["--set", "epochs=2.5"], "recipe.epochs=2.5"),
+    (["--trials", "100000000000000000000"], "trials=100000000000000000000"),
     (["--until-halfwidth", "-1"], "--until-halfwidth"),
     (["--until-jaccard", "nan"], "--until-jaccard"),
 ])

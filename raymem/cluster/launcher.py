@@ -42,6 +42,7 @@ from raymem.cluster.connection import (
     SINGLE_MACHINE_ENV,
     auth_token_path,
 )
+from raymem.config.yaml_reader import describe_yaml_error, load_yaml
 from raymem.errors import RaymemError
 
 # Custom resource cluster.yaml gives spot workers: avoid (or prefer) them with it. (The
@@ -123,15 +124,10 @@ def _read_yaml_mapping(path: Path) -> dict:
             "Ray cluster YAML file such as the repository's cluster.yaml."
         )
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        where = ""
-        mark = getattr(error, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise RaymemError(
-            f"Cluster config {path} is not valid YAML{where} ({problem}); fix the syntax."
+            f"Cluster config {path} is not valid YAML {describe_yaml_error(error)}; fix the syntax."
         ) from None
     except UnicodeDecodeError:
         raise RaymemError(

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raymem.errors import RaymemError
 from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
 from raymem.config.catalog import MODEL_NAMES, SCHEDULE_OPTIONS
+from raymem.config.yaml_reader import describe_yaml_error, load_yaml
 from raymem.data.datasets import DATASET_NAMES, NPZ_PREFIX, PARQUET_PREFIX, TFDS_STREAMING_NAMES
 
 #: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
@@ -55,16 +56,30 @@ def _one_of(value: str, choices, what: str) -> str:
     return value
 
 
-class _Section(BaseModel):
-    """A frozen config part: unknown keys are refused, values are checked on construction."""
+#: The most trials one run may plan: the pair matrix counts in float32, which counts every whole number exactly only
+#: up to 2**24, and a count that stops growing would bias every influence estimate without an error.
+MAX_TRIALS = 2**24
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class _Section(BaseModel):
+    """A frozen config part: unknown keys are refused, values are checked on construction.
+
+    Strict types: YAML and TOML give each value its type, and a value of the wrong one is a mistake to name, not to
+    convert (``trials: true`` is not 1 trial, ``epochs: 2.5`` not 2); an int is still a valid float.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+def _switch_from_bool(value):
+    """YAML 1.1 reads an unquoted ``on``/``off`` as true/false: take those as the switch values they were written as."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class Recipe(_Section):
     """How one model trains (supplement, section B)."""
 
-    epochs: int = Field(gt=0, description="Training epochs of one trial.")
+    epochs: int = Field(gt=0, le=100_000, description="Training epochs of one trial.")
     batch_size: int = Field(gt=0, description="Examples per SGD step.")
     base_lr: float = Field(gt=0, allow_inf_nan=False, description="Peak learning rate of the schedule.")
     schedule: str = Field(description=f"Learning-rate schedule: {', '.join(SCHEDULE_OPTIONS)}.")
@@ -82,6 +97,8 @@ class Recipe(_Section):
                                                 "sees a GPU.")
     xla: Switch = Field(default="auto", json_schema_extra=RESUMABLE,
                         description="XLA compilation: auto, on or off; auto is on when the trial sees a GPU.")
+
+    _switches_from_bools = field_validator("mixed_precision", "xla", mode="before")(_switch_from_bool)
 
     @field_validator("schedule")
     @classmethod
@@ -109,15 +126,15 @@ class Recipe(_Section):
 class Resources(_Section):
     """What one trial asks Ray for, and how many times it is tried."""
 
-    cpus_per_trial: float = Field(default=1.0, ge=0, allow_inf_nan=False, json_schema_extra=RESUMABLE,
+    cpus_per_trial: float = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False, json_schema_extra=RESUMABLE,
                                   description="CPUs one trial asks Ray for.")
-    gpus_per_trial: float = Field(default=0.0, ge=0, allow_inf_nan=False, json_schema_extra=RESUMABLE,
+    gpus_per_trial: float = Field(default=0.0, ge=0, le=64, allow_inf_nan=False, json_schema_extra=RESUMABLE,
                                   description="GPUs one trial asks Ray for: below 1 shares a GPU, above 1 takes that "
                                               "many GPUs of one node (a whole number).")
-    nodes_per_trial: int = Field(default=1, gt=0, json_schema_extra=RESUMABLE,
+    nodes_per_trial: int = Field(default=1, gt=0, le=4096, json_schema_extra=RESUMABLE,
                                  description="Nodes of one trial; above 1 a multi-worker Ray Train group "
                                              "(tf-keras path).")
-    max_attempts: int = Field(default=3, gt=0, json_schema_extra=RESUMABLE,
+    max_attempts: int = Field(default=3, gt=0, le=100, json_schema_extra=RESUMABLE,
                               description="Tries per trial before it is reported failed.")
     checkpoint_every: int | None = Field(default=None, gt=0, json_schema_extra=RESUMABLE,
                                          description="Save a trial's state every N epochs (null: off).")
@@ -157,7 +174,7 @@ class EstimatorSettings(_Section):
     track_pairs: bool = Field(default=True, description="Keep the n_train x n_test pair matrix (influence).")
     pair_batch: int = Field(default=64, gt=0, json_schema_extra=RESUMABLE,
                             description="Trials buffered per pair-matrix update.")
-    pair_shards: int = Field(default=1, gt=0, json_schema_extra=RESUMABLE,
+    pair_shards: int = Field(default=1, gt=0, le=4096, json_schema_extra=RESUMABLE,
                              description="Split the pair matrix by training rows over this many actors.")
     influence_scope: Literal["full", "class"] = Field(
         default="full", json_schema_extra=RESUMABLE,
@@ -181,11 +198,11 @@ class ExperimentConfig(_Section):
     dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz or "
                                      f"{PARQUET_PREFIX}DIR.")
     model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}.")
-    trials: int = Field(gt=0, json_schema_extra=RESUMABLE,
+    trials: int = Field(gt=0, le=MAX_TRIALS, json_schema_extra=RESUMABLE,
                         description="Trials planned for the run: models trained on random subsets.")
     subset_ratio: float = Field(default=PAPER_SUBSET_RATIO, gt=0, lt=1,
                                 description="m / n: the fraction of the training set in each trial's subset.")
-    seed: int = Field(default=0, ge=0, description="Run seed; trial k's subset is drawn from (seed, k).")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Run seed; trial k's subset is drawn from (seed, k).")
     flip_labels: float = Field(default=0.0, ge=0, lt=1, description="Fraction of training labels flipped as canaries.")
     recipe: Recipe = Field(description=Recipe.__doc__)
     resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
@@ -333,11 +350,12 @@ def read_config_file(path: str | Path) -> dict:
                           "or a .yaml/.toml file.")
     text = path.read_text()
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        reason = " ".join(str(exc).split())
-        kind = "TOML" if path.suffix == ".toml" else "YAML"
-        raise RaymemError(f"experiment file {path} is not valid {kind} ({reason}); fix its syntax.") from None
+        data = tomllib.loads(text) if path.suffix == ".toml" else load_yaml(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RaymemError(f"experiment file {path} is not valid TOML ({exc}); fix its syntax.") from None
+    except yaml.YAMLError as exc:
+        raise RaymemError(f"experiment file {path} is not valid YAML {describe_yaml_error(exc)}; "
+                          "fix its syntax.") from None
     if not isinstance(data, dict):
         raise RaymemError(f"experiment file {path} must hold a mapping of config keys; "
                           "see the README's config section.")
@@ -352,7 +370,7 @@ def parse_settings(settings: list[str] | None) -> dict:
         if not sep or not key.strip():
             raise RaymemError(f"--set {item!r} is not KEY=VALUE; write e.g. --set recipe.epochs=80.")
         try:
-            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            overrides[key.strip()] = load_yaml(text) if text.strip() else None
         except yaml.YAMLError:
             overrides[key.strip()] = text
     return overrides

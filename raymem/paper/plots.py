@@ -1,4 +1,4 @@
-"""Writing results: Parquet tables and PNG figures, each written atomically (``store.safe_files.write_atomic``)."""
+"""Writing results: tables (Parquet or CSV) and PNG figures, each written atomically (``safe_files.write_atomic``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,43 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymem.store.safe_files import write_atomic
+from raymem.errors import RaymemError
+from raymem.store.safe_files import check_output_path, write_atomic
+
+#: The table formats an output path may name, by its extension: the extension alone chooses the format, so a file
+#: is never one format under another's name.
+TABLE_FORMATS = (".parquet", ".csv")
 
 
 def write_parquet(table: pa.Table, out: str | Path, flag: str = "--out") -> str:
     """Write ``table`` to ``out`` as zstd Parquet, atomically; return ``out``."""
     return write_atomic(out, lambda buffer: pq.write_table(table, buffer, compression="zstd"), flag)
+
+
+def check_table_path(out: str | Path, flag: str = "--out") -> str:
+    """Return ``out`` when a table can be written there in the format its extension names (:data:`TABLE_FORMATS`).
+
+    Raises:
+        RaymemError: another extension, a folder, or a folder that does not exist.
+    """
+    text = check_output_path(out, flag)
+    if not text.lower().endswith(TABLE_FORMATS):
+        raise RaymemError(f"{flag} {text} names no table format; end it in .parquet (Parquet) or .csv (CSV).")
+    return text
+
+
+def write_table(table: pa.Table, out: str | Path, flag: str = "--out") -> str:
+    """Write ``table`` to ``out`` as Parquet or CSV, as its extension says, atomically; return ``out``."""
+    text = check_table_path(out, flag)
+    if text.lower().endswith(".parquet"):
+        return write_parquet(table, text, flag)
+    import pyarrow.csv as pacsv
+
+    nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+    if nested:
+        raise RaymemError(f"{flag} {text}: CSV cannot hold the list columns {', '.join(nested)}; "
+                          "write .parquet instead.")
+    return write_atomic(text, lambda buffer: pacsv.write_csv(table, buffer), flag)
 
 
 def mem_figure(table: pa.Table, out: str | Path, title: str = "") -> str:
