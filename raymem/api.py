@@ -33,7 +33,7 @@ from raymem.store.trial_record import TrialRecord
 __all__ = [
     "Run", "DriverOptions", "PairSelection", "RaymemError",
     "run", "plan", "load_config", "presets", "config_keys", "ingest", "ingest_files", "ingest_from", "features",
-    "estimates", "pairs", "influence", "status", "trials", "figures", "export", "compare", "compare_many",
+    "estimates", "pairs", "influence", "status", "trials", "verify", "figures", "export", "compare", "compare_many",
     "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage",
 ]
 
@@ -310,6 +310,11 @@ def status(run: str, *, storage: str | None = None, address: str | None = None, 
 def trials(run: str, *, storage: str | None = None) -> pa.Table:
     """:meth:`Run.trials` of ``run``."""
     return Run(run, storage).trials()
+
+
+def verify(run: str, *, storage: str | None = None, quarantine: bool = False):
+    """:meth:`Run.verify` of ``run``."""
+    return Run(run, storage).verify(quarantine=quarantine)
 
 
 def figures(run: str, out_dir: str, *, storage: str | None = None, klass: int | None = None,

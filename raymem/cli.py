@@ -30,7 +30,7 @@ as its extension says.
 
 #: The main help's command sections, in the order a new user meets them.
 COMMAND_SECTIONS = {
-    "Run and watch": ["run", "status", "trials", "logs", "stop", "presets"],
+    "Run and watch": ["run", "status", "trials", "verify", "logs", "stop", "presets"],
     "Read a run": ["estimates", "pairs", "influence", "compare"],
     "The paper's outputs": ["figures", "export", "marginal"],
     "Bring your own results": ["ingest", "features"],
@@ -595,6 +595,39 @@ def trials(
         echo_json(table.to_pylist())
     elif not out:
         typer.echo(format_table(table, TRIAL_COLUMNS, limit=50))
+
+
+@command()
+@user_errors
+def verify(
+    run: str = RunArg,
+    quarantine: bool = typer.Option(False, "--quarantine", help="Move the damaged trial files to RUN/quarantine/; "
+                                                                "the next `raymem run` trains those trials again."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    storage: Optional[str] = StorageOpt,
+):
+    """Check every file of a run; exit 1 listing the damaged ones.
+
+    Each trial file's checksum and columns, run.json and labels.parquet. With --quarantine the damaged trial files
+    are moved out of the log (exit 0 once moved), so that `raymem run` retrains exactly those trials.
+    """
+    report = _api().verify(run, storage=storage, quarantine=quarantine)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        for damage in report.damaged:
+            typer.echo(f"damaged: {damage.path}: {damage.problem}")
+        for moved in report.quarantined:
+            typer.echo(f"moved to {moved}")
+        line = f"{report.checked} files checked, {len(report.damaged)} damaged"
+        if report.quarantined:
+            line += f", {len(report.quarantined)} moved to quarantine; `raymem run` trains those trials again"
+        elif report.damaged and not quarantine:
+            line += f"; `raymem verify {run} --quarantine` sets the damaged trial files aside to be retrained"
+        typer.echo(line)
+    unmovable = [d for d in report.damaged if d.trial_id is None]
+    if unmovable or (report.damaged and not quarantine):
+        raise typer.Exit(1)
 
 
 @command()

@@ -392,6 +392,21 @@ class Run:
 
     # ---- the run's driver ----------------------------------------------------------------------
 
+    def verify(self, *, quarantine: bool = False):
+        """Check every file of the run (trial files' checksums and columns, run.json, labels.parquet).
+
+        Args:
+            quarantine: move the damaged trial files to ``RUN/quarantine/``, so that the next ``raymem run`` trains
+                exactly those trials again.
+
+        Returns:
+            A :class:`raymem.store.verify.VerifyReport`: files checked, the damaged ones, the ones moved.
+        """
+        from raymem.store import verify
+
+        report = verify.verify_run(self.store)
+        return verify.quarantine(self.store, report) if quarantine else report
+
     def logs(self, *, follow: bool = False):
         """The output of a detached run's job: a string, or with ``follow`` an iterator of chunks that ends with
         the job. RaymemError when the run has no job or its cluster does not answer."""

@@ -147,6 +147,15 @@ class RunStore:
         )
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith(TEMP_PREFIX))
 
+    def move(self, relpath: str, target: str) -> None:
+        """Move the file at ``relpath`` to ``target`` (both store-relative), creating ``target``'s folder.
+
+        Local files are renamed (atomic); on object stores the move is a copy then a delete, so a crash between the
+        two leaves the file at both places, never at neither.
+        """
+        self.filesystem.create_dir(posixpath.dirname(self.path(target)), recursive=True)
+        self.filesystem.move(self.path(relpath), self.path(target))
+
     def delete(self, relpath: str) -> None:
         """Delete the file at ``relpath``; a file that is already gone is not an error."""
         try:

@@ -114,12 +114,18 @@ def write_trial(store: RunStore, record: TrialRecord, info: RunInfo | None = Non
     return True
 
 
-def _corrupt(store: RunStore, relpath: str, trial_id: int, problem: str) -> RaymemError:
-    """Return the error for a trial file that cannot be used."""
-    return RaymemError(
-        f"{store.location(relpath)} is corrupt or does not belong to this run ({problem}); "
-        f"delete it so trial {trial_id} is re-run."
-    )
+class DamagedTrialFile(RaymemError):
+    """A trial file that cannot be used: unreadable, failing its checksum, or of another run.
+
+    Attributes:
+        relpath: the file's store-relative path; ``trial_id``: its trial; ``problem``: what is wrong with it.
+    """
+
+    def __init__(self, store: RunStore, relpath: str, trial_id: int, problem: str):
+        super().__init__(f"{store.location(relpath)} is corrupt or does not belong to this run ({problem}); set it "
+                         f"aside with `raymem verify {store.uri} --quarantine` (or delete it) so trial {trial_id} is "
+                         "re-run.")
+        self.relpath, self.trial_id, self.problem = relpath, int(trial_id), problem
 
 
 def _decode(table: pa.Table, trial_id: int, info: RunInfo) -> TrialRecord:
@@ -191,11 +197,11 @@ def read_trial(store: RunStore, trial_id: int, info: RunInfo | None = None) -> T
     try:
         table = store.read_parquet(relpath, verify_pages=True)
     except (pa.ArrowException, OSError, ValueError, MemoryError, OverflowError) as exc:
-        raise _corrupt(store, relpath, trial_id, f"unreadable Parquet: {exc}") from exc
+        raise DamagedTrialFile(store, relpath, trial_id, f"unreadable Parquet: {exc}") from exc
     try:
         return _decode(table, int(trial_id), info)
     except ValueError as exc:
-        raise _corrupt(store, relpath, trial_id, str(exc)) from exc
+        raise DamagedTrialFile(store, relpath, trial_id, str(exc)) from exc
 
 
 def trial_ids(store: RunStore) -> list[int]:
