@@ -180,7 +180,11 @@ class ExperimentConfig(_Section):
     preset: str = Field(description="Name of the preset the config starts from.")
     dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz or "
                                      f"{PARQUET_PREFIX}DIR.")
-    model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}.")
+    model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}, or your own as MODULE:FUNCTION or "
+                                   "FILE.py:FUNCTION (see the README's \"Your own data and model\").")
+    model_params: dict[str, Any] = Field(default_factory=dict,
+                                         description="Keyword arguments of your own model's function "
+                                                     "(model MODULE:FUNCTION); empty for the catalog's models.")
     trials: int = Field(gt=0, json_schema_extra=RESUMABLE,
                         description="Trials planned for the run: models trained on random subsets.")
     subset_ratio: float = Field(default=PAPER_SUBSET_RATIO, gt=0, lt=1,
@@ -203,7 +207,20 @@ class ExperimentConfig(_Section):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
+        if ":" in value:  # your own model by import path: imported and checked on the data before Ray starts
+            target, _, function = value.rpartition(":")
+            if target.strip() and function.isidentifier():
+                return value
+            raise ValueError("is neither a catalog model nor MODULE:FUNCTION / FILE.py:FUNCTION; write e.g. "
+                             "nets.py:tiny_cnn")
         return _one_of(value, MODEL_NAMES, "a model")
+
+    @model_validator(mode="after")
+    def _params_for_own_models(self) -> "ExperimentConfig":
+        if self.model_params and ":" not in self.model:
+            raise ValueError(f"model_params are keyword arguments of your own model's function, and model "
+                             f"{self.model!r} is a catalog model that takes none; drop model_params")
+        return self
 
     @model_validator(mode="after")
     def _pack_fits(self) -> "ExperimentConfig":
@@ -365,6 +382,8 @@ def _nest(values: dict, source: str) -> dict:
         section, _, sub = key.partition(".")
         if sub and section in SECTIONS and sub in SECTIONS[section].model_fields:
             nested.setdefault(section, {})[sub] = value
+        elif sub and section == "model_params":  # --set model_params.width=32: one argument of your own model
+            nested.setdefault(section, {})[sub] = value
         elif key in SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 if sub_key not in SECTIONS[key].model_fields:
@@ -387,7 +406,7 @@ def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            and key in SECTIONS else value
+            and key in (*SECTIONS, "model_params") else value
     return out
 
 

@@ -80,8 +80,35 @@ def plan(config: ExperimentConfig) -> dict:
     }
 
 
-def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> tuple:
-    """Create the run directory, or check that an existing one matches; return (info, run labels)."""
+def check_own_model(config: ExperimentConfig, data) -> dict:
+    """Import your own model (``model: FILE.py:FUNCTION``), build it once on ``data`` and check it, before Ray
+    starts; return what run.json records of it (``model_source``: name, params, file, sha256), {} for the catalog's.
+    """
+    from raymem.training import model_import
+
+    if not model_import.is_import_path(config.model):
+        return {}
+    source = model_import.check_model(config.model, config.model_params, data.input_shape, data.num_classes,
+                                      pack=config.resources.pack != 1)
+    return {**source, "params": config.model_params}
+
+
+def _check_model_source(info, model_source: dict, name: str) -> None:
+    """Refuse to resume a run whose own model's source changed (its trials would mix two models)."""
+    old = info.model_source.get("sha256")
+    if old and old != model_source.get("sha256"):
+        raise RaymemError(
+            f"run {name} was started with model {info.model_source.get('model')} of source sha256 {old[:12]} but "
+            f"{model_source.get('file') or 'its module'} now has sha256 {str(model_source.get('sha256'))[:12]}; "
+            "restore the module's source or start a new run with --name.")
+
+
+def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data, model_source: dict | None = None) -> tuple:
+    """Create the run directory, or check that an existing one matches; return (info, run labels).
+
+    ``model_source``: :func:`check_own_model`'s record of your own model, kept in run.json and checked on resume.
+    """
+    model_source = model_source or {}
     fingerprint = data.fingerprint()
     if store.exists("run.json"):
         info = read_run_info(store)
@@ -94,6 +121,7 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
                 "use the same data or a new --name."
             )
         compare_for_resume(info.config, config, name)
+        _check_model_source(info, model_source, name)
         if info.config != config.to_dict():  # a resumable key changed (more trials, other resources, scope, ...)
             info = dataclasses.replace(info, config=config.to_dict())
             write_run_info(store, info)
@@ -105,6 +133,7 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
         subset_size=config.subset_size(len(data.y_train)),
         seed=config.seed, config=config.to_dict(), fingerprint=fingerprint, source="runner",
     )
+    info = dataclasses.replace(info, model_source=dict(model_source))
     write_labels(store, labels, data.y_test, data.y_train)
     write_run_info(store, info)  # last: a run directory without run.json is not a run yet
     return info, labels
@@ -313,8 +342,9 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
     from raymem.data.label_cache import load_run_dataset, remember_source
 
     data = load_run_dataset(config.dataset, options.data_dir, store)  # a streamed set's labels from the run dir
+    model_source = check_own_model(config, data)
     check_checkpoint_location(config, store)
-    info, train_labels = prepare_run(config, store, name, data)
+    info, train_labels = prepare_run(config, store, name, data, model_source)
     remember_source(store, data)
     address, started_here = connection.connect_or_start(options.address, options.num_cpus, options.num_gpus)
     if started_here:
@@ -361,8 +391,17 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
 
 
 def _trial_resources(config: ExperimentConfig) -> dict:
-    """What one trial task asks Ray for (a pack asks for one trial's resources)."""
-    return dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
+    """What one trial task asks Ray for (a pack asks for one trial's resources), with your own model's module."""
+    options = dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
+    return {**options, **_own_model_env(config)}
+
+
+def _own_model_env(config: ExperimentConfig) -> dict:
+    """``{"runtime_env": ...}`` that brings your own model's module to every worker (on any node), or {}."""
+    from raymem.training import model_import
+
+    env = model_import.worker_runtime_env(config.model)
+    return {"runtime_env": env} if env else {}
 
 
 def _submitter(config: ExperimentConfig, run: dict, payload, accumulator):
@@ -373,11 +412,11 @@ def _submitter(config: ExperimentConfig, run: dict, payload, accumulator):
 
     if config.uses_train_group:
         storage_path = train_storage_path(run["run_uri"])
-        options = {"num_cpus": 0, "max_retries": 0}
+        options = {"num_cpus": 0, "max_retries": 0, **_own_model_env(config)}
         if config.resources.nodes_per_trial > 1:
             # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
             # inherit this runtime environment) build with tf-keras (see keras_backend).
-            options["runtime_env"] = {"env_vars": {LEGACY_KERAS_ENV: "1"}}
+            options["runtime_env"] = {**options.get("runtime_env", {}), "env_vars": {LEGACY_KERAS_ENV: "1"}}
         task = ray.remote(run_big_trial).options(**options)
         return lambda k, attempt: task.remote(config, run, [payload], accumulator, k, attempt, storage_path)
     # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).

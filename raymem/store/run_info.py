@@ -55,6 +55,7 @@ class RunInfo:
     format_version: int = FORMAT_VERSION
     kind: str = "subsets"  # RUN_KINDS; run.json leaves it out for "subsets" (the default)
     design: dict = dataclasses.field(default_factory=dict)  # a marginal run: its source run, arms and sets
+    model_source: dict = dataclasses.field(default_factory=dict)  # your own model: name, params, file, sha256
 
 
 #: The JSON type each run.json key must have.
@@ -63,7 +64,7 @@ _FIELD_TYPES = {
     "config": dict, "fingerprint": dict, "source": str, "created": str, "format_version": int,
 }
 #: Keys run.json may leave out, with their value when it does (written only when they differ from it).
-_OPTIONAL_FIELDS = {"kind": (str, "subsets"), "design": (dict, {})}
+_OPTIONAL_FIELDS = {"kind": (str, "subsets"), "design": (dict, {}), "model_source": (dict, {})}
 
 
 def _run_info_problem(info: RunInfo) -> str | None:

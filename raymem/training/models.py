@@ -18,6 +18,7 @@ from raymem.training.keras_backend import keras, layers  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
 from raymem.config.catalog import MODEL_INPUT_RANK, MODEL_NAMES  # noqa: E402
+from raymem.training.model_import import is_import_path, load_builder  # noqa: E402
 
 PENULTIMATE = "penultimate"
 LOGITS = "logits"
@@ -223,8 +224,14 @@ _BUILDERS: dict[str, Callable] = {
 }
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Return the uncompiled model ``name`` mapping inputs of ``input_shape`` to ``num_classes`` logits."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **params) -> keras.Model:
+    """Return the uncompiled model ``name`` mapping inputs of ``input_shape`` to ``num_classes`` logits.
+
+    ``name`` is a catalog name, or an import path (``nets.py:tiny_cnn``) whose function gets ``params``
+    (the config's ``model_params``; see ``model_import``).
+    """
+    if is_import_path(name):
+        return load_builder(name)(tuple(int(size) for size in input_shape), int(num_classes), **params)
     if name not in _BUILDERS:
         raise RaymemError(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
     builder, rank = _BUILDERS[name], MODEL_INPUT_RANK[name]
