@@ -164,10 +164,24 @@ class Run:
 
         Returns:
             One row per training example: ``train_index, mem, mem_lo, mem_hi, mem_hoeffding_lo, mem_hoeffding_hi,
-            p_in, p_out, n_in, n_out, in_hits, out_hits`` (and ``label_flipped`` with canaries).
+            p_in, p_out, n_in, n_out, in_hits, out_hits`` (and ``label_flipped`` with canaries; ``label_name`` where
+            the data set names its classes, e.g. ``imagefolder:``).
         """
         info = self.info
-        return self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
+        table = self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
+        return self._with_label_names(table, "train_index", "label_name")
+
+    def _with_label_names(self, table: pa.Table, index_column: str, name_column: str) -> pa.Table:
+        """``table`` with the class name of each row's ``index_column`` example (training set) where the run keeps
+        class names."""
+        from raymem.store.run_info import read_class_names, read_labels
+
+        names = read_class_names(self.store)
+        if not names:
+            return table
+        train_labels = read_labels(self.store)[2]  # the original labels: a flipped canary keeps its true class name
+        named = np.asarray(names, dtype=object)[train_labels[table.column(index_column).to_numpy()]]
+        return table.append_column(name_column, pa.array(named.tolist(), pa.string()))
 
     def pairs(self, *, min_infl: float = formulas.PAPER_MIN_INFL, min_mem: float = formulas.PAPER_MIN_MEM,
               fdr: float | None = None, method: str = METHOD, delta: float = DELTA,
@@ -436,7 +450,7 @@ def _run_images(info: RunInfo, data_dir: str | None):
         return None, None, "the run was ingested: raymem has no images for it"
     from raymem.data.datasets import ArrayDataset, load_dataset
 
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, info.config.get("image_size"))
     if not isinstance(data, ArrayDataset) or data.x_train.ndim < 3:
         return None, None, f"{dataset} has no images in memory (streamed data or feature vectors)"
     return data.x_train, data.x_test, None

@@ -36,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raymem.errors import RaymemError
 from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
 from raymem.config.catalog import MODEL_NAMES, SCHEDULE_OPTIONS
-from raymem.data.datasets import DATASET_NAMES, NPZ_PREFIX, PARQUET_PREFIX, TFDS_STREAMING_NAMES
+from raymem.data.datasets import (DATASET_NAMES, IMAGEFOLDER_PREFIX, NPZ_PREFIX, PARQUET_PREFIX,
+                                  TFDS_STREAMING_NAMES)
 
 #: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
 LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
@@ -178,8 +179,12 @@ class ExperimentConfig(_Section):
     """One experiment: what is studied (data, model, subsets, trials) and its four sections."""
 
     preset: str = Field(description="Name of the preset the config starts from.")
-    dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz or "
-                                     f"{PARQUET_PREFIX}DIR.")
+    dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz, "
+                                     f"{PARQUET_PREFIX}DIR or {IMAGEFOLDER_PREFIX}DIR (DIR/train/<class>/*, "
+                                     "DIR/test/<class>/*).")
+    image_size: int | None = Field(default=None, gt=0,
+                                   description=f"Resize the images of an {IMAGEFOLDER_PREFIX} data set to this square "
+                                               "size (null: keep their size, which all must share).")
     model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}, or your own as MODULE:FUNCTION or "
                                    "FILE.py:FUNCTION (see the README's \"Your own data and model\").")
     model_params: dict[str, Any] = Field(default_factory=dict,
@@ -199,10 +204,11 @@ class ExperimentConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value in DATASET_NAMES or (value.startswith((NPZ_PREFIX, PARQUET_PREFIX)) and value.split(":", 1)[1]):
+        local = (NPZ_PREFIX, PARQUET_PREFIX, IMAGEFOLDER_PREFIX)
+        if value in DATASET_NAMES or (value.startswith(local) and value.split(":", 1)[1]):
             return value
         raise ValueError(f"is not a data set; choose one of {', '.join(DATASET_NAMES)}, "
-                         f"{NPZ_PREFIX}FILE.npz or {PARQUET_PREFIX}DIR")
+                         f"{NPZ_PREFIX}FILE.npz, {PARQUET_PREFIX}DIR or {IMAGEFOLDER_PREFIX}DIR")
 
     @field_validator("model")
     @classmethod
@@ -220,6 +226,9 @@ class ExperimentConfig(_Section):
         if self.model_params and ":" not in self.model:
             raise ValueError(f"model_params are keyword arguments of your own model's function, and model "
                              f"{self.model!r} is a catalog model that takes none; drop model_params")
+        if self.image_size is not None and not self.dataset.startswith(IMAGEFOLDER_PREFIX):
+            raise ValueError(f"image_size resizes the images of an {IMAGEFOLDER_PREFIX} data set, and data set "
+                             f"{self.dataset!r} is not one; set image_size: null")
         return self
 
     @model_validator(mode="after")

@@ -134,7 +134,7 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data, mode
         seed=config.seed, config=config.to_dict(), fingerprint=fingerprint, source="runner",
     )
     info = dataclasses.replace(info, model_source=dict(model_source))
-    write_labels(store, labels, data.y_test, data.y_train)
+    write_labels(store, labels, data.y_test, data.y_train, getattr(data, "class_names", ()))
     write_run_info(store, info)  # last: a run directory without run.json is not a run yet
     return info, labels
 
@@ -341,12 +341,14 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
     from raymem.cluster import connection
     from raymem.data.label_cache import load_run_dataset, remember_source
 
-    data = load_run_dataset(config.dataset, options.data_dir, store)  # a streamed set's labels from the run dir
+    # a streamed set's labels come from the run dir
+    data = load_run_dataset(config.dataset, options.data_dir, store, config.image_size)
     model_source = check_own_model(config, data)
     check_checkpoint_location(config, store)
     info, train_labels = prepare_run(config, store, name, data, model_source)
     remember_source(store, data)
-    address, started_here = connection.connect_or_start(options.address, options.num_cpus, options.num_gpus)
+    address, started_here = connection.connect_or_start(options.address, options.num_cpus, options.num_gpus,
+                                                        _job_runtime_env(config))
     if started_here:
         connection.write_live_address(store, address)
     else:
@@ -369,9 +371,9 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
-        submit = _submitter(config, run, payload, accumulator)
+        submit = _submitter(_for_workers(config), run, payload, accumulator)
         result = RunResult(name, store.uri, config.trials, len(done))
-        units = _units(config, missing, payload, result)
+        units = _units(_for_workers(config), missing, payload, result)
         bar = Progress(config.trials, len(done), enabled=options.progress, stream=sys.stderr)
         stop_check = None
         if options.stops_early:
@@ -392,16 +394,26 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
 
 def _trial_resources(config: ExperimentConfig) -> dict:
     """What one trial task asks Ray for (a pack asks for one trial's resources), with your own model's module."""
-    options = dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
-    return {**options, **_own_model_env(config)}
+    return dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
 
 
-def _own_model_env(config: ExperimentConfig) -> dict:
-    """``{"runtime_env": ...}`` that brings your own model's module to every worker (on any node), or {}."""
+def _job_runtime_env(config: ExperimentConfig) -> dict | None:
+    """The job's runtime environment: your own model's module for every node (None for catalog models, and in a
+    detached job, whose submission shipped it already)."""
+    from raymem.cluster.connection import JOB_ID_ENV
     from raymem.training import model_import
 
-    env = model_import.worker_runtime_env(config.model)
-    return {"runtime_env": env} if env else {}
+    if os.environ.get(JOB_ID_ENV):
+        return None
+    return model_import.worker_runtime_env(config.model) or None
+
+
+def _for_workers(config: ExperimentConfig) -> ExperimentConfig:
+    """The config trials get: your own model's file path made absolute (workers start in other directories)."""
+    from raymem.training import model_import
+
+    model = model_import.absolute_model(config.model)
+    return config if model == config.model else config.model_copy(update={"model": model})
 
 
 def _submitter(config: ExperimentConfig, run: dict, payload, accumulator):
@@ -412,11 +424,11 @@ def _submitter(config: ExperimentConfig, run: dict, payload, accumulator):
 
     if config.uses_train_group:
         storage_path = train_storage_path(run["run_uri"])
-        options = {"num_cpus": 0, "max_retries": 0, **_own_model_env(config)}
+        options = {"num_cpus": 0, "max_retries": 0}
         if config.resources.nodes_per_trial > 1:
             # Keras 3 breaks under TensorFlow's multi-worker strategy: the group's workers (which
             # inherit this runtime environment) build with tf-keras (see keras_backend).
-            options["runtime_env"] = {**options.get("runtime_env", {}), "env_vars": {LEGACY_KERAS_ENV: "1"}}
+            options["runtime_env"] = {"env_vars": {LEGACY_KERAS_ENV: "1"}}
         task = ray.remote(run_big_trial).options(**options)
         return lambda k, attempt: task.remote(config, run, [payload], accumulator, k, attempt, storage_path)
     # max_calls=0: reuse warm worker processes (Ray would start a new one per GPU task).

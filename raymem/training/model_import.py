@@ -7,8 +7,9 @@ trains it with the recipe.
 
 :func:`check_model` runs on the driver before Ray starts: it imports the function, builds the model once on the
 data set's input shape and checks what it returns, so a broken model is one ``error:`` line, not a failed trial
-per attempt. :func:`worker_runtime_env` ships the module to every worker (Ray's ``py_modules``): a worker that
-did not start in the driver's directory, or on the driver's machine, imports the same source by module name.
+per attempt. Workers get the model with an absolute path (:func:`absolute_model`), read where the file exists
+(this machine, a shared file system); :func:`worker_runtime_env` is the job's ``py_modules`` that ships the module
+to every node (Ray uploads local files for a job, not per task), where a worker imports it by module name.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Callable
 
 from raymem.errors import RaymemError
 
-__all__ = ["is_import_path", "load_builder", "check_model", "model_source", "worker_runtime_env"]
+__all__ = ["is_import_path", "load_builder", "check_model", "model_source", "absolute_model", "worker_runtime_env"]
 
+_DIGEST = "__raymem_source__"  # set on a module loaded from a file: (its path, the sha256 it was loaded from)
 _CONTRACT = "function(input_shape, num_classes, **model_params) -> keras.Model returning logits"
 
 
@@ -55,17 +57,20 @@ def _import_file(target: str, model: str):
         try:
             return importlib.import_module(name)
         except ImportError:
-            raise RaymemError(f"model {model!r}: file {target} does not exist (relative paths are read from the "
-                              f"current directory {os.getcwd()}); fix the path before the colon.") from None
+            where = "" if path.is_absolute() else f" in the current directory {os.getcwd()}"
+            raise RaymemError(f"model {model!r}: file {target} does not exist{where}; fix the path before the "
+                              "colon.") from None
     path = path.resolve()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     loaded = sys.modules.get(name)
-    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
-        return loaded
+    if loaded is not None and getattr(loaded, _DIGEST, None) == (str(path), digest):
+        return loaded  # an edited file is executed again (a notebook's next run builds the new source)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # so that the workers' import by name and the driver's agree on the module
     try:
         spec.loader.exec_module(module)
+        setattr(module, _DIGEST, (str(path), digest))
     except Exception as exc:  # noqa: BLE001 - any error of the user's module is the user's to fix
         del sys.modules[name]
         raise RaymemError(f"model {model!r}: importing {path} raised {type(exc).__name__}: "
@@ -164,6 +169,17 @@ def _installed(file: str) -> bool:
     resolved = os.path.realpath(file)
     return "site-packages" in resolved.split(os.sep) or "dist-packages" in resolved.split(os.sep) or \
         any(resolved.startswith(os.path.realpath(root) + os.sep) for root in roots)
+
+
+def absolute_model(model: str) -> str:
+    """``model`` with a relative file path made absolute (workers need not start in the driver's directory)."""
+    if not is_import_path(model):
+        return model
+    target, function = _split(model)
+    path = Path(target).expanduser()
+    if not _is_file(target) or path.is_absolute() or not path.is_file():
+        return model
+    return f"{path.resolve()}:{function}"
 
 
 def worker_runtime_env(model: str) -> dict:
