@@ -55,6 +55,10 @@ def plan(config: ExperimentConfig) -> dict:
         ``preset, dataset, model, trials, subset_ratio, recipe (dict), per_trial (cpus, gpus, nodes),
         executor, pair_shards, estimated_gpu_hours, estimate_basis``.
     """
+    from raymem.training import model_import
+
+    if model_import.is_import_path(config.model):
+        model_import.load_builder(config.model)  # a typo in your own model's path is refused here too
     hours = gpu_hours(config)
     r, budget = config.resources, config.budget
     basis = "no paper timing for this preset"
@@ -65,6 +69,7 @@ def plan(config: ExperimentConfig) -> dict:
         "preset": config.preset,
         "dataset": config.dataset,
         "model": config.model,
+        **({"model_params": config.model_params} if config.model_params else {}),
         "trials": config.trials,
         "subset_ratio": config.subset_ratio,
         "recipe": config.recipe.model_dump(mode="json"),
