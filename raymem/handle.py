@@ -169,19 +169,22 @@ class Run:
         """
         info = self.info
         table = self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
-        return self._with_label_names(table, "train_index", "label_name")
+        return self._with_label_names(table, {"train_index": "label_name"})
 
-    def _with_label_names(self, table: pa.Table, index_column: str, name_column: str) -> pa.Table:
-        """``table`` with the class name of each row's ``index_column`` example (training set) where the run keeps
-        class names."""
+    def _with_label_names(self, table: pa.Table, columns: dict[str, str]) -> pa.Table:
+        """``table`` with the class name of the example each index column names (``{"train_index": "label_name"}``),
+        where the run keeps class names (an ``imagefolder:`` set)."""
         from raymem.store.run_info import read_class_names, read_labels
 
         names = read_class_names(self.store)
         if not names:
             return table
-        train_labels = read_labels(self.store)[2]  # the original labels: a flipped canary keeps its true class name
-        named = np.asarray(names, dtype=object)[train_labels[table.column(index_column).to_numpy()]]
-        return table.append_column(name_column, pa.array(named.tolist(), pa.string()))
+        _, test_labels, train_labels = read_labels(self.store)  # original labels: a canary keeps its true class
+        for index_column, name_column in columns.items():
+            labels = train_labels if index_column.startswith("train") else test_labels
+            named = np.asarray(names, dtype=object)[labels[table.column(index_column).to_numpy()]]
+            table = table.append_column(name_column, pa.array(named.tolist(), pa.string()))
+        return table
 
     def pairs(self, *, min_infl: float = formulas.PAPER_MIN_INFL, min_mem: float = formulas.PAPER_MIN_MEM,
               fdr: float | None = None, method: str = METHOD, delta: float = DELTA,
@@ -190,11 +193,13 @@ class Run:
         the pairs whose influence exceeds ``min_infl`` at that false discovery rate (adds ``q_value``).
 
         Returns:
-            One row per pair: ``train_index, test_index, infl, infl_lo, infl_hi, mem, n_in, n_out`` (+ ``q_value``).
+            One row per pair: ``train_index, test_index, infl, infl_lo, infl_hi, mem, n_in, n_out`` (+ ``q_value``;
+            + ``train_label_name, test_label_name`` where the data set names its classes).
         """
         selected = PairSelection(min_infl, min_mem, fdr)
         info = self.info
-        return self._reader(info).pairs_table(run_bars(info, method, delta, simultaneous), selected)
+        table = self._reader(info).pairs_table(run_bars(info, method, delta, simultaneous), selected)
+        return self._with_label_names(table, {"train_index": "train_label_name", "test_index": "test_label_name"})
 
     def influence(self, test_index: int, *, top: int = 10, method: str = METHOD, delta: float = DELTA,
                   simultaneous: bool = False) -> pa.Table:

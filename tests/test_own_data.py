@@ -187,6 +187,7 @@ def test_own_model_on_an_image_folder_runs_and_names_the_classes(tmp_path, folde
     table = api.Run("own", str(tmp_path / "runs")).estimates()
     assert table.num_rows == N_TRAIN
     assert set(table.column("label_name").to_pylist()) == set(CLASS_NAMES)
+    assert {"train_label_name", "test_label_name"} <= set(api.Run("own", str(tmp_path / "runs")).pairs().column_names)
     info = json.loads((tmp_path / "runs" / "own" / "run.json").read_text())
     import hashlib
 
@@ -196,3 +197,38 @@ def test_own_model_on_an_image_folder_runs_and_names_the_classes(tmp_path, folde
     with pytest.raises(RaymemError, match="sha256"):
         api.run(config.model_copy(update={"trials": 6}), name="own", storage=str(tmp_path / "runs"),
                 options=DriverOptions(num_cpus=2, progress=False))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("isolated_ray")
+def test_the_model_module_reaches_workers_of_both_nodes_without_its_file(tmp_path, nets, monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raymem.config.experiment import resolve_config
+    from raymem.driver.run import _job_runtime_env
+
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config("digits", {"model": "nets.py:tiny_cnn", "model_params": {"width": 4}})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, runtime_env=_job_runtime_env(config))
+        nets.rename(tmp_path / "moved.py")  # no node can read the file now: only the job's py_modules has it
+
+        @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+        def build(model, params):
+            import os
+
+            from raymem.training.models import build_model
+
+            os.chdir("/")  # a worker that did not start in the driver's directory
+            net = build_model(model, (8, 8, 1), 10, **params)
+            return ray.get_runtime_context().get_node_id(), net.count_params()
+
+        results = ray.get([build.remote(config.model, config.model_params) for _ in range(2)])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert len({node for node, _ in results}) == 2
+    assert {count for _, count in results} == {(3 * 3 * 1 * 4 + 4) + (4 * 10 + 10)}

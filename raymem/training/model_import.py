@@ -25,6 +25,8 @@ from typing import Callable
 
 from raymem.errors import RaymemError
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before a user's module imports TensorFlow
+
 __all__ = ["is_import_path", "load_builder", "check_model", "model_source", "absolute_model", "worker_runtime_env"]
 
 _DIGEST = "__raymem_source__"  # set on a module loaded from a file: (its path, the sha256 it was loaded from)
