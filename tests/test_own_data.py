@@ -232,3 +232,15 @@ def test_the_model_module_reaches_workers_of_both_nodes_without_its_file(tmp_pat
         cluster.shutdown()
     assert len({node for node, _ in results}) == 2
     assert {count for _, count in results} == {(3 * 3 * 1 * 4 + 4) + (4 * 10 + 10)}
+
+
+def test_a_run_stored_before_the_new_keys_resumes_with_their_defaults():
+    from raymem.config.experiment import compare_for_resume, resolve_config
+
+    config = resolve_config("digits")
+    stored = config.to_dict()
+    del stored["model_params"], stored["image_size"]
+    compare_for_resume(stored, config, "old")  # no refusal: the keys it lacks are their defaults
+    stored["dataset"] = "imagefolder:x"
+    with pytest.raises(RaymemError, match="started with image_size=None"):
+        compare_for_resume(stored, resolve_config("digits", {"dataset": "imagefolder:x", "image_size": 16}), "old")

@@ -546,7 +546,9 @@ def compare_for_resume(stored: dict, new: ExperimentConfig, run: str) -> None:
     ``stored`` is the config in run.json, nested or flat (runs from before the sections stored it flat).
     """
     fixed = {k: v for k, v in new.flat().items() if k not in RESUMABLE_KEYS}
-    old = {k: v for k, v in flatten(stored).items() if k not in RESUMABLE_KEYS}
+    # a key added since the run started (model_params, image_size, ...) is its default there
+    defaults = {key["name"]: key["default"] for key in config_keys() if not key["required"]}
+    old = {k: v for k, v in {**defaults, **flatten(stored)}.items() if k not in RESUMABLE_KEYS}
     diff = sorted(k for k in set(fixed) | set(old) if fixed.get(k) != old.get(k))
     if diff:
         k = diff[0]

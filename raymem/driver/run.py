@@ -398,7 +398,7 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
 
 
 def _trial_resources(config: ExperimentConfig) -> dict:
-    """What one trial task asks Ray for (a pack asks for one trial's resources), with your own model's module."""
+    """What one trial task asks Ray for (a pack asks for one trial's resources)."""
     return dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
 
 
