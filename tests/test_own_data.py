@@ -244,3 +244,11 @@ def test_a_run_stored_before_the_new_keys_resumes_with_their_defaults():
     stored["dataset"] = "imagefolder:x"
     with pytest.raises(RaymemError, match="started with image_size=None"):
         compare_for_resume(stored, resolve_config("digits", {"dataset": "imagefolder:x", "image_size": 16}), "old")
+
+
+def test_features_of_an_own_model_are_what_its_logits_read(nets, monkeypatch):
+    from raymem.training.models import build_model, feature_extractor
+
+    monkeypatch.chdir(nets.parent)
+    net = build_model("nets.py:tiny_cnn", (8, 8, 1), 10, width=4)  # no layer named "penultimate"
+    assert tuple(feature_extractor(net).output.shape) == (None, 4)

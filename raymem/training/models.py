@@ -248,11 +248,16 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **par
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """Return a model sharing ``model``'s weights that outputs its penultimate-layer activations."""
+    """Return a model sharing ``model``'s weights that outputs its penultimate-layer activations: the layer named
+    ``PENULTIMATE``, or in a model of your own without one, the input of its last layer (what the logits read)."""
     try:
-        penultimate = model.get_layer(PENULTIMATE)
+        features = model.get_layer(PENULTIMATE).output
     except ValueError:
-        raise RaymemError(
-            f"Model {model.name!r} has no layer named {PENULTIMATE!r}; build it with raymem's build_model."
-        ) from None
-    return keras.Model(model.input, penultimate.output, name=f"{model.name}_features")
+        last = model.layers[-1]
+        if isinstance(last.input, (list, tuple)) or len(model.layers) < 3:  # several tensors, or the raw inputs
+            raise RaymemError(
+                f"Model {model.name!r} has no layer named {PENULTIMATE!r} and its last layer does not read one "
+                f"hidden tensor; name the layer whose output are the features {PENULTIMATE!r}."
+            ) from None
+        features = last.input
+    return keras.Model(model.input, features, name=f"{model.name}_features")
