@@ -268,7 +268,7 @@ class Run:
             ``{"out_dir", "written", "skipped": {name: reason}, "pairs", "influenced_by": {k: test examples}, ...}``.
         """
         from raymem.paper import figures as paper_figures
-        from raymem.store.run_info import read_labels
+        from raymem.store.run_info import read_class_names, read_labels
         from raymem.store.trial_log import iter_trials, trial_ids
 
         Bars(method, delta, simultaneous)  # refuse bad settings before the trial log is read
@@ -279,7 +279,8 @@ class Run:
         if labels is None:  # ingested without labels: one class, nothing to show by class
             labels = (np.zeros(view.info.n_train, np.int64), np.zeros(view.info.n_test, np.int64), None)
         train_images, test_images, no_images = _run_images(view.info, data_dir)
-        data = paper_figures.RunData(labels[0], labels[1], labels[2], train_images, test_images)
+        data = paper_figures.RunData(labels[0], labels[1], labels[2], train_images, test_images,
+                                     class_names=read_class_names(self.store))
         summary = paper_figures.figures_for_counts(
             out_dir, view.counts, data, bars, records=iter_trials(self.store), total=len(trial_ids(self.store)),
             layout=paper_figures.Layout(klass=klass))
