@@ -754,7 +754,7 @@ def estimates(
     import pyarrow.compute as pc
 
     typer.echo("top memorized training examples:")
-    shown = [c for c in ("train_index", "mem", "mem_lo", "mem_hi", "n_in", "n_out", "label_flipped")
+    shown = [c for c in ("train_index", "label_name", "mem", "mem_lo", "mem_hi", "n_in", "n_out", "label_flipped")
              if c in table.column_names]
     top = table.take(pc.sort_indices(table, [("mem", "descending")])[:10])
     typer.echo(format_table(top, {c: c for c in shown}))

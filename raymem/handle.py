@@ -164,10 +164,27 @@ class Run:
 
         Returns:
             One row per training example: ``train_index, mem, mem_lo, mem_hi, mem_hoeffding_lo, mem_hoeffding_hi,
-            p_in, p_out, n_in, n_out, in_hits, out_hits`` (and ``label_flipped`` with canaries).
+            p_in, p_out, n_in, n_out, in_hits, out_hits`` (and ``label_flipped`` with canaries; ``label_name`` where
+            the data set names its classes, e.g. ``imagefolder:``).
         """
         info = self.info
-        return self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
+        table = self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
+        return self._with_label_names(table, {"train_index": "label_name"})
+
+    def _with_label_names(self, table: pa.Table, columns: dict[str, str]) -> pa.Table:
+        """``table`` with the class name of the example each index column names (``{"train_index": "label_name"}``),
+        where the run keeps class names (an ``imagefolder:`` set)."""
+        from raymem.store.run_info import read_class_names, read_labels
+
+        names = read_class_names(self.store)
+        if not names:
+            return table
+        _, test_labels, train_labels = read_labels(self.store)  # original labels: a canary keeps its true class
+        for index_column, name_column in columns.items():
+            labels = train_labels if index_column.startswith("train") else test_labels
+            named = np.asarray(names, dtype=object)[labels[table.column(index_column).to_numpy()]]
+            table = table.append_column(name_column, pa.array(named.tolist(), pa.string()))
+        return table
 
     def pairs(self, *, min_infl: float = formulas.PAPER_MIN_INFL, min_mem: float = formulas.PAPER_MIN_MEM,
               fdr: float | None = None, method: str = METHOD, delta: float = DELTA,
@@ -176,11 +193,13 @@ class Run:
         the pairs whose influence exceeds ``min_infl`` at that false discovery rate (adds ``q_value``).
 
         Returns:
-            One row per pair: ``train_index, test_index, infl, infl_lo, infl_hi, mem, n_in, n_out`` (+ ``q_value``).
+            One row per pair: ``train_index, test_index, infl, infl_lo, infl_hi, mem, n_in, n_out`` (+ ``q_value``;
+            + ``train_label_name, test_label_name`` where the data set names its classes).
         """
         selected = PairSelection(min_infl, min_mem, fdr)
         info = self.info
-        return self._reader(info).pairs_table(run_bars(info, method, delta, simultaneous), selected)
+        table = self._reader(info).pairs_table(run_bars(info, method, delta, simultaneous), selected)
+        return self._with_label_names(table, {"train_index": "train_label_name", "test_index": "test_label_name"})
 
     def influence(self, test_index: int, *, top: int = 10, method: str = METHOD, delta: float = DELTA,
                   simultaneous: bool = False) -> pa.Table:
@@ -249,7 +268,7 @@ class Run:
             ``{"out_dir", "written", "skipped": {name: reason}, "pairs", "influenced_by": {k: test examples}, ...}``.
         """
         from raymem.paper import figures as paper_figures
-        from raymem.store.run_info import read_labels
+        from raymem.store.run_info import read_class_names, read_labels
         from raymem.store.trial_log import iter_trials, trial_ids
 
         Bars(method, delta, simultaneous)  # refuse bad settings before the trial log is read
@@ -260,7 +279,8 @@ class Run:
         if labels is None:  # ingested without labels: one class, nothing to show by class
             labels = (np.zeros(view.info.n_train, np.int64), np.zeros(view.info.n_test, np.int64), None)
         train_images, test_images, no_images = _run_images(view.info, data_dir)
-        data = paper_figures.RunData(labels[0], labels[1], labels[2], train_images, test_images)
+        data = paper_figures.RunData(labels[0], labels[1], labels[2], train_images, test_images,
+                                     class_names=read_class_names(self.store))
         summary = paper_figures.figures_for_counts(
             out_dir, view.counts, data, bars, records=iter_trials(self.store), total=len(trial_ids(self.store)),
             layout=paper_figures.Layout(klass=klass))
@@ -451,7 +471,7 @@ def _run_images(info: RunInfo, data_dir: str | None):
         return None, None, "the run was ingested: raymem has no images for it"
     from raymem.data.datasets import ArrayDataset, load_dataset
 
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, info.config.get("image_size"))
     if not isinstance(data, ArrayDataset) or data.x_train.ndim < 3:
         return None, None, f"{dataset} has no images in memory (streamed data or feature vectors)"
     return data.x_train, data.x_test, None

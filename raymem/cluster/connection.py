@@ -101,15 +101,17 @@ def _auth_env() -> None:
         pass
 
 
-def connect(address: str) -> None:
-    """Attach this process to the cluster at ``address`` as a driver in raymem's namespace."""
+def connect(address: str, runtime_env: dict | None = None) -> None:
+    """Attach this process to the cluster at ``address`` as a driver in raymem's namespace (with the job's
+    ``runtime_env``, e.g. the ``py_modules`` of your own model)."""
     import ray
 
     if ray.is_initialized():
         return
     _auth_env()
     try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR",
+                 runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RaymemError(
             f"cannot connect to the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}); "
@@ -117,12 +119,13 @@ def connect(address: str) -> None:
         ) from None
 
 
-def start_local(num_cpus: int | None = None, num_gpus: float | None = None) -> str:
+def start_local(num_cpus: int | None = None, num_gpus: float | None = None, runtime_env: dict | None = None) -> str:
     """Start a Ray instance on this machine only (loopback) and return its GCS address."""
     import ray
 
     ray.init(
         address="local",
+        runtime_env=runtime_env,
         namespace=NAMESPACE,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
@@ -134,18 +137,21 @@ def start_local(num_cpus: int | None = None, num_gpus: float | None = None) -> s
     return ray.get_runtime_context().gcs_address
 
 
-def connect_or_start(address: str | None, num_cpus: int | None = None,
-                     num_gpus: float | None = None) -> tuple[str, bool]:
-    """Connect to ``address`` (or RAY_ADDRESS); with neither, start a local Ray. Return (address, started_here)."""
+def connect_or_start(address: str | None, num_cpus: int | None = None, num_gpus: float | None = None,
+                     runtime_env: dict | None = None) -> tuple[str, bool]:
+    """Connect to ``address`` (or RAY_ADDRESS); with neither, start a local Ray. Return (address, started_here).
+
+    ``runtime_env`` is the job's (a process already connected keeps its own).
+    """
     import ray
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address, False
     address = ray_address(address)
     if address:
-        connect(address)
+        connect(address, runtime_env)
         return ray.get_runtime_context().gcs_address, False
-    return start_local(num_cpus, num_gpus), True
+    return start_local(num_cpus, num_gpus, runtime_env), True
 
 
 def loopback(address: str) -> str:

@@ -37,7 +37,8 @@ from raymem.errors import RaymemError
 from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
 from raymem.config.catalog import MODEL_NAMES, SCHEDULE_OPTIONS
 from raymem.config.yaml_reader import describe_yaml_error, load_yaml
-from raymem.data.datasets import DATASET_NAMES, NPZ_PREFIX, PARQUET_PREFIX, TFDS_STREAMING_NAMES
+from raymem.data.datasets import (DATASET_NAMES, IMAGEFOLDER_PREFIX, NPZ_PREFIX, PARQUET_PREFIX,
+                                  TFDS_STREAMING_NAMES)
 
 #: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
 LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
@@ -195,9 +196,17 @@ class ExperimentConfig(_Section):
     """One experiment: what is studied (data, model, subsets, trials) and its four sections."""
 
     preset: str = Field(description="Name of the preset the config starts from.")
-    dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz or "
-                                     f"{PARQUET_PREFIX}DIR.")
-    model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}.")
+    dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz, "
+                                     f"{PARQUET_PREFIX}DIR or {IMAGEFOLDER_PREFIX}DIR (DIR/train/<class>/*, "
+                                     "DIR/test/<class>/*).")
+    image_size: int | None = Field(default=None, gt=0,
+                                   description=f"Resize the images of an {IMAGEFOLDER_PREFIX} data set to this square "
+                                               "size (null: keep their size, which all must share).")
+    model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}, or your own as MODULE:FUNCTION or "
+                                   "FILE.py:FUNCTION (see the README's \"Your own data and model\").")
+    model_params: dict[str, Any] = Field(default_factory=dict,
+                                         description="Keyword arguments of your own model's function "
+                                                     "(model MODULE:FUNCTION); empty for the catalog's models.")
     trials: int = Field(gt=0, le=MAX_TRIALS, json_schema_extra=RESUMABLE,
                         description="Trials planned for the run: models trained on random subsets.")
     subset_ratio: float = Field(default=PAPER_SUBSET_RATIO, gt=0, lt=1,
@@ -212,15 +221,32 @@ class ExperimentConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value in DATASET_NAMES or (value.startswith((NPZ_PREFIX, PARQUET_PREFIX)) and value.split(":", 1)[1]):
+        local = (NPZ_PREFIX, PARQUET_PREFIX, IMAGEFOLDER_PREFIX)
+        if value in DATASET_NAMES or (value.startswith(local) and value.split(":", 1)[1]):
             return value
         raise ValueError(f"is not a data set; choose one of {', '.join(DATASET_NAMES)}, "
-                         f"{NPZ_PREFIX}FILE.npz or {PARQUET_PREFIX}DIR")
+                         f"{NPZ_PREFIX}FILE.npz, {PARQUET_PREFIX}DIR or {IMAGEFOLDER_PREFIX}DIR")
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
+        if ":" in value:  # your own model by import path: imported and checked on the data before Ray starts
+            target, _, function = value.rpartition(":")
+            if target.strip() and function.isidentifier():
+                return value
+            raise ValueError("is neither a catalog model nor MODULE:FUNCTION / FILE.py:FUNCTION; write e.g. "
+                             "nets.py:tiny_cnn")
         return _one_of(value, MODEL_NAMES, "a model")
+
+    @model_validator(mode="after")
+    def _params_for_own_models(self) -> "ExperimentConfig":
+        if self.model_params and ":" not in self.model:
+            raise ValueError(f"model_params are keyword arguments of your own model's function, and model "
+                             f"{self.model!r} is a catalog model that takes none; drop model_params")
+        if self.image_size is not None and not self.dataset.startswith(IMAGEFOLDER_PREFIX):
+            raise ValueError(f"image_size resizes the images of an {IMAGEFOLDER_PREFIX} data set, and data set "
+                             f"{self.dataset!r} is not one; set image_size: null")
+        return self
 
     @model_validator(mode="after")
     def _pack_fits(self) -> "ExperimentConfig":
@@ -383,6 +409,8 @@ def _nest(values: dict, source: str) -> dict:
         section, _, sub = key.partition(".")
         if sub and section in SECTIONS and sub in SECTIONS[section].model_fields:
             nested.setdefault(section, {})[sub] = value
+        elif sub and section == "model_params":  # --set model_params.width=32: one argument of your own model
+            nested.setdefault(section, {})[sub] = value
         elif key in SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 if sub_key not in SECTIONS[key].model_fields:
@@ -405,7 +433,7 @@ def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            and key in SECTIONS else value
+            and key in (*SECTIONS, "model_params") else value
     return out
 
 
@@ -536,7 +564,9 @@ def compare_for_resume(stored: dict, new: ExperimentConfig, run: str) -> None:
     ``stored`` is the config in run.json, nested or flat (runs from before the sections stored it flat).
     """
     fixed = {k: v for k, v in new.flat().items() if k not in RESUMABLE_KEYS}
-    old = {k: v for k, v in flatten(stored).items() if k not in RESUMABLE_KEYS}
+    # a key added since the run started (model_params, image_size, ...) is its default there
+    defaults = {key["name"]: key["default"] for key in config_keys() if not key["required"]}
+    old = {k: v for k, v in {**defaults, **flatten(stored)}.items() if k not in RESUMABLE_KEYS}
     diff = sorted(k for k in set(fixed) | set(old) if fixed.get(k) != old.get(k))
     if diff:
         k = diff[0]

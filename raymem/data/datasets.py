@@ -4,7 +4,7 @@ Index i of a split always means the same example (the paper's released indices a
 so every loader here is deterministic and never downloads anything at run time.
 
 - `digits` (scikit-learn's bundled 8x8 digits, fixed split), `mnist`, `cifar10`, `cifar100` and the
-  local `npz:` / `parquet:` files load fully into memory as an `ArrayDataset`.
+  local `npz:` / `parquet:` files and `imagefolder:` folders load fully into memory as an `ArrayDataset`.
 - `imagenet2012` streams from its tfds TFRecord files as a `StreamingDataset`; only its labels are
   held in memory.
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
 DATA_DIR_ENV = "RAYMEM_DATA_DIR"
 NPZ_PREFIX = "npz:"
 PARQUET_PREFIX = "parquet:"
+IMAGEFOLDER_PREFIX = "imagefolder:"
+#: File name endings of the images an ``imagefolder:`` set reads (decoded by tf.io.decode_image).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 TFDS_ARRAY_NAMES = ("mnist", "cifar10", "cifar100")
 TFDS_STREAMING_NAMES = ("imagenet2012",)
@@ -104,6 +107,7 @@ class ArrayDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    class_names: tuple[str, ...] = ()  # label -> name, where the data set names its classes (imagefolder:)
 
     def __post_init__(self) -> None:
         for key in ("x_train", "x_test"):
@@ -241,11 +245,13 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
     return os.environ.get(DATA_DIR_ENV) or None
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> ArrayDataset | StreamingDataset:
-    """Returns the data set called `name` (one of DATASET_NAMES, "npz:FILE" or "parquet:DIR").
+def load_dataset(name: str, data_dir: str | None = None,
+                 image_size: int | None = None) -> ArrayDataset | StreamingDataset:
+    """Returns the data set called `name` (one of DATASET_NAMES, "npz:FILE", "parquet:DIR" or "imagefolder:DIR").
 
     tfds data sets are read from `data_dir`, else $RAYMEM_DATA_DIR, else tfds's default, and are
-    never downloaded here. Raises RaymemError for an unknown name or missing/invalid data.
+    never downloaded here. `image_size` resizes the images of an imagefolder: set to that square size.
+    Raises RaymemError for an unknown name or missing/invalid data.
     """
     if name == "digits":
         return _load_digits()
@@ -257,9 +263,11 @@ def load_dataset(name: str, data_dir: str | None = None) -> ArrayDataset | Strea
         return _load_npz(name, name[len(NPZ_PREFIX):])
     if name.startswith(PARQUET_PREFIX):
         return _load_parquet(name, name[len(PARQUET_PREFIX):])
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        return _load_imagefolder(name, name[len(IMAGEFOLDER_PREFIX):], image_size)
     raise RaymemError(
         f"Unknown data set {name!r}; use one of {', '.join(DATASET_NAMES)}, "
-        f"or {NPZ_PREFIX}/path/to/file.npz, or {PARQUET_PREFIX}/path/to/directory."
+        f"or {NPZ_PREFIX}/path/to/file.npz, {PARQUET_PREFIX}/path/to/directory or {IMAGEFOLDER_PREFIX}/path/to/folder."
     )
 
 
@@ -472,8 +480,23 @@ def _array_dataset(name: str, raw: dict[str, np.ndarray], where: dict[str, str])
             f"The {where['x_train']} has input shape {arrays['x_train'].shape[1:]} but the "
             f"{where['x_test']} has {arrays['x_test'].shape[1:]}; store inputs of one shape."
         )
+    _check_classes(arrays["y_train"], arrays["y_test"], where)
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
     return ArrayDataset(name, num_classes=num_classes, **arrays)
+
+
+def _check_classes(y_train: np.ndarray, y_test: np.ndarray, where: dict[str, str]) -> None:
+    """Refuse labels estimates cannot mean anything for: one class only, or test classes never trained on."""
+    seen = np.unique(y_train)
+    if len(seen) < 2:
+        raise RaymemError(f"The {where['y_train']} holds only class {int(seen[0])}; a classifier needs training "
+                          "examples of at least two classes.")
+    unseen = np.setdiff1d(np.unique(y_test), seen)
+    if len(unseen):
+        shown = ", ".join(str(int(label)) for label in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
+        raise RaymemError(f"The {where['y_test']} holds classes {shown} that never occur in the "
+                          f"{where['y_train']}; a model cannot learn them, so their influence estimates would mean "
+                          "nothing: give them training examples or drop those test examples.")
 
 
 def _load_npz(name: str, path: str) -> ArrayDataset:
@@ -564,3 +587,93 @@ def _feature_matrix(column, where: str) -> np.ndarray:
         raise RaymemError(f"The {where} holds null values inside its lists; store numbers only.")
     width = int(lengths[0]) if len(lengths) else 0
     return values.to_numpy(zero_copy_only=False).reshape(len(column), width)
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+_IMAGEFOLDER_HELP = (
+    "an imagefolder: data set is a folder holding train/<class>/<image> and test/<class>/<image> "
+    f"({', '.join(IMAGE_SUFFIXES)} files; class names are the folder names, sorted)"
+)
+
+
+def _load_imagefolder(name: str, directory: str, image_size: int | None) -> ArrayDataset:
+    """Returns the images of DIR/train/<class>/* and DIR/test/<class>/*, labels numbered by sorted class name.
+
+    Images are decoded in sorted file order (index i of a split is always the same file), resized to
+    `image_size` x `image_size` when it is given, and must otherwise share one size.
+    """
+    if not os.path.isdir(directory):
+        raise RaymemError(f"The image folder {directory!r} does not exist; {_IMAGEFOLDER_HELP}.")
+    train_dir, test_dir = os.path.join(directory, "train"), os.path.join(directory, "test")
+    classes = _class_folders(train_dir)
+    if len(classes) < 2:
+        raise RaymemError(f"{train_dir} has {len(classes)} class folder{'s' if not classes else ''} "
+                          f"({', '.join(classes) or 'none'}); a classifier needs at least two, one folder per class.")
+    unknown = sorted(set(_class_folders(test_dir)) - set(classes))
+    if unknown:
+        raise RaymemError(f"The test classes {', '.join(unknown[:5])} of {test_dir} have no folder in {train_dir}; "
+                          "a model cannot learn them: give them training images or remove those test folders.")
+    raw, where, first = {}, {}, None
+    for split, folder in (("train", train_dir), ("test", test_dir)):
+        files, labels = _image_files(folder, classes, require_each=split == "train")
+        images, first = _decode_files(files, image_size, first)
+        raw[f"x_{split}"], raw[f"y_{split}"] = images, np.asarray(labels, dtype=np.int64)
+        where[f"x_{split}"], where[f"y_{split}"] = f"images in {folder}", f"labels of {folder}"
+    data = _array_dataset(name, raw, where)
+    return ArrayDataset(name, data.x_train, data.y_train, data.x_test, data.y_test, num_classes=len(classes),
+                        class_names=tuple(classes))
+
+
+def _class_folders(split_dir: str) -> list[str]:
+    """The sorted class folder names of one split folder (hidden entries skipped)."""
+    if not os.path.isdir(split_dir):
+        raise RaymemError(f"{split_dir} does not exist; {_IMAGEFOLDER_HELP}.")
+    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _image_files(split_dir: str, classes: list[str], require_each: bool) -> tuple[list[str], list[int]]:
+    """(image paths, labels) of a split, in class order then sorted file names."""
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        folder = os.path.join(split_dir, cls)
+        names = sorted(n for n in os.listdir(folder) if not n.startswith(".")) if os.path.isdir(folder) else []
+        for entry in names:
+            path = os.path.join(folder, entry)
+            if not entry.lower().endswith(IMAGE_SUFFIXES) or not os.path.isfile(path):
+                raise RaymemError(f"{path} is not an image file ({', '.join(IMAGE_SUFFIXES)}); move it out of "
+                                  f"{split_dir}.")
+        if require_each and not names:
+            raise RaymemError(f"The class folder {folder} holds no images; add training images or remove it.")
+        files.extend(os.path.join(folder, entry) for entry in names)
+        labels.extend([label] * len(names))
+    if not files:
+        raise RaymemError(f"{split_dir} holds no images; {_IMAGEFOLDER_HELP}.")
+    return files, labels
+
+
+def _decode_files(files: list[str], image_size: int | None, first: tuple | None) -> tuple[np.ndarray, tuple]:
+    """The files decoded into one (N, H, W, C) uint8 array; `first` is (path, shape) of the set's first image,
+    which every image must match when no `image_size` resizes them."""
+    tf = _import_tensorflow()
+    images = []
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                image = tf.io.decode_image(handle.read(), expand_animations=False)
+        except (OSError, tf.errors.InvalidArgumentError, ValueError) as error:
+            reason = " ".join(str(error).split("}}")[-1].split())[:120]  # without TensorFlow's op prefix
+            raise RaymemError(f"{path} is not a readable PNG/JPEG image ({reason}); replace or remove it.") from None
+        if image_size:
+            image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (image_size, image_size),
+                                                                      antialias=True)), 0, 255), tf.uint8)
+        image = image.numpy()
+        if first is None:
+            first = (path, image.shape)
+        elif image.shape != first[1]:
+            fix = "set image_size to resize every image to one size" if image.shape[2] == first[1][2] else \
+                "convert the files to one color mode (all RGB or all grayscale)"
+            raise RaymemError(f"{path} is {image.shape[1]}x{image.shape[0]} with {image.shape[2]} channels but "
+                              f"{first[0]} is {first[1][1]}x{first[1][0]} with {first[1][2]}; {fix}.")
+        images.append(image)
+    return np.stack(images), first

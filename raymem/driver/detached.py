@@ -239,6 +239,10 @@ def submit(config, *, name: str, run_uri: str, storage: str, address: str, data_
     command = entrypoint(name=name, storage=storage, data_dir=data_dir, until_halfwidth=until_halfwidth,
                          until_jaccard=until_jaccard, python=python)
     job_id = f"raymem-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # your own model's module travels with the job (its driver and its trials import it by name)
+    from raymem.training.model_import import worker_runtime_env
+
+    module_env = worker_runtime_env(config.model)
     env_vars = {connection.JOB_ID_ENV: job_id}
     if _is_local(address):  # drivers of a loopback head must stay on the loopback address too
         env_vars[connection.SINGLE_MACHINE_ENV] = "0"
@@ -246,7 +250,7 @@ def submit(config, *, name: str, run_uri: str, storage: str, address: str, data_
         Path(workdir, EXPERIMENT_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
         try:
             jobs.submit_job(entrypoint=command, submission_id=job_id,
-                            runtime_env={"working_dir": workdir, "env_vars": env_vars},
+                            runtime_env={"working_dir": workdir, "env_vars": env_vars, **module_env},
                             metadata={"raymem_run": name, "raymem_run_uri": store.uri})
         except Exception as exc:  # noqa: BLE001 - the API's HTTP errors
             raise RaymemError(f"Ray's Job API at {url} refused the job ({' '.join(str(exc).split())[:300]}).") from None

@@ -55,6 +55,10 @@ def plan(config: ExperimentConfig) -> dict:
         ``preset, dataset, model, trials, subset_ratio, recipe (dict), per_trial (cpus, gpus, nodes),
         executor, pair_shards, estimated_gpu_hours, estimate_basis``.
     """
+    from raymem.training import model_import
+
+    if model_import.is_import_path(config.model):
+        model_import.load_builder(config.model)  # a typo in your own model's path is refused here too
     hours = gpu_hours(config)
     r, budget = config.resources, config.budget
     basis = "no paper timing for this preset"
@@ -65,6 +69,7 @@ def plan(config: ExperimentConfig) -> dict:
         "preset": config.preset,
         "dataset": config.dataset,
         "model": config.model,
+        **({"model_params": config.model_params} if config.model_params else {}),
         "trials": config.trials,
         "subset_ratio": config.subset_ratio,
         "recipe": config.recipe.model_dump(mode="json"),
@@ -80,8 +85,35 @@ def plan(config: ExperimentConfig) -> dict:
     }
 
 
-def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> tuple:
-    """Create the run directory, or check that an existing one matches; return (info, run labels)."""
+def check_own_model(config: ExperimentConfig, data) -> dict:
+    """Import your own model (``model: FILE.py:FUNCTION``), build it once on ``data`` and check it, before Ray
+    starts; return what run.json records of it (``model_source``: name, params, file, sha256), {} for the catalog's.
+    """
+    from raymem.training import model_import
+
+    if not model_import.is_import_path(config.model):
+        return {}
+    source = model_import.check_model(config.model, config.model_params, data.input_shape, data.num_classes,
+                                      pack=config.resources.pack != 1)
+    return {**source, "params": config.model_params}
+
+
+def _check_model_source(info, model_source: dict, name: str) -> None:
+    """Refuse to resume a run whose own model's source changed (its trials would mix two models)."""
+    old = info.model_source.get("sha256")
+    if old and old != model_source.get("sha256"):
+        raise RaymemError(
+            f"run {name} was started with model {info.model_source.get('model')} of source sha256 {old[:12]} but "
+            f"{model_source.get('file') or 'its module'} now has sha256 {str(model_source.get('sha256'))[:12]}; "
+            "restore the module's source or start a new run with --name.")
+
+
+def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data, model_source: dict | None = None) -> tuple:
+    """Create the run directory, or check that an existing one matches; return (info, run labels).
+
+    ``model_source``: :func:`check_own_model`'s record of your own model, kept in run.json and checked on resume.
+    """
+    model_source = model_source or {}
     fingerprint = data.fingerprint()
     if store.exists("run.json"):
         info = read_run_info(store)
@@ -94,6 +126,7 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
                 "use the same data or a new --name."
             )
         compare_for_resume(info.config, config, name)
+        _check_model_source(info, model_source, name)
         if info.config != config.to_dict():  # a resumable key changed (more trials, other resources, scope, ...)
             info = dataclasses.replace(info, config=config.to_dict())
             write_run_info(store, info)
@@ -105,7 +138,8 @@ def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> t
         subset_size=config.subset_size(len(data.y_train)),
         seed=config.seed, config=config.to_dict(), fingerprint=fingerprint, source="runner",
     )
-    write_labels(store, labels, data.y_test, data.y_train)
+    info = dataclasses.replace(info, model_source=dict(model_source))
+    write_labels(store, labels, data.y_test, data.y_train, getattr(data, "class_names", ()))
     write_run_info(store, info)  # last: a run directory without run.json is not a run yet
     return info, labels
 
@@ -312,11 +346,14 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
     from raymem.cluster import connection
     from raymem.data.label_cache import load_run_dataset, remember_source
 
-    data = load_run_dataset(config.dataset, options.data_dir, store)  # a streamed set's labels from the run dir
+    # a streamed set's labels come from the run dir
+    data = load_run_dataset(config.dataset, options.data_dir, store, config.image_size)
+    model_source = check_own_model(config, data)
     check_checkpoint_location(config, store)
-    info, train_labels = prepare_run(config, store, name, data)
+    info, train_labels = prepare_run(config, store, name, data, model_source)
     remember_source(store, data)
-    address, started_here = connection.connect_or_start(options.address, options.num_cpus, options.num_gpus)
+    address, started_here = connection.connect_or_start(options.address, options.num_cpus, options.num_gpus,
+                                                        _job_runtime_env(config))
     if started_here:
         connection.write_live_address(store, address)
     else:
@@ -339,9 +376,9 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
-        submit = _submitter(config, run, payload, accumulator)
+        submit = _submitter(_for_workers(config), run, payload, accumulator)
         result = RunResult(name, store.uri, config.trials, len(done))
-        units = _units(config, missing, payload, result)
+        units = _units(_for_workers(config), missing, payload, result)
         bar = Progress(config.trials, len(done), enabled=options.progress, stream=sys.stderr)
         stop_check = None
         if options.stops_early:
@@ -363,6 +400,25 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
 def _trial_resources(config: ExperimentConfig) -> dict:
     """What one trial task asks Ray for (a pack asks for one trial's resources)."""
     return dict(num_cpus=config.resources.cpus_per_trial, num_gpus=config.resources.gpus_per_trial, max_retries=0)
+
+
+def _job_runtime_env(config: ExperimentConfig) -> dict | None:
+    """The job's runtime environment: your own model's module for every node (None for catalog models, and in a
+    detached job, whose submission shipped it already)."""
+    from raymem.cluster.connection import JOB_ID_ENV
+    from raymem.training import model_import
+
+    if os.environ.get(JOB_ID_ENV):
+        return None
+    return model_import.worker_runtime_env(config.model) or None
+
+
+def _for_workers(config: ExperimentConfig) -> ExperimentConfig:
+    """The config trials get: your own model's file path made absolute (workers start in other directories)."""
+    from raymem.training import model_import
+
+    model = model_import.absolute_model(config.model)
+    return config if model == config.model else config.model_copy(update={"model": model})
 
 
 def _submitter(config: ExperimentConfig, run: dict, payload, accumulator):

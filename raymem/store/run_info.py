@@ -3,7 +3,8 @@
 ``run.json`` holds a :class:`RunInfo` as JSON (sorted keys, ``format_version`` 1).
 ``labels.parquet`` has one row per example: ``split`` ("train"/"test"), ``index`` (int64),
 ``label`` (int64) and ``original_label`` (int64), which differs from ``label`` only for training
-examples whose label was flipped on purpose (canaries).
+examples whose label was flipped on purpose (canaries). Where the data set names its classes (``imagefolder:``),
+the names (label i -> name) are kept once, in the file's schema metadata under ``raymem.class_names`` (JSON).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ RUN_SOURCES = ("ingest", "runner")
 #: run), or the explicit example sets of a marginal-utility run (``marginal``; ``raymem.paper.marginal_utility``).
 RUN_KINDS = ("subsets", "marginal")
 LABEL_SPLITS = ("train", "test")
+#: The labels.parquet schema metadata key holding the class names (a JSON list, label i -> name).
+CLASS_NAMES_KEY = b"raymem.class_names"
 LABELS_SCHEMA = pa.schema([
     ("split", pa.string()), ("index", pa.int64()), ("label", pa.int64()), ("original_label", pa.int64()),
 ])
@@ -55,6 +58,7 @@ class RunInfo:
     format_version: int = FORMAT_VERSION
     kind: str = "subsets"  # RUN_KINDS; run.json leaves it out for "subsets" (the default)
     design: dict = dataclasses.field(default_factory=dict)  # a marginal run: its source run, arms and sets
+    model_source: dict = dataclasses.field(default_factory=dict)  # your own model: name, params, file, sha256
 
 
 #: The JSON type each run.json key must have.
@@ -63,7 +67,7 @@ _FIELD_TYPES = {
     "config": dict, "fingerprint": dict, "source": str, "created": str, "format_version": int,
 }
 #: Keys run.json may leave out, with their value when it does (written only when they differ from it).
-_OPTIONAL_FIELDS = {"kind": (str, "subsets"), "design": (dict, {})}
+_OPTIONAL_FIELDS = {"kind": (str, "subsets"), "design": (dict, {}), "model_source": (dict, {})}
 
 
 def _run_info_problem(info: RunInfo) -> str | None:
@@ -162,8 +166,10 @@ def _as_label_vector(labels, name: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def write_labels(store: RunStore, train_labels, test_labels, original_train_labels=None) -> None:
-    """Write ``labels.parquet`` atomically; ``original_train_labels`` defaults to the training labels."""
+def write_labels(store: RunStore, train_labels, test_labels, original_train_labels=None,
+                 class_names=()) -> None:
+    """Write ``labels.parquet`` atomically; ``original_train_labels`` defaults to the training labels;
+    ``class_names`` (label i -> name), where the data set names its classes, go to the schema metadata."""
     train = _as_label_vector(train_labels, "train_labels")
     test = _as_label_vector(test_labels, "test_labels")
     original = (train if original_train_labels is None
@@ -182,6 +188,8 @@ def write_labels(store: RunStore, train_labels, test_labels, original_train_labe
         },
         schema=LABELS_SCHEMA,
     )
+    if class_names:
+        table = table.replace_schema_metadata({CLASS_NAMES_KEY: json.dumps([str(n) for n in class_names])})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     store.write_bytes_atomic(LABELS_FILE, buffer.getvalue())
@@ -223,3 +231,17 @@ def read_labels(store: RunStore) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
         raise fail("a test example has original_label different from label")
     train, train_original = result["train"]
     return train, test, train_original
+
+
+def read_class_names(store: RunStore) -> list[str] | None:
+    """The class names kept in ``labels.parquet`` (label i -> name), or None when the run has none."""
+    if not store.exists(LABELS_FILE):
+        return None
+    metadata = store.read_parquet(LABELS_FILE).schema.metadata or {}
+    if CLASS_NAMES_KEY not in metadata:
+        return None
+    try:
+        names = json.loads(metadata[CLASS_NAMES_KEY])
+    except ValueError:
+        return None
+    return [str(name) for name in names] if isinstance(names, list) else None

@@ -200,7 +200,7 @@ def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, str
     steps_per_epoch = max(1, math.ceil(int(np.count_nonzero(mask)) / config.recipe.batch_size))
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
-        model = build_model(config.model, tuple(data.input_shape), data.num_classes)
+        model = build_model(config.model, tuple(data.input_shape), data.num_classes, **config.model_params)
         schedule = make_schedule(config.recipe.schedule, config.recipe.base_lr, config.recipe.epochs, steps_per_epoch,
                                  **config.recipe.schedule_params)
         model.compile(

@@ -18,6 +18,7 @@ from raymem.training.keras_backend import keras, layers  # noqa: E402
 
 from raymem.errors import RaymemError  # noqa: E402
 from raymem.config.catalog import MODEL_INPUT_RANK, MODEL_NAMES  # noqa: E402
+from raymem.training.model_import import is_import_path, load_builder  # noqa: E402
 
 PENULTIMATE = "penultimate"
 LOGITS = "logits"
@@ -223,8 +224,14 @@ _BUILDERS: dict[str, Callable] = {
 }
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Return the uncompiled model ``name`` mapping inputs of ``input_shape`` to ``num_classes`` logits."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **params) -> keras.Model:
+    """Return the uncompiled model ``name`` mapping inputs of ``input_shape`` to ``num_classes`` logits.
+
+    ``name`` is a catalog name, or an import path (``nets.py:tiny_cnn``) whose function gets ``params``
+    (the config's ``model_params``; see ``model_import``).
+    """
+    if is_import_path(name):
+        return load_builder(name)(tuple(int(size) for size in input_shape), int(num_classes), **params)
     if name not in _BUILDERS:
         raise RaymemError(f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
     builder, rank = _BUILDERS[name], MODEL_INPUT_RANK[name]
@@ -241,11 +248,16 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> ke
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """Return a model sharing ``model``'s weights that outputs its penultimate-layer activations."""
+    """Return a model sharing ``model``'s weights that outputs its penultimate-layer activations: the layer named
+    ``PENULTIMATE``, or in a model of your own without one, the input of its last layer (what the logits read)."""
     try:
-        penultimate = model.get_layer(PENULTIMATE)
+        features = model.get_layer(PENULTIMATE).output
     except ValueError:
-        raise RaymemError(
-            f"Model {model.name!r} has no layer named {PENULTIMATE!r}; build it with raymem's build_model."
-        ) from None
-    return keras.Model(model.input, penultimate.output, name=f"{model.name}_features")
+        last = model.layers[-1]
+        if isinstance(last.input, (list, tuple)) or len(model.layers) < 3:  # several tensors, or the raw inputs
+            raise RaymemError(
+                f"Model {model.name!r} has no layer named {PENULTIMATE!r} and its last layer does not read one "
+                f"hidden tensor; name the layer whose output are the features {PENULTIMATE!r}."
+            ) from None
+        features = last.input
+    return keras.Model(model.input, features, name=f"{model.name}_features")

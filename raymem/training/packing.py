@@ -63,7 +63,7 @@ def initial_weights(config: ExperimentConfig, data, seed: int) -> list[np.ndarra
     from raymem.training.models import build_model
 
     keras.utils.set_random_seed(seed)
-    return build_model(config.model, tuple(data.input_shape), data.num_classes).get_weights()
+    return build_model(config.model, tuple(data.input_shape), data.num_classes, **config.model_params).get_weights()
 
 
 def build_packed(config: ExperimentConfig, data, seeds: list[int]) -> PackedModel:
@@ -75,7 +75,7 @@ def build_packed(config: ExperimentConfig, data, seeds: list[int]) -> PackedMode
     # overflow in one copy skip every copy's step (a copy's training would depend on the others' data)
     keras.mixed_precision.set_global_policy("float32")
     weights = [initial_weights(config, data, seed) for seed in seeds]
-    template = build_model(config.model, tuple(data.input_shape), data.num_classes)
+    template = build_model(config.model, tuple(data.input_shape), data.num_classes, **config.model_params)
     return PackedModel(template, weights)
 
 
