@@ -58,6 +58,10 @@ class Progress:
         return (f"{self.running} running, {self.failed} failed, {self.retried} retried | "
                 f"{rate:,.0f} trials/h | ETA {eta}")
 
+    def note(self, message: str) -> None:
+        """Print one line above the live display (also with the display off: a note is never a progress line)."""
+        self._console.print(message, soft_wrap=True, highlight=False, markup=False)
+
     def show(self, running: int) -> None:
         """Refresh the display with ``running`` trials in flight."""
         self.running = running

@@ -30,6 +30,7 @@ from raymem.data import canaries
 from raymem.config.experiment import LEGACY_KERAS_ENV, ExperimentConfig, compare_for_resume, gpu_hours
 from raymem.driver.lease import DriverLease
 from raymem.driver.progress import Progress
+from raymem.driver.space import SpaceWaiter, storage_full_cause
 
 
 @dataclass
@@ -384,7 +385,7 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         if options.stops_early:
             def stop_check():
                 return criteria_met(accumulator, run_bars(info), options)
-        _drive(config, units, submit, result, bar, demand, stop_check)
+        _drive(config, units, submit, result, bar, demand, stop_check, SpaceWaiter(store, bar.note))
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
         result.wall_seconds = time.perf_counter() - started
@@ -483,13 +484,15 @@ def criteria_met(accumulator, bars: Bars, options: DriverOptions) -> str | None:
 
 
 def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, bar: Progress,
-           demand: AutoscalerDemand | None = None, stop_check=None) -> None:
+           demand: AutoscalerDemand | None = None, stop_check=None, wait_for_space=None) -> None:
     """Keep a window of trials (trial ids, or packs: tuples of them) in flight; retry failures up to
     max_attempts (a pack is retried whole); record outcomes per trial id.
 
     ``demand`` (optional) shows the remaining trials' resources to the autoscaler. ``stop_check()``
     (optional) is called after trials are counted; a reason it returns stops submitting
-    (the trials in flight still finish and are counted).
+    (the trials in flight still finish and are counted). ``wait_for_space(error, trial_ids)`` (optional, a
+    :class:`raymem.driver.space.SpaceWaiter`) blocks while the run's storage is full; a trial whose result
+    could not be written for that reason is queued again without spending one of its attempts.
     """
     import ray
 
@@ -518,6 +521,12 @@ def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, b
             try:
                 ray.get(ref)
             except Exception as exc:  # a trial's error or its worker/node dying: try again elsewhere
+                full = storage_full_cause(exc) if wait_for_space is not None else None
+                if full is not None:
+                    attempts[k] -= 1  # the trial did nothing wrong: its try is not spent
+                    queue.appendleft(k)
+                    wait_for_space(full, members)
+                    continue
                 if attempts[k] < config.resources.max_attempts:
                     result.retried.update({member: attempts[k] for member in members})
                     queue.appendleft(k)

@@ -11,6 +11,7 @@ storage root: no name can escape the root.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
@@ -48,6 +49,14 @@ def _check_relpath(relpath: str) -> str:
     if not relpath or relpath.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"not a relative path inside a run store: {relpath!r}")
     return relpath
+
+
+#: The errors of a write to a full storage: no space left, or the owner's quota spent.
+STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StorageFull(RaymemError):
+    """A write failed because its storage is full; the temporary file was removed, the final name is untouched."""
 
 
 class RunStore:
@@ -127,11 +136,14 @@ class RunStore:
             with self.filesystem.open_output_stream(temp) as stream:
                 stream.write(data)
             self.filesystem.move(temp, final)
-        except BaseException:
+        except BaseException as exc:
             try:
                 self.filesystem.delete_file(temp)
             except (FileNotFoundError, OSError):
                 pass
+            if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+                raise StorageFull(f"the storage of {self.location(relpath)} is full ({os.strerror(exc.errno)}), so "
+                                  "nothing was written there; free space on it.") from exc
             raise
 
     def list(self, reldir: str, suffix: str = "") -> list[str]:
