@@ -131,7 +131,7 @@ def test_the_package_ships_the_preset_files():
 def test_config_keys_describe_every_key_once():
     keys = config_keys()
     by_key = {k["key"]: k for k in keys}
-    assert len(by_key) == len(keys) == len({k["name"] for k in keys}) == 31
+    assert len(by_key) == len(keys) == len({k["name"] for k in keys}) == 35
     assert all(k["description"] and k["description"].endswith(".") for k in keys)
     assert by_key["recipe.epochs"] == {
         "key": "recipe.epochs", "name": "epochs", "section": "recipe", "type": "int", "default": None,
@@ -141,13 +141,13 @@ def test_config_keys_describe_every_key_once():
     assert (trials["section"], trials["required"], trials["resumable"]) == (None, True, True)
     got = {key: (by_key[key]["type"], by_key[key]["default"], by_key[key]["resumable"]) for key in (
         "subset_ratio", "recipe.schedule_params", "recipe.xla", "resources.checkpoint_every", "resources.pack",
-        "estimator.track_pairs", "estimator.influence_scope", "budget.paper_gpus")}
+        "estimator.track_pairs", "estimator.influence_scope", "budget.paper_gpus", "recipe.optimizer")}
     assert got == {
         "subset_ratio": ("float", 0.7, False), "recipe.schedule_params": ("mapping", {}, False),
         "recipe.xla": ("auto, on or off", "auto", True), "resources.checkpoint_every": ("int or null", None, True),
         "resources.pack": ("int or auto", 1, True), "estimator.track_pairs": ("bool", True, False),
         "estimator.influence_scope": ("full or class", "full", True),
-        "budget.paper_gpus": ("float or null", None, True),
+        "budget.paper_gpus": ("float or null", None, True), "recipe.optimizer": ("sgd, adam or adamw", "sgd", False),
     }
     header, *rows = keys_table()
     assert header == ["key", "type", "default", "on resume", "description"] and len(rows) == len(keys)

@@ -74,6 +74,17 @@ class Recipe(_Section):
                     + "; ".join(f"{kind}: {', '.join(params)}" for kind, params in SCHEDULE_OPTIONS.items() if params)
                     + ".")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    # The optimizer keys (issue 17): their defaults are the paper's recipe, so every paper preset trains as before.
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        default="sgd", description="Optimizer: sgd (with momentum), adam or adamw (base_lr and the schedule "
+                                   "drive each; momentum is SGD's only).")
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False,
+                                description="Decoupled weight decay per step (Keras' weight_decay, each weight "
+                                            "shrinks by lr x weight_decay; 0: off).")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1,
+                                   description="Label smoothing of the cross-entropy: the target puts this mass "
+                                               "uniformly on all classes (0: off).")
+    nesterov: bool = Field(default=False, description="Nesterov momentum (sgd only).")
     augment_pad: int = Field(default=0, ge=0,
                              description="Random crop after zero padding by this many pixels (0: off).")
     augment_flip: bool = Field(default=False, description="Random left-right flips.")
@@ -87,6 +98,18 @@ class Recipe(_Section):
     @classmethod
     def _known_schedule(cls, value: str) -> str:
         return _one_of(value, SCHEDULE_OPTIONS, "a schedule")
+
+    @model_validator(mode="after")
+    def _optimizer_options_fit(self) -> "Recipe":
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError(f"nesterov=true is an option of optimizer sgd, not {self.optimizer}; "
+                             "set nesterov: false or optimizer: sgd")
+        # Keras decays every optimizer's weights decoupled, so Adam with a decay would silently be AdamW and not
+        # the L2-coupled Adam that other frameworks call Adam with weight decay: say which one trains
+        if self.optimizer == "adam" and self.weight_decay > 0:
+            raise ValueError(f"optimizer adam with weight_decay={self.weight_decay:g} is AdamW (Keras decays "
+                             "weights decoupled); write optimizer: adamw, or weight_decay: 0")
+        return self
 
     @model_validator(mode="after")
     def _schedule_params_fit(self) -> "Recipe":
