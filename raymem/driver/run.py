@@ -53,8 +53,11 @@ def plan(config: ExperimentConfig) -> dict:
 
     Returns:
         ``preset, dataset, model, trials, subset_ratio, recipe (dict), per_trial (cpus, gpus, nodes),
-        executor, pair_shards, estimated_gpu_hours, estimate_basis``.
+        executor, pair_shards, estimated_gpu_hours, estimate_basis, train_flops_per_model,
+        forward_flops_per_example, flops_basis`` (the FLOPs counted from the Keras model, see training.flops).
     """
+    from raymem.training.flops import plan_flops
+
     hours = gpu_hours(config)
     r, budget = config.resources, config.budget
     basis = "no paper timing for this preset"
@@ -77,6 +80,7 @@ def plan(config: ExperimentConfig) -> dict:
         "influence_scope": config.estimator.influence_scope,
         "estimated_gpu_hours": hours,
         "estimate_basis": basis,
+        **plan_flops(config),
     }
 
 
