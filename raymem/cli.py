@@ -323,7 +323,7 @@ def format_plan(p: dict) -> str:
                       + (f"{shards} shard actors" if shards else "the accumulator")),
         ("train FLOPs", "unknown" if p.get("train_flops_per_model") is None
                         else f"{format_flops(p['train_flops_per_model'])} per model ({p['flops_basis']})"),
-        ("GPU-hours", "unknown" if hours is None else f"{hours:,.0f}"),
+        ("GPU-hours", "unmeasured" if hours is None else f"{hours:,.0f}"),
         ("based on", p["estimate_basis"]),
         ("run dir", p["run_dir"]),
     ]

@@ -466,10 +466,11 @@ def _lookup(tree: dict, location: list[str]):
 
 #: The preset files shipped in the package: ``<name>.yaml``, each a complete config in a user file's format.
 PRESET_DIR = Path(__file__).with_name("presets")
-#: The order ``raymem presets`` lists them in: the embedded default, then the paper's experiments by data size.
+#: The order ``raymem presets`` lists them in: the embedded default, the paper's experiments by data size, then the
+#: fast recipes.
 #: A preset file not named here follows, in name order.
 _PRESET_ORDER = ("digits", "mnist", "cifar10", "cifar100", "cifar100-resnet18", "cifar100-inception",
-                 "cifar100-densenet100", "cifar100-linear", "imagenet")
+                 "cifar100-densenet100", "cifar100-linear", "imagenet", "cifar10-fast")
 
 
 def preset_names() -> list[str]:

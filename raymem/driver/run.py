@@ -60,10 +60,13 @@ def plan(config: ExperimentConfig) -> dict:
 
     hours = gpu_hours(config)
     r, budget = config.resources, config.budget
+    flops = plan_flops(config)
     basis = "no paper timing for this preset"
     if hours is not None:
         basis = (f"{config.trials:,} trials x {config.recipe.epochs} epochs x {budget.paper_epoch_seconds:g} s/epoch "
                  f"x {budget.paper_gpus:g} GPU (the paper's P100 timing, supplement B)")
+    else:
+        basis = _unmeasured_basis(config, flops["train_flops_per_model"]) or basis
     return {
         "preset": config.preset,
         "dataset": config.dataset,
@@ -80,8 +83,24 @@ def plan(config: ExperimentConfig) -> dict:
         "influence_scope": config.estimator.influence_scope,
         "estimated_gpu_hours": hours,
         "estimate_basis": basis,
-        **plan_flops(config),
+        **flops,
     }
+
+
+def _unmeasured_basis(config: ExperimentConfig, train_flops: int | None) -> str | None:
+    """For a config without a timing, on a data set a paper preset studies: "unmeasured" and how its training
+    FLOPs compare with that preset's (GPU-hours do not scale with FLOPs alone, so no hours are made up)."""
+    from raymem.config.experiment import PRESETS
+    from raymem.training.flops import plan_flops
+
+    paper = next((p for p in PRESETS.values() if p.dataset == config.dataset and gpu_hours(p) is not None), None)
+    if paper is None or not train_flops:
+        return None
+    ratio = plan_flops(paper)["train_flops_per_model"] / train_flops
+    return (f"unmeasured: no GPU timing of this preset yet; its training FLOPs per model are 1/{ratio:,.0f} of "
+            f"preset {paper.preset}'s" if ratio >= 1 else
+            f"unmeasured: no GPU timing of this preset yet; its training FLOPs per model are {1 / ratio:,.1f}x "
+            f"preset {paper.preset}'s")
 
 
 def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data) -> tuple:
