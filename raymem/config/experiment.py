@@ -3,8 +3,8 @@
 An experiment is a data set, a model, the subset ratio, the number of trials and a seed, plus four
 sections:
 
-- ``recipe``: how one model trains (epochs, batch size, SGD with momentum, learning-rate schedule,
-  augmentation, accelerator switches);
+- ``recipe``: how one model trains (epochs, batch size, the optimizer: SGD with momentum or Adam/AdamW, weight
+  decay, label smoothing, learning-rate schedule, augmentation, accelerator switches);
 - ``resources``: what one trial asks Ray for, and how often it is tried;
 - ``estimator``: how the accumulator keeps the counts (pair matrix, its batching and sharding);
 - ``budget``: the paper's time per epoch, for GPU-hour estimates only.
@@ -65,7 +65,7 @@ class Recipe(_Section):
     """How one model trains (supplement, section B)."""
 
     epochs: int = Field(gt=0, description="Training epochs of one trial.")
-    batch_size: int = Field(gt=0, description="Examples per SGD step.")
+    batch_size: int = Field(gt=0, description="Examples per optimizer step.")
     base_lr: float = Field(gt=0, allow_inf_nan=False, description="Peak learning rate of the schedule.")
     schedule: str = Field(description=f"Learning-rate schedule: {', '.join(SCHEDULE_OPTIONS)}.")
     schedule_params: dict[str, Any] = Field(
