@@ -293,8 +293,21 @@ def _api():
 # ---- run and watch ----------------------------------------------------------------------------------------------
 
 
+def _describe_optimizer(r: dict) -> str:
+    """``SGD momentum 0.9`` (the paper's), ``AdamW weight decay 0.05, label smoothing 0.2``: a recipe's optimizer."""
+    name = r.get("optimizer", "sgd")
+    text = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[name]
+    if name == "sgd":
+        text += (" Nesterov" if r.get("nesterov") else "") + f" momentum {r['momentum']:g}"
+    extras = [f"weight decay {r['weight_decay']:g}" if r.get("weight_decay") else "",
+              f"label smoothing {r['label_smoothing']:g}" if r.get("label_smoothing") else ""]
+    return ", ".join([text, *filter(None, extras)])
+
+
 def format_plan(p: dict) -> str:
     """The dry-run plan as a short two-column table."""
+    from raymem.training.flops import format_flops
+
     r = p["recipe"]
     schedule = r["schedule"] + (f" {json.dumps(r['schedule_params'])}" if r["schedule_params"] else "")
     augment = ", ".join(filter(None, [f"pad-crop {r['augment_pad']}" if r["augment_pad"] else "",
@@ -306,7 +319,7 @@ def format_plan(p: dict) -> str:
         ("data", f"{p['dataset']}, {p['subset_ratio']:g} of the training set per trial"),
         ("model", p["model"]),
         ("trials", f"{p['trials']:,}"),
-        ("recipe", f"{r['epochs']} epochs, batch {r['batch_size']}, SGD momentum {r['momentum']:g}, "
+        ("recipe", f"{r['epochs']} epochs, batch {r['batch_size']}, {_describe_optimizer(r)}, "
                    f"base LR {r['base_lr']:g}"),
         ("schedule", schedule),
         ("augment", augment),
@@ -315,7 +328,9 @@ def format_plan(p: dict) -> str:
         ("executor", p["executor"]),
         ("influence", f"{p.get('influence_scope', 'full')} scope, pair counts in "
                       + (f"{shards} shard actors" if shards else "the accumulator")),
-        ("GPU-hours", "unknown" if hours is None else f"{hours:,.0f}"),
+        ("train FLOPs", "unknown" if p.get("train_flops_per_model") is None
+                        else f"{format_flops(p['train_flops_per_model'])} per model ({p['flops_basis']})"),
+        ("GPU-hours", "unmeasured" if hours is None else f"{hours:,.0f}"),
         ("based on", p["estimate_basis"]),
         ("run dir", p["run_dir"]),
     ]

@@ -58,6 +58,9 @@ EXPECTED_PRESETS = {
                         (1, 0.125, None), (0.5, 1)),
     "imagenet": ("imagenet2012", "resnet50", 2000, (100, 896, 0.7, "warmup_piecewise", 32, True), (32, 8, 1),
                  (1800, 8)),
+    # airbench94's recipe (KellerJordan/cifar10-airbench) in raymem's terms: see the preset file
+    "cifar10-fast": ("cifar10", "airbench94", 2000, (35, 1024, 1.5, "warmup_linear_decay", 2, True), (2, 0.25, None),
+                     (None, None)),
 }
 
 
@@ -71,15 +74,17 @@ def test_the_preset_files_hold_the_papers_values():
         got = (c.resources.cpus_per_trial, c.resources.gpus_per_trial, c.resources.checkpoint_every)
         assert got == resources, name
         assert (c.budget.paper_epoch_seconds, c.budget.paper_gpus) == budget, name
-        # what no preset changes: the paper's subset ratio, seed 0, SGD momentum 0.9, one try of three, full pairs
-        assert (c.subset_ratio, c.seed, c.flip_labels, r.momentum, r.mixed_precision, r.xla) == (0.7, 0, 0, 0.9,
+        # what no preset changes: the paper's subset ratio, seed 0, one try of three, full pairs; and the paper's
+        # presets SGD with momentum 0.9 (a fast preset has its source's optimizer)
+        momentum = 0.85 if name == "cifar10-fast" else 0.9
+        assert (c.subset_ratio, c.seed, c.flip_labels, r.momentum, r.mixed_precision, r.xla) == (0.7, 0, 0, momentum,
                                                                                                  "auto", "auto")
         assert (c.resources.nodes_per_trial, c.resources.max_attempts, c.resources.pack) == (1, 3, 1)
         assert c.estimator.track_pairs
         warmup = {"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0} if name == "imagenet" \
-            else {"warmup_fraction": 0.15}
+            else {"warmup_fraction": 0.23 if name == "cifar10-fast" else 0.15}
         assert r.schedule_params == warmup
-        scope = (16, "class") if name == "imagenet" else (64, "full")
+        scope = (16, "class") if name == "imagenet" else (256, "full")
         assert (c.estimator.pair_batch, c.estimator.influence_scope) == scope
 
 
@@ -131,7 +136,7 @@ def test_the_package_ships_the_preset_files():
 def test_config_keys_describe_every_key_once():
     keys = config_keys()
     by_key = {k["key"]: k for k in keys}
-    assert len(by_key) == len(keys) == len({k["name"] for k in keys}) == 33
+    assert len(by_key) == len(keys) == len({k["name"] for k in keys}) == 37
     assert all(k["description"] and k["description"].endswith(".") for k in keys)
     assert by_key["recipe.epochs"] == {
         "key": "recipe.epochs", "name": "epochs", "section": "recipe", "type": "int", "default": None,
@@ -141,13 +146,13 @@ def test_config_keys_describe_every_key_once():
     assert (trials["section"], trials["required"], trials["resumable"]) == (None, True, True)
     got = {key: (by_key[key]["type"], by_key[key]["default"], by_key[key]["resumable"]) for key in (
         "subset_ratio", "recipe.schedule_params", "recipe.xla", "resources.checkpoint_every", "resources.pack",
-        "estimator.track_pairs", "estimator.influence_scope", "budget.paper_gpus")}
+        "estimator.track_pairs", "estimator.influence_scope", "budget.paper_gpus", "recipe.optimizer")}
     assert got == {
         "subset_ratio": ("float", 0.7, False), "recipe.schedule_params": ("mapping", {}, False),
         "recipe.xla": ("auto, on or off", "auto", True), "resources.checkpoint_every": ("int or null", None, True),
         "resources.pack": ("int or auto", 1, True), "estimator.track_pairs": ("bool", True, False),
         "estimator.influence_scope": ("full or class", "full", True),
-        "budget.paper_gpus": ("float or null", None, True),
+        "budget.paper_gpus": ("float or null", None, True), "recipe.optimizer": ("sgd, adam or adamw", "sgd", False),
     }
     header, *rows = keys_table()
     assert header == ["key", "type", "default", "on resume", "description"] and len(rows) == len(keys)

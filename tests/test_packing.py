@@ -113,6 +113,12 @@ def test_each_copy_is_its_own_keras_model_from_the_unpacked_initial_weights(tf, 
     if model == "linear":  # a linear model on feature vectors
         data = ArrayDataset("vec", digits.x_train.reshape(len(digits.x_train), -1)[:50], digits.y_train[:50],
                             digits.x_test.reshape(len(digits.x_test), -1)[:60], digits.y_test[:60], 10)
+    elif model == "airbench94":  # CIFAR-sized images only: the digits at 4x, in three channels
+        def big(x):
+            return np.repeat(np.kron(x, np.ones((1, 4, 4, 1), np.float32)), 3, axis=-1)
+
+        data = ArrayDataset("digits-32", big(digits.x_train[:50]), digits.y_train[:50], big(digits.x_test[:60]),
+                            digits.y_test[:60], 10)
     else:
         data = _small(digits, 50)
     config = resolve_config("digits", {"model": model})

@@ -14,6 +14,7 @@ MODEL_INPUT_RANK: dict[str, int] = {
     "densenet100": 3,
     "linear": 1,
     "small_cnn": 3,
+    "airbench94": 3,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_INPUT_RANK)
 

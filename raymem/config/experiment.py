@@ -3,8 +3,8 @@
 An experiment is a data set, a model, the subset ratio, the number of trials and a seed, plus four
 sections:
 
-- ``recipe``: how one model trains (epochs, batch size, SGD with momentum, learning-rate schedule,
-  augmentation, accelerator switches);
+- ``recipe``: how one model trains (epochs, batch size, the optimizer: SGD with momentum or Adam/AdamW, weight
+  decay, label smoothing, learning-rate schedule, augmentation, accelerator switches);
 - ``resources``: what one trial asks Ray for, and how often it is tried;
 - ``estimator``: how the accumulator keeps the counts (pair matrix, its batching and sharding);
 - ``budget``: the paper's time per epoch, for GPU-hour estimates only.
@@ -81,7 +81,7 @@ class Recipe(_Section):
     """How one model trains (supplement, section B)."""
 
     epochs: int = Field(gt=0, le=100_000, description="Training epochs of one trial.")
-    batch_size: int = Field(gt=0, description="Examples per SGD step.")
+    batch_size: int = Field(gt=0, description="Examples per optimizer step.")
     base_lr: float = Field(gt=0, allow_inf_nan=False, description="Peak learning rate of the schedule.")
     schedule: str = Field(description=f"Learning-rate schedule: {', '.join(SCHEDULE_OPTIONS)}.")
     schedule_params: dict[str, Any] = Field(
@@ -90,6 +90,17 @@ class Recipe(_Section):
                     + "; ".join(f"{kind}: {', '.join(params)}" for kind, params in SCHEDULE_OPTIONS.items() if params)
                     + ".")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    # The optimizer keys (issue 17): their defaults are the paper's recipe, so every paper preset trains as before.
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        default="sgd", description="Optimizer: sgd (with momentum), adam or adamw (base_lr and the schedule "
+                                   "drive each; momentum is SGD's only).")
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False,
+                                description="Decoupled weight decay per step (Keras' weight_decay, each weight "
+                                            "shrinks by lr x weight_decay; 0: off).")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1,
+                                   description="Label smoothing of the cross-entropy: the target puts this mass "
+                                               "uniformly on all classes (0: off).")
+    nesterov: bool = Field(default=False, description="Nesterov momentum (sgd only).")
     augment_pad: int = Field(default=0, ge=0,
                              description="Random crop after zero padding by this many pixels (0: off).")
     augment_flip: bool = Field(default=False, description="Random left-right flips.")
@@ -105,6 +116,18 @@ class Recipe(_Section):
     @classmethod
     def _known_schedule(cls, value: str) -> str:
         return _one_of(value, SCHEDULE_OPTIONS, "a schedule")
+
+    @model_validator(mode="after")
+    def _optimizer_options_fit(self) -> "Recipe":
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError(f"nesterov=true is an option of optimizer sgd, not {self.optimizer}; "
+                             "set nesterov: false or optimizer: sgd")
+        # Keras decays every optimizer's weights decoupled, so Adam with a decay would silently be AdamW and not
+        # the L2-coupled Adam that other frameworks call Adam with weight decay: say which one trains
+        if self.optimizer == "adam" and self.weight_decay > 0:
+            raise ValueError(f"optimizer adam with weight_decay={self.weight_decay:g} is AdamW (Keras decays "
+                             "weights decoupled); write optimizer: adamw, or weight_decay: 0")
+        return self
 
     @model_validator(mode="after")
     def _schedule_params_fit(self) -> "Recipe":
@@ -173,7 +196,11 @@ class EstimatorSettings(_Section):
     """How the accumulator keeps the count tensors."""
 
     track_pairs: bool = Field(default=True, description="Keep the n_train x n_test pair matrix (influence).")
-    pair_batch: int = Field(default=64, gt=0, json_schema_extra=RESUMABLE,
+    # 256, not 64: scripts/bench_estimator.py (CIFAR-100 shape) measured streaming absorbs at 1.00x the one-shot
+    # product at B = 256 and 1.20x at 64 (issue 18; the README's earlier run measured 1.10x and 1.18x: 2 shared
+    # cores swing 2x). The price: a buffer of B x (rows + n_test) float32 (CIFAR-100: 61 MB next to the 1.9 GB pair
+    # matrix), and a read of the pairs first applies up to B - 1 buffered trials (about one update's time).
+    pair_batch: int = Field(default=256, gt=0, json_schema_extra=RESUMABLE,
                             description="Trials buffered per pair-matrix update.")
     pair_shards: int = Field(default=1, gt=0, le=4096, json_schema_extra=RESUMABLE,
                              description="Split the pair matrix by training rows over this many actors.")
@@ -485,10 +512,11 @@ def _lookup(tree: dict, location: list[str]):
 
 #: The preset files shipped in the package: ``<name>.yaml``, each a complete config in a user file's format.
 PRESET_DIR = Path(__file__).with_name("presets")
-#: The order ``raymem presets`` lists them in: the embedded default, then the paper's experiments by data size.
+#: The order ``raymem presets`` lists them in: the embedded default, the paper's experiments by data size, then the
+#: fast recipes.
 #: A preset file not named here follows, in name order.
 _PRESET_ORDER = ("digits", "mnist", "cifar10", "cifar100", "cifar100-resnet18", "cifar100-inception",
-                 "cifar100-densenet100", "cifar100-linear", "imagenet")
+                 "cifar100-densenet100", "cifar100-linear", "imagenet", "cifar10-fast")
 
 
 def preset_names() -> list[str]:

@@ -54,18 +54,24 @@ def plan(config: ExperimentConfig) -> dict:
 
     Returns:
         ``preset, dataset, model, trials, subset_ratio, recipe (dict), per_trial (cpus, gpus, nodes),
-        executor, pair_shards, estimated_gpu_hours, estimate_basis``.
+        executor, pair_shards, estimated_gpu_hours, estimate_basis, train_flops_per_model,
+        forward_flops_per_example, flops_basis`` (the FLOPs counted from the Keras model, see training.flops).
     """
     from raymem.training import model_import
 
     if model_import.is_import_path(config.model):
         model_import.load_builder(config.model)  # a typo in your own model's path is refused here too
+    from raymem.training.flops import plan_flops
+
     hours = gpu_hours(config)
     r, budget = config.resources, config.budget
+    flops = plan_flops(config)
     basis = "no paper timing for this preset"
     if hours is not None:
         basis = (f"{config.trials:,} trials x {config.recipe.epochs} epochs x {budget.paper_epoch_seconds:g} s/epoch "
                  f"x {budget.paper_gpus:g} GPU (the paper's P100 timing, supplement B)")
+    else:
+        basis = _unmeasured_basis(config, flops["train_flops_per_model"]) or basis
     return {
         "preset": config.preset,
         "dataset": config.dataset,
@@ -83,6 +89,7 @@ def plan(config: ExperimentConfig) -> dict:
         "influence_scope": config.estimator.influence_scope,
         "estimated_gpu_hours": hours,
         "estimate_basis": basis,
+        **flops,
     }
 
 
@@ -107,6 +114,22 @@ def _check_model_source(info, model_source: dict, name: str) -> None:
             f"run {name} was started with model {info.model_source.get('model')} of source sha256 {old[:12]} but "
             f"{model_source.get('file') or 'its module'} now has sha256 {str(model_source.get('sha256'))[:12]}; "
             "restore the module's source or start a new run with --name.")
+
+
+def _unmeasured_basis(config: ExperimentConfig, train_flops: int | None) -> str | None:
+    """For a config without a timing, on a data set a paper preset studies: "unmeasured" and how its training
+    FLOPs compare with that preset's (GPU-hours do not scale with FLOPs alone, so no hours are made up)."""
+    from raymem.config.experiment import PRESETS
+    from raymem.training.flops import plan_flops
+
+    paper = next((p for p in PRESETS.values() if p.dataset == config.dataset and gpu_hours(p) is not None), None)
+    if paper is None or not train_flops:
+        return None
+    ratio = plan_flops(paper)["train_flops_per_model"] / train_flops
+    return (f"unmeasured: no GPU timing of this preset yet; its training FLOPs per model are 1/{ratio:,.0f} of "
+            f"preset {paper.preset}'s" if ratio >= 1 else
+            f"unmeasured: no GPU timing of this preset yet; its training FLOPs per model are {1 / ratio:,.1f}x "
+            f"preset {paper.preset}'s")
 
 
 def prepare_run(config: ExperimentConfig, store: RunStore, name: str, data, model_source: dict | None = None) -> tuple:

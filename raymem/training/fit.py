@@ -175,6 +175,33 @@ def predict_labels(model, inputs) -> np.ndarray:
     return np.argmax(predict_outputs(model, inputs), axis=-1).astype(np.int32)
 
 
+def smoothed_cross_entropy(labels, logits, label_smoothing: float):
+    """Per-example cross-entropy of integer ``labels`` against ``logits`` (any leading dims, classes last) with
+    the target ``(1 - label_smoothing) x one-hot + label_smoothing / classes``.
+
+    Written on sparse labels because Keras' SparseCategoricalCrossentropy has no label smoothing, and one-hot
+    labels would change the data pipeline and the accuracy metric: (1 - s) x NLL + s x mean over classes of -log p.
+    """
+    import tensorflow as tf
+
+    logits = tf.cast(logits, tf.float32)  # float16 logits of mixed precision: the loss in float32, as Keras does
+    labels = tf.cast(tf.reshape(labels, tf.shape(logits)[:-1]), tf.int32)
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    if not label_smoothing:
+        return nll
+    uniform = -tf.reduce_mean(tf.nn.log_softmax(logits), axis=-1)
+    return (1.0 - label_smoothing) * nll + label_smoothing * uniform
+
+
+def recipe_loss(label_smoothing: float):
+    """The loss ``model.compile`` gets: Keras' sparse cross-entropy on logits, or the smoothed one."""
+    from raymem.training.keras_backend import keras
+
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # the paper's recipe, unchanged
+    return lambda y_true, logits: smoothed_cross_entropy(y_true, logits, label_smoothing)
+
+
 def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, strategy=None, checkpoints=None) -> tuple:
     """Fit a fresh ``config.model`` on the examples where ``mask`` is True with the config's recipe.
 
@@ -189,7 +216,7 @@ def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, str
 
     from raymem.training.keras_backend import keras
     from raymem.training.models import build_model
-    from raymem.training.schedules import make_optimizer, make_schedule
+    from raymem.training.schedules import make_schedule, recipe_optimizer
 
     started = time.perf_counter()
     tf.get_logger().setLevel("ERROR")
@@ -204,8 +231,8 @@ def train_model(config: ExperimentConfig, data, mask: np.ndarray, seed: int, str
         schedule = make_schedule(config.recipe.schedule, config.recipe.base_lr, config.recipe.epochs, steps_per_epoch,
                                  **config.recipe.schedule_params)
         model.compile(
-            optimizer=make_optimizer(schedule, momentum=config.recipe.momentum),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            optimizer=recipe_optimizer(config.recipe, schedule),
+            loss=recipe_loss(config.recipe.label_smoothing),
             metrics=["accuracy"],
             jit_compile=settings["xla"],
         )

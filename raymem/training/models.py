@@ -213,6 +213,13 @@ def _small_cnn(input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes, name=LOGITS)(x), name="small_cnn")
 
 
+def _airbench94(input_shape, num_classes):
+    """Return airbench94's network (Keller Jordan 2024; see ``raymem.training.airbench``)."""
+    from raymem.training.airbench import airbench94
+
+    return airbench94(input_shape, num_classes, names=(PENULTIMATE, LOGITS))
+
+
 # catalog name -> builder (the names and their input ranks are defined once, in catalog)
 _BUILDERS: dict[str, Callable] = {
     "resnet50": _resnet50,
@@ -221,6 +228,7 @@ _BUILDERS: dict[str, Callable] = {
     "densenet100": _densenet100,
     "linear": _linear,
     "small_cnn": _small_cnn,
+    "airbench94": _airbench94,
 }
 
 

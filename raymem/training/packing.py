@@ -96,9 +96,16 @@ def _epoch_orders(masks: np.ndarray, seeds: list[int], epochs: int):
         yield np.stack([rng.permutation(idx) for rng, idx in zip(rngs, members)]).astype(np.int32)
 
 
-def _make_step(packed: PackedModel, optimizer, x_all, y_all, augment: tuple[int, bool], xla: bool):
-    """The compiled training step: gather each copy's batch, sum of per-copy mean losses, one SGD update."""
+def _make_step(packed: PackedModel, optimizer, x_all, y_all, augment: tuple[int, bool], xla: bool,
+               label_smoothing: float = 0.0):
+    """The compiled training step: gather each copy's batch, sum of per-copy mean losses, one optimizer update.
+
+    The recipe's optimizers (SGD, Adam, AdamW, decoupled weight decay) all update each weight from its own
+    gradient and state only, so over stacked copies they stay K independent optimizers.
+    """
     import tensorflow as tf
+
+    from raymem.training.fit import smoothed_cross_entropy
 
     pad, flip = augment
     augment_on = packed.input_rank == 3 and (pad > 0 or flip)
@@ -117,7 +124,7 @@ def _make_step(packed: PackedModel, optimizer, x_all, y_all, augment: tuple[int,
             x = tf.reshape(flat, shape)
         with tf.GradientTape() as tape:
             logits = packed.logits(x, training=True)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            per_example = smoothed_cross_entropy(y, logits, label_smoothing)
             per_copy = tf.reduce_mean(per_example, axis=1)   # each copy's mean over its own batch
             loss = tf.reduce_sum(per_copy)                   # copies share no weight: gradients stay apart
         grads = tape.gradient(loss, packed.variables)
@@ -135,7 +142,7 @@ def train_pack(config: ExperimentConfig, data, masks: np.ndarray, seeds: list[in
     """
     import tensorflow as tf
 
-    from raymem.training.schedules import make_optimizer, make_schedule
+    from raymem.training.schedules import make_schedule, recipe_optimizer
     from raymem.training.fit import accelerator_settings
 
     if isinstance(data, StreamingDataset):
@@ -151,10 +158,11 @@ def train_pack(config: ExperimentConfig, data, masks: np.ndarray, seeds: list[in
     packed = build_packed(config, data, list(seeds))
     spe = steps_per_epoch(config, int(sizes[0]))
     schedule = make_schedule(recipe.schedule, recipe.base_lr, recipe.epochs, spe, **recipe.schedule_params)
-    optimizer = make_optimizer(schedule, momentum=recipe.momentum)
+    optimizer = recipe_optimizer(recipe, schedule)
     x_all = tf.constant(data.x_train)
     y_all = tf.constant(data.y_train.astype(np.int32))
-    step = _make_step(packed, optimizer, x_all, y_all, (recipe.augment_pad, recipe.augment_flip), settings["xla"])
+    step = _make_step(packed, optimizer, x_all, y_all, (recipe.augment_pad, recipe.augment_flip), settings["xla"],
+                      recipe.label_smoothing)
     batch = recipe.batch_size
     done, losses, warm = 0, None, None
     seed_base = int(seeds[0])

@@ -1,4 +1,5 @@
-"""Learning-rate schedules of the paper (supplement, section B) and its optimizer (SGD, momentum 0.9).
+"""Learning-rate schedules of the paper (supplement, section B) and its optimizer (SGD, momentum 0.9; or the
+recipe's Adam/AdamW, weight decay, Nesterov).
 
 Each schedule is a Keras ``LearningRateSchedule`` whose ``__call__`` is written once with
 ``keras.ops``, so it runs inside the optimizer's graph and, called eagerly with a plain Python
@@ -24,6 +25,8 @@ DEFAULT_DECAY_EPOCHS = (30, 60, 90)  # ImageNet
 DEFAULT_DECAY_FACTOR = 10.0
 DEFAULT_WARMUP_FRACTION = 0.15  # CIFAR-100 and MNIST
 DEFAULT_MOMENTUM = 0.9
+#: The optimizers a recipe may name (``recipe.optimizer``).
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -175,6 +178,29 @@ def make_schedule(kind: str, base_lr: float, epochs: int, steps_per_epoch: int,
     return constant(base_lr)
 
 
-def make_optimizer(schedule, momentum: float = DEFAULT_MOMENTUM) -> keras.optimizers.SGD:
-    """Return SGD with ``momentum`` (paper: 0.9) whose learning rate follows ``schedule``."""
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+def make_optimizer(schedule, momentum: float = DEFAULT_MOMENTUM, *, optimizer: str = "sgd",
+                   weight_decay: float = 0.0, nesterov: bool = False):
+    """Return the recipe's optimizer whose learning rate follows ``schedule`` (paper: SGD, momentum 0.9).
+
+    ``optimizer`` is sgd (with ``momentum``, optionally ``nesterov``), adam or adamw. ``weight_decay`` is
+    Keras' decoupled decay (each step every weight shrinks by lr x weight_decay) for all three; AdamW needs
+    it above 0 to differ from Adam, and Keras' own AdamW default (0.004) is not used: 0 means 0.
+    """
+    _require(optimizer in OPTIMIZERS, f"Unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    _require(weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}; fix the experiment config.")
+    # None, not 0.0, when off: the Keras optimizer then skips its decay step entirely (the paper's recipe, unchanged)
+    decay = float(weight_decay) or None
+    if optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=nesterov, weight_decay=decay)
+    _require(not nesterov, f"nesterov is an option of sgd, not {optimizer}; set nesterov: false.")
+    if optimizer == "adam":
+        _require(decay is None, f"optimizer adam with weight_decay={weight_decay:g} is AdamW in Keras; "
+                                "use optimizer adamw.")
+        return keras.optimizers.Adam(learning_rate=schedule)
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=float(weight_decay))
+
+
+def recipe_optimizer(recipe, schedule):
+    """Return the optimizer of a config's ``recipe`` (its optimizer, momentum, nesterov and weight decay keys)."""
+    return make_optimizer(schedule, recipe.momentum, optimizer=recipe.optimizer,
+                          weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
