@@ -84,7 +84,7 @@ def test_the_preset_files_hold_the_papers_values():
         warmup = {"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0} if name == "imagenet" \
             else {"warmup_fraction": 0.23 if name == "cifar10-fast" else 0.15}
         assert r.schedule_params == warmup
-        scope = (16, "class") if name == "imagenet" else (256, "full")
+        scope = (16, "class") if name == "imagenet" else (64, "full")
         assert (c.estimator.pair_batch, c.estimator.influence_scope) == scope
 
 

@@ -196,11 +196,7 @@ class EstimatorSettings(_Section):
     """How the accumulator keeps the count tensors."""
 
     track_pairs: bool = Field(default=True, description="Keep the n_train x n_test pair matrix (influence).")
-    # 256, not 64: scripts/bench_estimator.py (CIFAR-100 shape) measured streaming absorbs at 1.00x the one-shot
-    # product at B = 256 and 1.20x at 64 (issue 18; the README's earlier run measured 1.10x and 1.18x: 2 shared
-    # cores swing 2x). The price: a buffer of B x (rows + n_test) float32 (CIFAR-100: 61 MB next to the 1.9 GB pair
-    # matrix), and a read of the pairs first applies up to B - 1 buffered trials (about one update's time).
-    pair_batch: int = Field(default=256, gt=0, json_schema_extra=RESUMABLE,
+    pair_batch: int = Field(default=64, gt=0, json_schema_extra=RESUMABLE,
                             description="Trials buffered per pair-matrix update.")
     pair_shards: int = Field(default=1, gt=0, le=4096, json_schema_extra=RESUMABLE,
                              description="Split the pair matrix by training rows over this many actors.")
