@@ -196,6 +196,9 @@ class EstimatorSettings(_Section):
     """How the accumulator keeps the count tensors."""
 
     track_pairs: bool = Field(default=True, description="Keep the n_train x n_test pair matrix (influence).")
+    # 64, not 256: a larger B makes absorbing cheaper but a mid-run pairs read must first apply up to B - 1 buffered
+    # trials (1.0 s for 213 pending at the CIFAR-100 shape, scripts/bench_estimator.py), and the reads are what a
+    # user waits on; an absorb is tens of ms, far below any trial's time, so the accumulator is never the bottleneck.
     pair_batch: int = Field(default=64, gt=0, json_schema_extra=RESUMABLE,
                             description="Trials buffered per pair-matrix update.")
     pair_shards: int = Field(default=1, gt=0, le=4096, json_schema_extra=RESUMABLE,
