@@ -9,7 +9,9 @@ import inspect
 import json
 import math
 import shutil
+import sys
 import time
+import warnings
 from io import StringIO
 from typing import List, Optional, Tuple
 
@@ -17,7 +19,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.models import ArgumentInfo, OptionInfo
 
-from raymem.errors import RaymemError
+from raymem.errors import RaymemError, RaymemWarning
 from raymem.estimator import formulas, report
 
 APP_HELP = """Which training examples a network memorizes, and which test predictions each drives
@@ -152,6 +154,14 @@ def _flag_for(parameter: str, command, overrides: dict[str, str]) -> str:
     return "--" + parameter.replace("_", "-")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A RaymemWarning as one ``warning: <sentence>`` line on stderr; other warnings as Python shows them."""
+    if issubclass(category, RaymemWarning):
+        typer.echo("warning: " + " ".join(str(message).split()), err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def user_errors(fn=None, *, flags: dict[str, str] | None = None):
     """Turn a RaymemError into one line, ``error: <sentence>``, on stderr and exit status 2.
 
@@ -163,7 +173,10 @@ def user_errors(fn=None, *, flags: dict[str, str] | None = None):
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             try:
-                return function(*args, **kwargs)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("default", RaymemWarning)  # each distinct one once
+                    warnings.showwarning = _show_warning
+                    return function(*args, **kwargs)
             except RaymemError as exc:
                 parameter = getattr(exc, "parameter", None)
                 message = exc.naming(_flag_for(parameter, function, flags or {})) if parameter else str(exc)

@@ -25,3 +25,10 @@ class RaymemError(Exception):
         if not self.parameter:
             return message
         return message.replace(self.parameter, flag, 1)
+
+
+class RaymemWarning(UserWarning):
+    """Something a user should know that does not stop the command (a damaged trial file skipped by a read).
+
+    The CLI prints it as one line, ``warning: <sentence>``, on stderr.
+    """

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from raymem.errors import RaymemError
+from raymem.errors import RaymemError, RaymemWarning
 from raymem.store.trial_record import TrialRecord, pack_bits, record_checksum, unpack_bits, validate_record
 from raymem.store.run_info import new_run_info, write_run_info
 from raymem.store.storage import TEMP_PREFIX, RunStore
@@ -227,7 +227,7 @@ def _expect_corrupt(store, trial_id, info, reason):
     with pytest.raises(RaymemError, match=reason) as caught:
         read_trial(store, trial_id, info)
     message = str(caught.value)
-    assert location in message and f"delete it so trial {trial_id} is re-run" in message
+    assert location in message and f"--quarantine` (or delete it) so trial {trial_id} is re-run" in message
     return message
 
 
@@ -261,10 +261,12 @@ def test_truncated_file_is_named(store):
     for length in [0, 10, len(data) // 2, len(data) - 1]:
         store.write_bytes_atomic(trial_path(42), data[:length])
         _expect_corrupt(store, 42, info, "unreadable Parquet")
-    with pytest.raises(RaymemError, match="trial-00000042.parquet is corrupt"):
-        list(iter_trials(store))
-    with pytest.raises(RaymemError, match="delete it so trial 42 is re-run"):
-        write_trial(store, _record(info, 42), info)  # never compared against, never overwritten
+    with pytest.warns(RaymemWarning, match=r"trial-00000042\.parquet is damaged .* left out"):
+        assert list(iter_trials(store)) == []  # every reader skips it: trial 42 is not in the log
+    damaged = store.read_bytes(trial_path(42))
+    assert write_trial(store, _record(info, 42), info)  # the retrained trial takes its place
+    assert store.read_bytes("quarantine/trial-00000042.parquet") == damaged  # set aside, never overwritten
+    assert record_checksum(read_trial(store, 42, info)) == record_checksum(_record(info, 42))
 
 
 def _rewrite_column(store, trial_id, name, value):

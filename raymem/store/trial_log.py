@@ -13,13 +13,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymem.errors import RaymemError
+from raymem.errors import RaymemError, RaymemWarning
 from raymem.store.trial_record import (
     PRED_DTYPE, TrialRecord, metadata_json, pack_bits, record_checksum, unpack_bits, validate_record,
 )
@@ -27,6 +28,8 @@ from raymem.store.run_info import RunInfo, read_run_info
 from raymem.store.storage import RunStore
 
 TRIALS_DIR = "trials"
+#: Where damaged trial files are set aside, inside the run directory (outside ``trials/``, so no read sees them).
+QUARANTINE_DIR = "quarantine"
 TRIAL_FILE_PATTERN = re.compile(r"trial-(\d{8,})\.parquet")
 TRIAL_SCHEMA = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
@@ -91,6 +94,18 @@ def _encode(record: TrialRecord, checksum: str) -> bytes:
     return buffer.getvalue()
 
 
+def _intact_record(store: RunStore, relpath: str, trial_id: int, info: RunInfo) -> TrialRecord | None:
+    """The record already logged for ``trial_id``, or None: none yet, or a damaged file, which reads skip (so its
+    trial was trained again) and which is set aside here for the new record to take its place."""
+    if not store.exists(relpath):
+        return None
+    try:
+        return read_trial(store, trial_id, info)
+    except DamagedTrialFile:
+        set_aside(store, relpath)
+        return None
+
+
 def write_trial(store: RunStore, record: TrialRecord, info: RunInfo | None = None) -> bool:
     """Validate ``record`` against the run and write it to the log atomically.
 
@@ -102,8 +117,8 @@ def write_trial(store: RunStore, record: TrialRecord, info: RunInfo | None = Non
     _validate_for_run(record, info)
     checksum = record_checksum(record)
     relpath = trial_path(record.trial_id)
-    if store.exists(relpath):
-        existing = read_trial(store, record.trial_id, info)
+    existing = _intact_record(store, relpath, record.trial_id, info)
+    if existing is not None:
         if record_checksum(existing) == checksum:
             return False
         raise RaymemError(
@@ -217,11 +232,34 @@ def trial_ids(store: RunStore) -> list[int]:
 _list_trial_ids = trial_ids  # iter_trials' parameter shadows the name
 
 
+def set_aside(store: RunStore, relpath: str) -> str:
+    """Move a damaged trial file to ``RUN/quarantine/`` and return where it went; a name already there (the same
+    trial damaged twice) gets a numbered suffix, so nothing is overwritten."""
+    name = relpath.rsplit("/", 1)[-1]
+    target, n = f"{QUARANTINE_DIR}/{name}", 1
+    while store.exists(target):
+        target, n = f"{QUARANTINE_DIR}/{name}.{n}", n + 1
+    store.move(relpath, target)
+    return target
+
+
 def iter_trials(
     store: RunStore, trial_ids: Iterable[int] | None = None, info: RunInfo | None = None
 ) -> Iterator[TrialRecord]:
-    """Yield the verified records of ``trial_ids`` (default: every trial in the log), in that order."""
+    """Yield the verified records of ``trial_ids`` (default: every trial in the log), in that order.
+
+    A damaged file is skipped with a :class:`RaymemWarning` naming it: its trial is then simply not in the log,
+    which leaves every estimate valid (trials are independent draws), and the next ``raymem run`` trains it again
+    and sets the damaged file aside. Every reader goes through here, so every reader skips the same trials.
+    """
     info = read_run_info(store) if info is None else info
     ids = _list_trial_ids(store) if trial_ids is None else trial_ids
     for trial_id in ids:
-        yield read_trial(store, trial_id, info)
+        try:
+            record = read_trial(store, trial_id, info)
+        except DamagedTrialFile as exc:
+            warnings.warn(f"{store.location(exc.relpath)} is damaged ({exc.problem}) and is left out; `raymem run` "
+                          f"trains trial {exc.trial_id} again, and `raymem verify {store.uri}` lists every damaged "
+                          "file.", RaymemWarning, stacklevel=2)
+            continue
+        yield record

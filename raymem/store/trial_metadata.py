@@ -9,10 +9,11 @@ are recorded only where they apply (``checkpoint_warnings``, ``resumed_from_epoc
 from __future__ import annotations
 
 import json
+import warnings
 
 import pyarrow as pa
 
-from raymem.errors import RaymemError
+from raymem.errors import RaymemWarning
 from raymem.store.storage import RunStore
 from raymem.store.trial_log import trial_ids, trial_path
 
@@ -58,8 +59,10 @@ def trial_table(store: RunStore) -> pa.Table:
             table = store.read_parquet(relpath, columns=["metadata"])
             metadata = json.loads(table.column("metadata")[0].as_py())
         except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
-            raise RaymemError(f"{store.location(relpath)} cannot be read ({type(exc).__name__}); delete it so that "
-                              "trial is trained again.") from None
+            warnings.warn(f"{store.location(relpath)} is damaged ({type(exc).__name__}) and is left out; `raymem run` "
+                          f"trains trial {k} again, and `raymem verify {store.uri}` lists every damaged file.",
+                          RaymemWarning, stacklevel=2)
+            continue
         for name, key, _ in COLUMNS:
             rows[name].append(k if key is None else _value(key, metadata))
     return pa.table({name: pa.array(rows[name], type=kind) for name, _, kind in COLUMNS})

@@ -2,10 +2,11 @@
 set aside in ``RUN/quarantine/``.
 
 A trial file damaged after it was written (a bit flip, a truncated upload) is caught by its checksum on every read,
-which then refuses the run. :func:`verify_run` lists every such file at once; :func:`quarantine` moves the damaged
-trial files out of the log, so the log no longer holds those trial ids and the next ``raymem run`` trains exactly
-them again. run.json and labels.parquet are never moved: a run without them is no run; they are reported, to
-restore from a copy.
+which skips it with a warning (``trial_log.iter_trials``). :func:`verify_run` lists every such file at once;
+:func:`quarantine` moves the damaged trial files out of the log, so the log no longer holds those trial ids and the
+next ``raymem run`` trains exactly them again (which it also does, setting the file aside itself, without this).
+run.json and labels.parquet are never moved: a run without them is no run; they are reported, to restore from a
+copy.
 """
 
 from __future__ import annotations
@@ -15,13 +16,9 @@ from dataclasses import dataclass
 from raymem.errors import RaymemError
 from raymem.store.run_info import LABELS_FILE, read_labels, read_run_info
 from raymem.store.storage import RunStore
-from raymem.store.trial_log import DamagedTrialFile, read_trial, trial_ids
+from raymem.store.trial_log import QUARANTINE_DIR, DamagedTrialFile, read_trial, set_aside, trial_ids
 
 __all__ = ["QUARANTINE_DIR", "Damage", "VerifyReport", "quarantine", "verify_run"]
-
-#: Where damaged trial files are moved, inside the run directory (outside ``trials/``, so no read sees them).
-QUARANTINE_DIR = "quarantine"
-
 
 @dataclass(frozen=True)
 class Damage:
@@ -76,18 +73,6 @@ def verify_run(store: RunStore) -> VerifyReport:
 
 
 def quarantine(store: RunStore, report: VerifyReport) -> VerifyReport:
-    """Move the damaged trial files of ``report`` to ``RUN/quarantine/``; return the report with them listed.
-
-    A name already in quarantine (the same trial damaged twice) gets a numbered suffix, so nothing is overwritten.
-    """
-    moved = []
-    for damage in report.damaged:
-        if damage.trial_id is None:
-            continue
-        name = damage.path.rsplit("/", 1)[-1]
-        target, n = f"{QUARANTINE_DIR}/{name}", 1
-        while store.exists(target):
-            target, n = f"{QUARANTINE_DIR}/{name}.{n}", n + 1
-        store.move(damage.path, target)
-        moved.append(target)
+    """Move the damaged trial files of ``report`` to ``RUN/quarantine/``; return the report with them listed."""
+    moved = [set_aside(store, damage.path) for damage in report.damaged if damage.trial_id is not None]
     return VerifyReport(report.checked, report.damaged, tuple(moved))
