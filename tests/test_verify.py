@@ -26,9 +26,9 @@ def invoke(*args: str):
 
 def damage(path, how: str) -> None:
     data = path.read_bytes()
-    if how == "flip":
-        middle = len(data) // 2
-        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:])  # one bit
+    if how == "flip":  # flipped bits in the data pages (a flip in unused footer statistics would change nothing)
+        start = len(data) // 3
+        path.write_bytes(data[:start] + bytes(x ^ 0xFF for x in data[start:start + 64]) + data[start + 64:])
     else:
         path.write_bytes(data[: len(data) // 2])  # a truncated upload
 
