@@ -34,7 +34,7 @@ __all__ = [
     "Run", "DriverOptions", "PairSelection", "RaymemError",
     "run", "plan", "load_config", "presets", "config_keys", "ingest", "ingest_files", "ingest_from", "features",
     "estimates", "pairs", "influence", "status", "trials", "verify", "figures", "export", "compare", "compare_many",
-    "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage",
+    "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage", "tensorboard",
 ]
 
 
@@ -310,6 +310,12 @@ def status(run: str, *, storage: str | None = None, address: str | None = None, 
 def trials(run: str, *, storage: str | None = None) -> pa.Table:
     """:meth:`Run.trials` of ``run``."""
     return Run(run, storage).trials()
+
+
+def tensorboard(run: str, *, storage: str | None = None, every: int = 10, method: str = METHOD, delta: float = DELTA,
+                simultaneous: bool = False) -> dict:
+    """:meth:`Run.tensorboard` of ``run``."""
+    return Run(run, storage).tensorboard(every=every, method=method, delta=delta, simultaneous=simultaneous)
 
 
 def verify(run: str, *, storage: str | None = None, quarantine: bool = False):

@@ -31,6 +31,7 @@ as its extension says.
 #: The main help's command sections, in the order a new user meets them.
 COMMAND_SECTIONS = {
     "Run and watch": ["run", "status", "trials", "verify", "logs", "stop", "presets"],
+    "Watch and browse": ["tensorboard"],
     "Read a run": ["estimates", "pairs", "influence", "compare"],
     "The paper's outputs": ["figures", "export", "marginal"],
     "Bring your own results": ["ingest", "features"],
@@ -595,6 +596,30 @@ def trials(
         echo_json(table.to_pylist())
     elif not out:
         typer.echo(format_table(table, TRIAL_COLUMNS, limit=50))
+
+
+@command()
+@user_errors
+def tensorboard(
+    run: str = RunArg,
+    every: int = typer.Option(10, "--every", min=1, help="Trials per update (one TensorBoard step each)."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
+    storage: Optional[str] = StorageOpt,
+):
+    """Write RUN/tensorboard/ from the trial log.
+
+    Replays a finished or ingested run: the median and max memorization half-width, certified examples,
+    split-half Jaccard, trials per hour and mean test accuracy (the numbers `raymem status` gives at each trial
+    count) and a histogram of per-trial test accuracy, one step every --every trials. A training run's driver
+    writes them itself as trials land. Then: tensorboard --logdir RUN.
+    """
+    written = _api().tensorboard(run, storage=storage, every=every, method=method, delta=delta,
+                                 simultaneous=simultaneous)
+    steps = written["steps"]
+    typer.echo(f"wrote {len(steps)} updates (trials {steps[0] if steps else 0}..{steps[-1] if steps else 0}) "
+               f"to {written['logdir']}; open it with: tensorboard --logdir {written['logdir']}")
 
 
 @command()

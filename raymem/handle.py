@@ -249,6 +249,27 @@ class Run:
         self.info  # noqa: B018 - not a run: a clear error
         return trial_table(self.store)
 
+    def tensorboard(self, *, every: int = 10, method: str = METHOD, delta: float = DELTA,
+                    simultaneous: bool = False) -> dict:
+        """Write ``RUN/tensorboard/`` from the trial log (``tensorboard --logdir RUN`` shows it): the status
+        scalars, trials per hour and test accuracy, one update every ``every`` trials (step = trials counted),
+        replacing the events there. A run a live driver holds is refused: its driver writes them as trials land.
+
+        Returns:
+            ``{"logdir", "steps", "tags"}`` (see :func:`raymem.paper.tensorboard.replay`).
+        """
+        from raymem.driver.lease import driver_state
+        from raymem.paper import tensorboard
+
+        bars = Bars(method, delta, simultaneous)  # refuse bad settings before any file is read
+        info = self.info
+        if (driver := driver_state(self.store)) is not None and driver.get("live"):
+            raise RaymemError(f"run {info.name} is being trained by a live driver (pid {driver.get('pid')} on "
+                              f"{driver.get('host')}), which writes its TensorBoard events itself; open "
+                              f"`tensorboard --logdir {self.uri}` instead.")
+        bars = run_bars(info, bars.method, bars.delta, bars.simultaneous)
+        return tensorboard.replay(self.store, every=every, bars=bars)
+
     # ---- the paper's outputs -------------------------------------------------------------------
 
     def figures(self, out_dir: str, *, klass: int | None = None, data_dir: str | None = None,

@@ -49,17 +49,22 @@ def _value(key: str, metadata: dict):
     return value
 
 
+def trial_metadata(store: RunStore, trial_id: int) -> dict:
+    """The metadata of trial ``trial_id`` (only that column of its file is read)."""
+    relpath = trial_path(trial_id)
+    try:
+        table = store.read_parquet(relpath, columns=["metadata"])
+        return json.loads(table.column("metadata")[0].as_py())
+    except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
+        raise RaymemError(f"{store.location(relpath)} cannot be read ({type(exc).__name__}); delete it so that "
+                          "trial is trained again.") from None
+
+
 def trial_table(store: RunStore) -> pa.Table:
     """Return one row per trial in the log (sorted by trial id) with the columns of :data:`COLUMNS`."""
     rows = {name: [] for name, _, _ in COLUMNS}
     for k in trial_ids(store):
-        relpath = trial_path(k)
-        try:
-            table = store.read_parquet(relpath, columns=["metadata"])
-            metadata = json.loads(table.column("metadata")[0].as_py())
-        except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
-            raise RaymemError(f"{store.location(relpath)} cannot be read ({type(exc).__name__}); delete it so that "
-                              "trial is trained again.") from None
+        metadata = trial_metadata(store, k)
         for name, key, _ in COLUMNS:
             rows[name].append(k if key is None else _value(key, metadata))
     return pa.table({name: pa.array(rows[name], type=kind) for name, _, kind in COLUMNS})
