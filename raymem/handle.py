@@ -159,6 +159,17 @@ class Run:
 
         return find_accumulator(info, address)
 
+    def view(self, *, with_pairs: bool = True):
+        """The run's counts rebuilt from its trial log as one :class:`~raymem.estimator.run_view.RunView`, which
+        many reads of one moment can share (each read of ``Run`` rebuilds them): what ``raymem serve`` holds until
+        new trials land. Its reads with ``self.bars(...)`` give exactly the offline answers of ``Run``'s."""
+        return offline_view(self.store, with_pairs=with_pairs)
+
+    def images(self, data_dir: str | None = None) -> tuple:
+        """``(train images, test images, why none)``: the run's images from its own data loader (what
+        :meth:`figures` shows); ``(None, None, reason)`` for ingested runs and data without images in memory."""
+        return _run_images(self.info, data_dir)
+
     def estimates(self, *, method: str = METHOD, delta: float = DELTA, simultaneous: bool = False) -> pa.Table:
         """Memorization of every training example with its interval and counts.
 
@@ -169,9 +180,9 @@ class Run:
         """
         info = self.info
         table = self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
-        return self._with_label_names(table, {"train_index": "label_name"})
+        return self.with_label_names(table, {"train_index": "label_name"})
 
-    def _with_label_names(self, table: pa.Table, columns: dict[str, str]) -> pa.Table:
+    def with_label_names(self, table: pa.Table, columns: dict[str, str]) -> pa.Table:
         """``table`` with the class name of the example each index column names (``{"train_index": "label_name"}``),
         where the run keeps class names (an ``imagefolder:`` set)."""
         from raymem.store.run_info import read_class_names, read_labels
@@ -199,7 +210,7 @@ class Run:
         selected = PairSelection(min_infl, min_mem, fdr)
         info = self.info
         table = self._reader(info).pairs_table(run_bars(info, method, delta, simultaneous), selected)
-        return self._with_label_names(table, {"train_index": "train_label_name", "test_index": "test_label_name"})
+        return self.with_label_names(table, {"train_index": "train_label_name", "test_index": "test_label_name"})
 
     def influence(self, test_index: int, *, top: int = 10, method: str = METHOD, delta: float = DELTA,
                   simultaneous: bool = False) -> pa.Table:

@@ -1,0 +1,114 @@
+"""`raymem serve` on a small ingested run: pages fetched over HTTP show what the library reads give."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from raymem import api
+from raymem.cli import app
+from raymem.handle import Run
+from raymem.store.trial_log import write_trial
+from raymem.store.trial_record import TrialRecord
+
+N, N_TEST, T = 30, 20, 24
+
+
+@pytest.fixture(autouse=True)
+def no_cluster(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture
+def sim(synthetic_run):
+    return synthetic_run(seed=4, n=N, n_test=N_TEST, t=T + 4, memorized=[3, 8], planted=[(3, 5), (8, 11)])
+
+
+@pytest.fixture
+def served(tmp_path, sim):
+    run = api.ingest(str(tmp_path / "run"), sim.masks[:T], sim.train_correct[:T], sim.test_correct[:T])
+    explorer = api.serve([run.uri], port=0)
+    yield run, explorer
+    explorer.close()
+
+
+def get(explorer, path: str, token: str | None = None) -> str:
+    request = urllib.request.Request(explorer.url.split("?")[0].rstrip("/") + path)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read().decode()
+
+
+def test_the_overview_shows_the_trial_count_and_follows_new_trials(served, sim, monkeypatch):
+    run, explorer = served
+    page = get(explorer, "/run/0/")
+    assert re.search(rf"<span id='trials-done'>{T}</span>", page)
+    assert "http-equiv='refresh'" in page and "<svg" in page
+    info = run.info
+    for k in range(T, T + 4):  # trials land while the page is open
+        write_trial(run.store, TrialRecord(run_id=info.run_id, trial_id=k, seed=0, mask=sim.masks[k],
+                                           train_correct=sim.train_correct[k], test_correct=sim.test_correct[k]))
+    monkeypatch.setattr("raymem.explorer.state.CHECK_SECONDS", 0.0)
+    assert f"<span id='trials-done'>{T + 4}</span>" in get(explorer, "/run/0/")
+    assert json.loads(get(explorer, "/run/0/api/status"))["trials_done"] == T + 4
+
+
+def test_the_memorization_page_lists_examples_sorted_by_estimate(served):
+    run, explorer = served
+    page = get(explorer, "/run/0/memorization?per_page=10")
+    shown = [int(i) for i in re.findall(r"<a href='/run/0/train/(\d+)'>", page)]
+    mem = run.estimates().column("mem").to_numpy()
+    expected = np.lexsort((np.arange(N), -mem))[:10]
+    assert shown == expected.tolist()
+    assert "No thumbnails: the run was ingested" in page
+    rows = json.loads(get(explorer, "/run/0/api/memorization?certified=1&per_page=500"))["rows"]
+    assert all(r["mem_lo"] >= 0.25 for r in rows)
+    certified = run.estimates().column("mem_lo").to_numpy() >= 0.25
+    assert [r["train_index"] for r in rows] == [i for i in np.lexsort((np.arange(N), -mem)) if certified[i]]
+
+
+def test_example_pages_show_the_influence_reads_and_link_both_ways(served):
+    run, explorer = served
+    page = get(explorer, "/run/0/test/5")
+    expected = run.influence(5, top=10).to_pylist()
+    assert json.loads(get(explorer, "/run/0/api/influence/5")) == expected
+    for r in expected:  # the page shows each influencer with its interval, linking to its own page
+        assert f"<a href='/run/0/train/{r['train_index']}'>" in page
+        assert f"[{r['infl_lo']:.4f}, {r['infl_hi']:.4f}]" in page
+    train_page = get(explorer, "/run/0/train/3")
+    assert "<a href='/run/0/test/5'>" in train_page  # the planted pair, the other way round
+    pair = [p for p in run.pairs(min_infl=0.0, min_mem=-1.0).to_pylist() if p["train_index"] == 3
+            and p["test_index"] == 5][0]
+    influenced = json.loads(get(explorer, "/run/0/api/influenced/3"))
+    row = [r for r in influenced if r["test_index"] == 5][0]
+    assert (row["infl"], row["infl_lo"], row["infl_hi"]) == (pair["infl"], pair["infl_lo"], pair["infl_hi"])
+    assert "Trials" in get(explorer, "/run/0/trials") and "pairs" in get(explorer, "/run/0/pairs?fdr=0.1")
+
+
+def test_a_token_is_required_when_given(tmp_path, sim):
+    run = api.ingest(str(tmp_path / "run"), sim.masks[:T], sim.train_correct[:T], sim.test_correct[:T])
+    explorer = api.serve([run.uri], port=0, token="s3cret")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(explorer, "/run/0/")
+        assert refused.value.code == 403
+        assert "trials-done" in get(explorer, "/run/0/", token="s3cret")
+    finally:
+        explorer.close()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "::"])
+def test_a_non_loopback_address_without_a_token_is_refused(tmp_path, sim, host):
+    run = api.ingest(str(tmp_path / "run"), sim.masks[:T], sim.train_correct[:T], sim.test_correct[:T])
+    result = CliRunner().invoke(app, ["serve", run.uri, "--host", host, "--port", "0"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--token" in lines[0] and "--host" in lines[0]
+    assert Run(run.uri).exists
