@@ -112,3 +112,24 @@ def test_a_non_loopback_address_without_a_token_is_refused(tmp_path, sim, host):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--token" in lines[0] and "--host" in lines[0]
     assert Run(run.uri).exists
+
+
+def test_thumbnails_come_from_the_runs_images(tmp_path, sim, monkeypatch):
+    run = api.ingest(str(tmp_path / "run"), sim.masks[:T], sim.train_correct[:T], sim.test_correct[:T])
+    rng = np.random.default_rng(0)
+    images = (rng.random((N, 8, 8)), rng.integers(0, 255, (N_TEST, 8, 8, 3), dtype=np.uint8), None)
+    monkeypatch.setattr(Run, "images", lambda self, data_dir=None: images)
+    explorer = api.serve([run.uri], port=0)
+    try:
+        page = get(explorer, "/run/0/memorization?per_page=5")
+        assert page.count("<img class='t'") == 5 and "No thumbnails" not in page
+        base = explorer.url.rstrip("/")
+        for path in ("/run/0/image/train/4.png", "/run/0/image/test/7.png"):
+            with urllib.request.urlopen(base + path, timeout=30) as response:
+                assert response.headers["Content-Type"] == "image/png"
+                assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + "/run/0/image/train/999.png", timeout=30)
+        assert missing.value.code == 404
+    finally:
+        explorer.close()
