@@ -58,6 +58,10 @@ def test_the_overview_shows_the_trial_count_and_follows_new_trials(served, sim, 
     monkeypatch.setattr("raymem.explorer.state.CHECK_SECONDS", 0.0)
     assert f"<span id='trials-done'>{T + 4}</span>" in get(explorer, "/run/0/")
     assert json.loads(get(explorer, "/run/0/api/status"))["trials_done"] == T + 4
+    # the new trials were counted into the held view: the reads equal a replay of the whole log
+    assert json.loads(get(explorer, "/run/0/api/influence/11")) == run.influence(11).to_pylist()
+    assert json.loads(get(explorer, "/run/0/api/memorization?per_page=500&sort=train_index&order=asc"))["rows"] == \
+        run.estimates().to_pylist()
 
 
 def test_the_memorization_page_lists_examples_sorted_by_estimate(served):

@@ -21,6 +21,8 @@ __all__ = ["page", "runs_index", "overview", "memorization", "train_example", "t
 
 #: The overview reloads itself this often, so a training run's count moves without a reload by hand.
 REFRESH_SECONDS = 5
+#: The driver's lease and job state are asked at most this often (a detached job's is a call to its cluster).
+DRIVER_SECONDS = 10.0
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}nav a{margin-right:1em}
@@ -90,6 +92,7 @@ def overview(source: RunSource, prefix: str) -> str:
              (f"estimated mem &ge; {mem['certify_threshold']:g}", num(mem["estimated_above"])),
              ("split-half Jaccard at 0.25", num(split.get("jaccard"))),
              ("trials still needed for the target", esc(mem.get("more_trials_needed") or "-"))]
+    facts.append(("driver", source.every(DRIVER_SECONDS, "driver", lambda: _driver_text(run))))
     if status.get("canaries"):
         c = status["canaries"]
         facts.append(("canary recall", f"{num(c['recall'])} of {c['count']} flipped (chance {num(c['chance'])})"))
@@ -98,6 +101,21 @@ def overview(source: RunSource, prefix: str) -> str:
     body += f"<h2>Config</h2><pre>{esc(json.dumps(info.config, indent=2, default=str))}</pre>"
     body += f"<p class='note'>This page reloads every {REFRESH_SECONDS} s; counts from {esc(run.uri)}.</p>"
     return page(f"{info.name}: overview", body, prefix, refresh=REFRESH_SECONDS)
+
+
+def _driver_text(run) -> str:
+    """Who trains the run: its driver's lease and a detached job's state (what ``raymem status`` shows)."""
+    from raymem.driver.detached import job_state
+    from raymem.driver.lease import driver_state
+
+    driver, job = driver_state(run.store), job_state(run.store)
+    text = "none"
+    if driver is not None:
+        text = (f"pid {esc(driver.get('pid'))} on {esc(driver.get('host'))}, "
+                f"{'live' if driver.get('live') else 'gone'} (heartbeat {driver.get('heartbeat_age_s')} s ago)")
+    if job is not None:
+        text += f"; job {esc(job.get('job_id'))}: {esc(job.get('state', '?'))}"
+    return text
 
 
 def convergence_svg(source: RunSource) -> str:

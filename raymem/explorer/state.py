@@ -24,6 +24,9 @@ __all__ = ["RunSource", "CHECK_SECONDS", "SORT_KEYS", "MemQuery"]
 CHECK_SECONDS = 2.0
 #: Columns the memorization table sorts by.
 SORT_KEYS = ("mem", "mem_lo", "mem_hi", "halfwidth", "train_index", "n_in", "n_out")
+#: Reads of every trial file (the convergence curve, the trials table) are redone at most this often while trials land.
+SLOW_SECONDS = 30.0
+SLOW_KEYS = ("curve", "convergence.svg", "trials")
 OVERVIEW = StatusQuestions(pairs_fdr=None)  # a pairs read per refresh would cost more than the page
 
 
@@ -49,6 +52,7 @@ class RunSource:
         self.view = None
         self.checked = -np.inf
         self.cache: dict = {}
+        self.timed: dict = {}
         self._images = None
 
     # ---- the view, rebuilt when the log grows -------------------------------------------------
@@ -60,18 +64,48 @@ class RunSource:
         with self.lock:
             if self.view is None or time.monotonic() - self.checked >= CHECK_SECONDS:
                 self.checked = time.monotonic()
-                if self.view is None or len(trial_ids(self.run.store)) != self.view.counts.trials:
+                if self.view is None:
                     self.view = self.run.view()
-                    self.cache = {}
+                else:
+                    self._count_new(set(trial_ids(self.run.store)))
             return self.view
 
+    def _count_new(self, in_log: set[int]) -> None:
+        """Count the trials that landed since the view was made (the counts add up, so this is the replay of the
+        whole log); a log that lost trials (quarantined) or holds another run's is replayed whole."""
+        from raymem.store.trial_log import read_trial
+
+        counts = self.view.counts
+        new = sorted(in_log - counts.trial_ids)
+        if not new and in_log == counts.trial_ids:
+            return
+        records = [read_trial(self.run.store, k, self.view.info) for k in new]
+        if counts.trial_ids - in_log or any(r.run_id != self.view.info.run_id for r in records):
+            self.view = self.run.view()
+        else:
+            for r in records:
+                counts.add(r.trial_id, r.mask, r.train_correct, r.test_correct)
+            counts.flush()
+        self.cache = {key: value for key, value in self.cache.items() if key in SLOW_KEYS}
+
     def cached(self, key, make):
-        """``make()``, once per view."""
-        view = self.current()
+        """``make(view)``, once per state of the counts (the slow ones at most every :data:`SLOW_SECONDS`)."""
         with self.lock:
-            if key not in self.cache:
-                self.cache[key] = make(view)
-            return self.cache[key]
+            view = self.current()
+            stamp = self.cache.get(key)
+            fresh = stamp is not None and (stamp[1] == view.counts.trials or (
+                key in SLOW_KEYS and time.monotonic() - stamp[2] < SLOW_SECONDS))
+            if not fresh:
+                self.cache[key] = (make(view), view.counts.trials, time.monotonic())
+            return self.cache[key][0]
+
+    def every(self, seconds: float, key: str, make):
+        """``make()``, at most once per ``seconds`` (for what is not in the log: the driver, the job)."""
+        with self.lock:
+            stamp = self.timed.get(key)
+            if stamp is None or time.monotonic() - stamp[1] >= seconds:
+                self.timed[key] = stamp = (make(), time.monotonic())
+            return stamp[0]
 
     @property
     def bars(self):
@@ -100,11 +134,13 @@ class RunSource:
 
     def influence(self, test_index: int, top: int = 10) -> pa.Table:
         """``Run.influence(test_index, top=top)`` of the view."""
-        return self.current().influence_table(int(test_index), self.bars, int(top))
+        with self.lock:  # the counts grow in place when trials land
+            return self.current().influence_table(int(test_index), self.bars, int(top))
 
     def influenced(self, train_index: int, top: int = 10) -> pa.Table:
         """The test examples training example ``train_index`` influences most, with the same intervals."""
-        return self.current().influenced_table(int(train_index), self.bars, int(top))
+        with self.lock:
+            return self.current().influenced_table(int(train_index), self.bars, int(top))
 
     def pairs(self, fdr: float | None = None) -> pa.Table:
         """``Run.pairs(fdr=fdr)`` of the view (the paper's thresholds)."""
