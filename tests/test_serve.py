@@ -137,3 +137,19 @@ def test_thumbnails_come_from_the_runs_images(tmp_path, sim, monkeypatch):
         assert missing.value.code == 404
     finally:
         explorer.close()
+
+
+def test_several_runs_are_compared_as_raymem_compare_does(tmp_path, sim, synthetic_run):
+    other = synthetic_run(seed=9, n=N, n_test=N_TEST, t=T, memorized=[3], planted=[(3, 5)])
+    a = api.ingest(str(tmp_path / "a"), sim.masks[:T], sim.train_correct[:T], sim.test_correct[:T])
+    b = api.ingest(str(tmp_path / "b"), other.masks, other.train_correct, other.test_correct)
+    explorer = api.serve([a.uri, b.uri], port=0)
+    try:
+        assert "<a href='/run/1/'>b</a>" in get(explorer, "/") and "/compare" in get(explorer, "/")
+        page = get(explorer, "/compare")
+        assert "src='data:image/png;base64," in page
+        for r in a.compare(b.uri).to_pylist():
+            assert (f"<td class='l'>{r['quantity']}</td><td class=''>{r['threshold']:.2f}</td>"
+                    f"<td class=''>{r['jaccard']:.4f}</td>") in page
+    finally:
+        explorer.close()

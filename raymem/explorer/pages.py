@@ -6,6 +6,7 @@ HTML; numbers are shown as the reads return them (intervals to 4 decimals), link
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import json
@@ -16,8 +17,8 @@ import numpy as np
 
 from raymem.explorer.state import MemQuery, RunSource
 
-__all__ = ["page", "runs_index", "overview", "memorization", "train_example", "test_example", "pairs_page",
-           "trials_page", "convergence_svg", "REFRESH_SECONDS"]
+__all__ = ["page", "runs_index", "compare_page", "overview", "memorization", "train_example", "test_example",
+           "pairs_page", "trials_page", "convergence_svg", "REFRESH_SECONDS", "DRIVER_SECONDS"]
 
 #: The overview reloads itself this often, so a training run's count moves without a reload by hand.
 REFRESH_SECONDS = 5
@@ -69,7 +70,39 @@ def table(headings: list[str], rows: list[list[str]], left: int = 0) -> str:
 def runs_index(sources: list[RunSource]) -> str:
     rows = [[f"<a href='/run/{k}/'>{esc(s.run.info.name)}</a>", esc(s.run.uri), num(s.run.trials_done)]
             for k, s in enumerate(sources)]
-    return page("raymem runs", table(["run", "directory", "trials"], rows, left=2))
+    more = "<p><a href='/compare'>Compare the runs</a> (Fig. C.2)</p>" if len(sources) > 1 else ""
+    return page("raymem runs", table(["run", "directory", "trials"], rows, left=2) + more)
+
+
+def compare_page(sources: list[RunSource], reference: int = 0) -> str:
+    """Consistency of every other run with the reference run: Jaccard and mean |difference| against the threshold,
+    for memorization and influence (``raymem compare``'s curves, supplement Fig. C.2), drawn and tabulated."""
+    import tempfile
+    from pathlib import Path
+
+    from raymem.paper import compare as comparing
+    from raymem.paper import figures
+
+    if len(sources) < 2:
+        return page("compare", "<p class='note'>Serve two runs or more to compare them.</p>")
+    ref = sources[reference]
+    views = [s.current() for s in sources]
+    names = [f"{k}: {v.info.name}" for k, v in enumerate(views)]
+    with ref.lock:
+        curves = {names[k]: comparing.compare_runs(views[reference].counts, v.counts)
+                  for k, v in enumerate(views) if k != reference}
+    legend = {names[k]: {"architecture": v.info.config.get("model"),
+                         "test_accuracy": figures.mean_test_accuracy(v.counts)} for k, v in enumerate(views)}
+    with tempfile.TemporaryDirectory() as folder:
+        out = figures.comparison_figure(names[reference], curves, Path(folder) / "compare.png", legend=legend)
+        figure = base64.b64encode(Path(out).read_bytes()).decode()  # the very figure `raymem compare` draws
+    svg = f"<img alt='consistency curves' src='data:image/png;base64,{figure}'>"
+    choose = " ".join(f"<a href='/compare?ref={k}'>{esc(n)}</a>" for k, n in enumerate(names))
+    rows = [[esc(name), esc(r["quantity"]), num(r["threshold"], 2), num(r["jaccard"]), num(r["mean_abs_diff"])]
+            for name, curve in curves.items() for r in curve.to_pylist()]
+    body = (f"<p>against <b>{esc(names[reference])}</b>; reference: {choose}</p>{svg}"
+            + table(["run", "quantity", "threshold", "Jaccard", "mean |difference|"], rows, left=2))
+    return page("compare", body)
 
 
 def overview(source: RunSource, prefix: str) -> str:

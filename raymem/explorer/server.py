@@ -2,7 +2,7 @@
 
 Routes (``K``: the run's position among those served)::
 
-    /                                 the runs served
+    /                                 the runs served                  /compare?ref=K (several runs: Fig. C.2)
     /run/K/                           overview (reloads itself)        /run/K/api/status
     /run/K/memorization?sort=&page=   training examples                /run/K/api/memorization?...
     /run/K/train/I   /run/K/test/J    an example and its influences    /run/K/api/influenced/I  /run/K/api/influence/J
@@ -136,6 +136,8 @@ class Handler(BaseHTTPRequestHandler):
             status, kind, body = 404, "text/plain", f"not found: {exc}\n".encode()
         except RaymemError as exc:
             status, kind, body = 400, "text/plain", f"error: {exc}\n".encode()
+        except Exception as exc:  # a page that fails must not take the server down: say what, keep serving
+            status, kind, body = 500, "text/plain", f"internal error: {type(exc).__name__}: {exc}\n".encode()
         cookie = None
         if self.token and qs.get("token"):
             cookie = f"{COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"
@@ -167,6 +169,8 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, path: str, qs: dict) -> tuple[int, str, bytes]:
         if path in ("/", "/index.html"):
             return 200, "text/html", pages.runs_index(self.sources).encode()
+        if path == "/compare":
+            return 200, "text/html", pages.compare_page(self.sources, int(qs.get("ref", ["0"])[-1])).encode()
         match = ROUTE.match(path)
         if not match:
             raise KeyError(path)
