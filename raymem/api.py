@@ -314,9 +314,10 @@ def trials(run: str, *, storage: str | None = None) -> pa.Table:
 
 
 def tensorboard(run: str, *, storage: str | None = None, every: int = 10, method: str = METHOD, delta: float = DELTA,
-                simultaneous: bool = False) -> dict:
+                simultaneous: bool = False, data_dir: str | None = None) -> dict:
     """:meth:`Run.tensorboard` of ``run``."""
-    return Run(run, storage).tensorboard(every=every, method=method, delta=delta, simultaneous=simultaneous)
+    return Run(run, storage).tensorboard(every=every, method=method, delta=delta, simultaneous=simultaneous,
+                                         data_dir=data_dir)
 
 
 def serve(runs: list[str] | str, *, host: str = "127.0.0.1", port: int = 8266, token: str | None = None,

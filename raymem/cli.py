@@ -636,6 +636,8 @@ def serve(
 def tensorboard(
     run: str = RunArg,
     every: int = typer.Option(10, "--every", min=1, help="Trials per update (one TensorBoard step each)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="RAYMEM_DATA_DIR",
+                                           help="Prepared TensorFlow Datasets, for the memorized-examples image."),
     delta: float = DeltaOpt,
     simultaneous: bool = SimultaneousOpt,
     method: str = MethodOpt,
@@ -645,12 +647,15 @@ def tensorboard(
 
     Replays a finished or ingested run: the median and max memorization half-width, certified examples,
     split-half Jaccard, trials per hour and mean test accuracy (the numbers `raymem status` gives at each trial
-    count) and a histogram of per-trial test accuracy, one step every --every trials. A training run's driver
+    count), a histogram of per-trial test accuracy and the most memorized examples as an image (where the run's
+    data loader gives images), one step every --every trials. A training run's driver
     writes them itself as trials land. Then: tensorboard --logdir RUN.
     """
     written = _api().tensorboard(run, storage=storage, every=every, method=method, delta=delta,
-                                 simultaneous=simultaneous)
+                                 simultaneous=simultaneous, data_dir=data_dir)
     steps = written["steps"]
+    if written.get("images"):
+        typer.echo(f"no memorized-examples image: {written['images']}")
     typer.echo(f"wrote {len(steps)} updates (trials {steps[0] if steps else 0}..{steps[-1] if steps else 0}) "
                f"to {written['logdir']}; open it with: tensorboard --logdir {written['logdir']}")
 

@@ -261,13 +261,16 @@ class Run:
         return trial_table(self.store)
 
     def tensorboard(self, *, every: int = 10, method: str = METHOD, delta: float = DELTA,
-                    simultaneous: bool = False) -> dict:
+                    simultaneous: bool = False, data_dir: str | None = None) -> dict:
         """Write ``RUN/tensorboard/`` from the trial log (``tensorboard --logdir RUN`` shows it): the status
         scalars, trials per hour and test accuracy, one update every ``every`` trials (step = trials counted),
         replacing the events there. A run a live driver holds is refused: its driver writes them as trials land.
+        Where the run's data loader gives images (``data_dir``: prepared TensorFlow Datasets), the most memorized
+        training examples as an image every few updates.
 
         Returns:
-            ``{"logdir", "steps", "tags"}`` (see :func:`raymem.paper.tensorboard.replay`).
+            ``{"logdir", "steps", "tags"}`` (see :func:`raymem.paper.tensorboard.replay`) and ``"images"``: why
+            there is no grid, where there is none.
         """
         from raymem.driver.lease import driver_state
         from raymem.paper import tensorboard
@@ -279,7 +282,12 @@ class Run:
                               f"{driver.get('host')}), which writes its TensorBoard events itself; open "
                               f"`tensorboard --logdir {self.uri}` instead.")
         bars = run_bars(info, bars.method, bars.delta, bars.simultaneous)
-        return tensorboard.replay(self.store, every=every, bars=bars)
+        try:
+            images, _, no_images = self.images(data_dir)
+        except RaymemError as exc:  # a data set not prepared here: the curves still tell the run
+            images, no_images = None, str(exc)
+        written = tensorboard.replay(self.store, every=every, bars=bars, images=images)
+        return {**written, **({"images": no_images} if no_images else {})}
 
     # ---- the paper's outputs -------------------------------------------------------------------
 

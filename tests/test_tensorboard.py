@@ -56,7 +56,7 @@ def read_events(logdir) -> dict[str, dict[int, float]]:
     for tag in events.Tags()["tensors"]:
         values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in events.Tensors(tag)}
         found[tag] = {step: (float(v) if v.ndim == 0 else v) for step, v in values.items()}
-        assert events.SummaryMetadata(tag).plugin_data.plugin_name in ("scalars", "histograms")
+        assert events.SummaryMetadata(tag).plugin_data.plugin_name in ("scalars", "histograms", "images")
     return found
 
 
@@ -79,7 +79,7 @@ def test_replayed_scalars_equal_status_at_each_update(tmp_path, synthetic_run):
     assert result.exit_code == 0, result.output
     scalars = read_events(tmp_path / "run" / "tensorboard")
     steps = [4, 8, 12, 14]  # every 4 trials and the last
-    assert set(scalars) == set(tensorboard.SCALAR_TAGS) | {tensorboard.HISTOGRAM_TAG}
+    assert set(scalars) == set(tensorboard.SCALAR_TAGS) | {tensorboard.HISTOGRAM_TAG}  # no images: ingested
     for tag in tensorboard.SCALAR_TAGS:
         assert sorted(scalars[tag]) == steps, tag
     for k in steps:
@@ -103,6 +103,24 @@ def test_replayed_scalars_equal_status_at_each_update(tmp_path, synthetic_run):
     CliRunner().invoke(app, ["tensorboard", str(tmp_path / "run"), "--every", "7"])
     again = read_events(tmp_path / "run" / "tensorboard")
     assert sorted(again["mem/certified"]) == [7, 14]
+
+
+def test_the_memorized_examples_grid_is_written_where_the_run_has_images(tmp_path, synthetic_run, monkeypatch,
+                                                                           tf):
+    sim = synthetic_run(seed=5, n=N, n_test=N_TEST, t=T, memorized=[2, 7])
+    run = write_run(tmp_path / "run", sim, T)
+    images = np.random.default_rng(1).random((N, 6, 5, 1))
+    monkeypatch.setattr(Run, "images", lambda self, data_dir=None: (images, None, None))
+    run.tensorboard(every=1)  # 14 updates: the grid at the 1st, the 11th and the last
+    grids = read_events(tmp_path / "run" / "tensorboard")[tensorboard.IMAGE_TAG]
+    assert sorted(grids) == [1, 11, 14]
+    width, height, png = grids[14]
+    expected = tensorboard.memorized_grid(images, offline_view(run.store).counts.all.memorization())
+    assert (int(width), int(height)) == (expected.shape[1], expected.shape[0]) == (4 * 6 - 1, 4 * 7 - 1)
+    assert np.array_equal(tf.io.decode_png(png).numpy(), expected)
+    mem = offline_view(run.store).counts.all.memorization()
+    top = np.lexsort((np.arange(N), -mem))[0]  # the first tile is the most memorized example
+    assert np.array_equal(expected[:6, :5, 0], np.round(images[top, ..., 0] * 255).astype(np.uint8))
 
 
 def test_live_events_write_at_most_every_min_seconds_and_the_rest_on_close(tmp_path, synthetic_run):
@@ -156,3 +174,4 @@ def test_a_training_run_writes_its_events_as_trials_land(tmp_path):
     assert scalars["mem/median_halfwidth"][3] == pytest.approx(status["mem"]["median_halfwidth"], rel=1e-6)
     assert scalars["test_accuracy/mean"][3] == pytest.approx(
         np.mean(Run(str(run_dir)).trials().column("test_accuracy").to_numpy()), rel=1e-6)
+    assert 3 in scalars[tensorboard.IMAGE_TAG]  # digits are images: the grid of the last update

@@ -384,7 +384,7 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         if options.stops_early:
             def stop_check():
                 return criteria_met(accumulator, run_bars(info), options)
-        events = TrainingEvents(store, accumulator, info)
+        events = TrainingEvents(store, accumulator, info, data)
         try:
             _drive(config, units, submit, result, bar, demand, stop_check, events.landed)
         finally:
@@ -476,7 +476,7 @@ class TrainingEvents:
     status read of the accumulator at most every few seconds. Events are a view, never the run: a failure to write
     them is said once on stderr and the run goes on without them."""
 
-    def __init__(self, store: RunStore, accumulator, info):
+    def __init__(self, store: RunStore, accumulator, info, data=None):
         self.events = None
         try:
             import ray
@@ -484,8 +484,11 @@ class TrainingEvents:
             from raymem.paper import tensorboard
 
             bars = run_bars(info)
+            images = getattr(data, "x_train", None)  # images held in memory: the memorized-examples grid
             self.events = tensorboard.LiveEvents(
-                store, lambda: ray.get(accumulator.status.remote(bars, tensorboard.QUESTIONS)))
+                store, lambda: ray.get(accumulator.status.remote(bars, tensorboard.QUESTIONS)),
+                images=images if images is not None and images.ndim >= 3 else None,
+                read_mem=lambda: ray.get(accumulator.mem_table.remote(bars)).column("mem").to_numpy())
         except Exception as exc:  # e.g. an s3:// run: TensorFlow writes no event files there
             self._give_up(exc)
 

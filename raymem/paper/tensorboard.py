@@ -30,8 +30,8 @@ from raymem.store.run_info import read_run_info
 from raymem.store.storage import RunStore
 
 __all__ = ["TENSORBOARD_DIR", "DEFAULT_EVERY", "MIN_SECONDS", "RATE_WINDOW", "SCALAR_TAGS", "QUESTIONS",
-           "HISTOGRAM_TAG", "update_scalars", "trials_per_hour", "histogram_buckets", "logdir_of",
-           "EventWriter", "replay", "LiveEvents"]
+           "HISTOGRAM_TAG", "IMAGE_TAG", "IMAGE_EVERY", "memorized_grid", "update_scalars", "trials_per_hour",
+           "histogram_buckets", "logdir_of", "EventWriter", "replay", "LiveEvents"]
 
 TENSORBOARD_DIR = "tensorboard"
 #: Trials per update when a log is replayed.
@@ -46,6 +46,11 @@ SCALAR_TAGS = ("mem/median_halfwidth", "mem/max_halfwidth", "mem/certified", "sp
                "trials_per_hour", "test_accuracy/mean")
 HISTOGRAM_TAG = "test_accuracy/per_trial"
 HISTOGRAM_BINS = 30
+IMAGE_TAG = "memorized/top_examples"
+#: The memorized-examples grid is written every this many updates (and at the last): images are large.
+IMAGE_EVERY = 10
+#: Examples in the grid (the most memorized by estimate, ties by index), in rows of :data:`GRID_COLUMNS`.
+GRID_EXAMPLES, GRID_COLUMNS = 16, 4
 
 
 def trials_per_hour(finished: Sequence[float]) -> float | None:
@@ -112,6 +117,36 @@ def histogram_buckets(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> np
     return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
 
 
+def _unit(image: np.ndarray) -> np.ndarray:
+    """One image in [0, 1], RGB, scaled as ``raymem figures`` shows it (uint8 as is, other inputs stretched)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.dtype == np.uint8:
+        a = a.astype(np.float64) / 255.0
+    else:
+        a = a.astype(np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:  # normalised inputs: stretch this image to [0, 1]
+            a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
+
+
+def memorized_grid(images: np.ndarray, mem: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): the :data:`GRID_EXAMPLES` training examples of highest estimated memorization, tiled
+    :data:`GRID_COLUMNS` a row with a one-pixel white gap (NaN estimates last)."""
+    mem = np.where(np.isnan(mem), -np.inf, np.asarray(mem, np.float64))
+    chosen = np.lexsort((np.arange(mem.size), -mem))[:GRID_EXAMPLES]
+    tiles = [_unit(images[i]) for i in chosen]
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // GRID_COLUMNS)
+    grid = np.ones((rows * (h + 1) - 1, GRID_COLUMNS * (w + 1) - 1, 3))
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, GRID_COLUMNS)
+        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = tile
+    return np.round(grid * 255).astype(np.uint8)
+
+
 class EventWriter:
     """One event file of a run's TensorBoard directory (one writer per process, so none other writes it).
 
@@ -126,6 +161,7 @@ class EventWriter:
         self.writer = self.tf.summary.create_file_writer(logdir)
         self.scalar_metadata = _plugin_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
         self.histogram_metadata = _plugin_metadata("histograms", summary_pb2.DATA_CLASS_TENSOR)
+        self.image_metadata = _plugin_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
         self.steps: list[int] = []
 
     def write(self, step: int, scalars: dict[str, float], accuracies: Sequence[float]) -> None:
@@ -139,6 +175,15 @@ class EventWriter:
         self.writer.flush()
         self.steps.append(int(step))
 
+    def write_image(self, step: int, grid: np.ndarray) -> None:
+        """An RGB uint8 image, as TensorBoard's images plugin reads it: [width, height, PNG bytes]."""
+        tf = self.tf
+        with tf.device("/cpu:0"), self.writer.as_default(step=int(step)):
+            png = tf.io.encode_png(tf.constant(grid))
+            tensor = tf.stack([tf.constant(str(grid.shape[1])), tf.constant(str(grid.shape[0])), png])
+            tf.summary.write(IMAGE_TAG, tensor, metadata=self.image_metadata)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -151,9 +196,11 @@ def _record_accuracy(record) -> float:
 
 
 def replay(store: RunStore, *, every: int = DEFAULT_EVERY, bars: Bars | None = None,
-           records: Iterable | None = None) -> dict:
+           records: Iterable | None = None, images: np.ndarray | None = None) -> dict:
     """Write ``RUN/tensorboard/`` from the trial log: one update every ``every`` trials and one at the last,
     replacing the events there. The caller makes sure no driver writes them (``Run.tensorboard`` does).
+    ``images`` (the training images, where the run has them) adds the memorized-examples grid every
+    :data:`IMAGE_EVERY` updates and at the last.
 
     Returns:
         ``{"logdir", "steps": [trial counts written], "tags": [scalar tags]}``.
@@ -183,6 +230,8 @@ def replay(store: RunStore, *, every: int = DEFAULT_EVERY, bars: Bars | None = N
             if counts.trials % every == 0 or counts.trials == total:
                 status = view.status(bars, QUESTIONS)
                 writer.write(counts.trials, update_scalars(status, accuracies, finished), accuracies)
+                if images is not None and (len(writer.steps) % IMAGE_EVERY == 1 or counts.trials == total):
+                    writer.write_image(counts.trials, memorized_grid(images, counts.all.memorization()))
     finally:
         writer.close()
     return {"logdir": logdir, "steps": writer.steps, "tags": list(SCALAR_TAGS)}
@@ -196,13 +245,17 @@ class LiveEvents:
         store: the run directory.
         read_status: a status read of the live counts with :data:`QUESTIONS` (the accumulator's).
         min_seconds: the least time between two updates.
+        images, read_mem: the training images and a read of the live memorization estimates: with both, the
+            memorized-examples grid every :data:`IMAGE_EVERY` updates and at the last.
     """
 
     def __init__(self, store: RunStore, read_status: Callable[[], dict], *, min_seconds: float = MIN_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, images: np.ndarray | None = None,
+                 read_mem: Callable[[], np.ndarray] | None = None):
         from raymem.store.trial_metadata import trial_table
 
         self.store, self.read_status, self.min_seconds, self.clock = store, read_status, min_seconds, clock
+        self.images, self.read_mem = images, read_mem
         self.logdir = logdir_of(store)
         table = trial_table(store)  # the trials counted before this driver started (metadata only)
         self.accuracies = [a for a in table.column("test_accuracy").to_pylist() if a is not None]
@@ -225,17 +278,20 @@ class LiveEvents:
         if self.pending and self.clock() - self.last >= self.min_seconds:
             self._write()
 
-    def _write(self) -> None:
+    def _write(self, last: bool = False) -> None:
         status = self.read_status()
         if self.writer is None:
             self.writer = EventWriter(self.logdir)
         self.writer.write(status["trials_done"], update_scalars(status, self.accuracies, self.finished),
                           self.accuracies)
+        if self.images is not None and self.read_mem is not None and (last or len(self.writer.steps) % IMAGE_EVERY
+                                                                      == 1):
+            self.writer.write_image(status["trials_done"], memorized_grid(self.images, self.read_mem()))
         self.last, self.pending = self.clock(), False
 
     def close(self) -> None:
         """Write what landed since the last update, and close the event file."""
         if self.pending:
-            self._write()
+            self._write(last=True)
         if self.writer is not None:
             self.writer.close()
