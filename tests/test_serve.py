@@ -153,3 +153,19 @@ def test_several_runs_are_compared_as_raymem_compare_does(tmp_path, sim, synthet
                     f"<td class=''>{r['jaccard']:.4f}</td>") in page
     finally:
         explorer.close()
+
+
+def test_example_pages_give_the_q_values_of_raymem_pairs_fdr(tmp_path, synthetic_run):
+    sim = synthetic_run(seed=4, n=N, n_test=N_TEST, t=400, memorized=[3, 8], planted=[(3, 5), (8, 11)])
+    run = api.ingest(str(tmp_path / "run"), sim.masks, sim.train_correct, sim.test_correct)
+    explorer = api.serve([run.uri], port=0)
+    try:
+        selected = run.pairs(fdr=0.1).to_pylist()
+        assert {(p["train_index"], p["test_index"]) for p in selected} >= {(3, 5), (8, 11)}
+        for p in selected:
+            page = get(explorer, f"/run/0/test/{p['test_index']}?fdr=0.1&top=30")
+            row = re.search(rf"<a href='/run/0/train/{p['train_index']}'>.*?</tr>", page).group(0)
+            assert f"<td class=''>{p['q_value']:.4f}</td></tr>" in row
+        assert "q (FDR 0.1)" in get(explorer, "/run/0/train/3?fdr=0.1")
+    finally:
+        explorer.close()

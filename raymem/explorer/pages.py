@@ -231,17 +231,33 @@ def memorization(source: RunSource, prefix: str, query: MemQuery) -> str:
     return page(f"{source.run.info.name}: memorization", body, prefix)
 
 
-def _influence_rows(source: RunSource, prefix: str, rows, link_to: str) -> list[list[str]]:
+def _influence_rows(source: RunSource, prefix: str, rows, link_to: str, fdr: float | None) -> list[list[str]]:
+    """One row per pair: rank, thumbnail, the other example's link, infl, its interval, mem (and with ``fdr`` the
+    pair's q-value where ``raymem pairs --fdr`` selects it, else "-")."""
+    q_values = {}
+    if fdr is not None:
+        selected = source.pairs(fdr)
+        q_values = dict(zip(zip(selected.column("train_index").to_pylist(), selected.column("test_index").to_pylist()),
+                            selected.column("q_value").to_pylist()))
     out = []
     for r in rows.to_pylist():
         other = r["test_index"] if link_to == "test" else r["train_index"]
         out.append([num(r["rank"]), _thumb(source, link_to, other, prefix),
                     f"<a href='{prefix}{link_to}/{other}'>{other}</a>", num(r["infl"]),
-                    f"[{num(r['infl_lo'])}, {num(r['infl_hi'])}]", num(r["mem"])])
+                    f"[{num(r['infl_lo'])}, {num(r['infl_hi'])}]", num(r["mem"])]
+                   + ([num(q_values.get((r["train_index"], r["test_index"])))] if fdr is not None else []))
     return out
 
 
-def train_example(source: RunSource, prefix: str, index: int, top: int = 10) -> str:
+def _fdr_switch(prefix: str, path: str, fdr: float | None) -> tuple[list[str], str]:
+    """(the q-value heading, if any; a link that turns the q-values on or off)."""
+    if fdr is None:
+        return [], f"<p><a href='{prefix}{path}?fdr=0.1'>show q-values at false discovery rate 0.1</a></p>"
+    return [f"q (FDR {fdr:g})"], (f"<p>q-values of the pairs `raymem pairs --fdr {fdr:g}` selects (others: -). "
+                                  f"<a href='{prefix}{path}'>hide</a></p>")
+
+
+def train_example(source: RunSource, prefix: str, index: int, top: int = 10, fdr: float | None = None) -> str:
     """A training example: its memorization, and the test examples it influences most."""
     estimates = source.estimates()
     if not 0 <= index < estimates.num_rows:
@@ -252,17 +268,20 @@ def train_example(source: RunSource, prefix: str, index: int, top: int = 10) -> 
              f" (n_in {r['n_in']}, n_out {r['n_out']}"
              + (f", label {esc(r.get('label_name', r.get('label')))}" if "label" in r else "")
              + (", label flipped (canary)" if r.get("label_flipped") else "") + ")</p>")
-    rows = _influence_rows(source, prefix, source.influenced(index, top), "test")
-    body = facts + "<h2>Test examples it influences most</h2>" + _images_note(source) + table(
-        ["rank", "", "test index", "infl", "interval", "mem"], rows, left=0)
+    rows = _influence_rows(source, prefix, source.influenced(index, top), "test", fdr)
+    q_heading, switch = _fdr_switch(prefix, f"train/{index}", fdr)
+    body = facts + "<h2>Test examples it influences most</h2>" + _images_note(source) + switch + table(
+        ["rank", "", "test index", "infl", "interval", "mem"] + q_heading, rows, left=0)
     return page(f"{source.run.info.name}: training example {index}", body, prefix)
 
 
-def test_example(source: RunSource, prefix: str, index: int, top: int = 10) -> str:
+def test_example(source: RunSource, prefix: str, index: int, top: int = 10, fdr: float | None = None) -> str:
     """A test example: its top influencers (``Run.influence``), each linking to its page."""
-    rows = _influence_rows(source, prefix, source.influence(index, top), "train")
+    rows = _influence_rows(source, prefix, source.influence(index, top), "train", fdr)
+    q_heading, switch = _fdr_switch(prefix, f"test/{index}", fdr)
     body = (f"<p>{_thumb(source, 'test', index, prefix)}</p><h2>Training examples that influence it most</h2>"
-            + _images_note(source) + table(["rank", "", "train index", "infl", "interval", "mem"], rows))
+            + _images_note(source) + switch
+            + table(["rank", "", "train index", "infl", "interval", "mem"] + q_heading, rows))
     return page(f"{source.run.info.name}: test example {index}", body, prefix)
 
 

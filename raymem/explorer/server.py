@@ -189,13 +189,14 @@ class Handler(BaseHTTPRequestHandler):
             return pages.overview(source, prefix)
         if rest == "memorization":
             return pages.memorization(source, prefix, _query(qs))
+        fdr = [float(v) for v in qs.get("fdr", []) if v]
+        fdr = fdr[-1] if fdr else None
         if rest.startswith("train/"):
-            return pages.train_example(source, prefix, int(rest[6:]), top)
+            return pages.train_example(source, prefix, int(rest[6:]), top, fdr)
         if rest.startswith("test/"):
-            return pages.test_example(source, prefix, int(rest[5:]), top)
+            return pages.test_example(source, prefix, int(rest[5:]), top, fdr)
         if rest == "pairs":
-            fdr = [v for v in qs.get("fdr", []) if v]
-            return pages.pairs_page(source, prefix, float(fdr[-1]) if fdr else None, int(qs.get("page", ["0"])[-1]))
+            return pages.pairs_page(source, prefix, fdr, int(qs.get("page", ["0"])[-1]))
         if rest == "trials":
             return pages.trials_page(source, prefix)
         raise KeyError(rest)
