@@ -4,7 +4,8 @@
 
 Prints one row per request: the first one builds the run's view from the trial log (the pair matrix,
 n_train x n_test float32), the others are what a user waits for once it is held: the memorization page's first
-screen (sorted by estimate, 50 rows), a test example's page (its top influencers) and a training example's page.
+screen (sorted by estimate, 50 rows), a test example's page (its top influencers) and a training example's page;
+q-values at an FDR cost one pairs read of the whole matrix the first time (then they are held until trials land).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
         ("memorization, page 10", "/run/0/memorization?page=10"),
         ("test example page", f"/run/0/test/{args.n_test // 2}"),
         ("training example page", f"/run/0/train/{args.n_train // 2}"),
+        ("test example page with q-values at FDR 0.1 (cold)", f"/run/0/test/{args.n_test // 3}?fdr=0.1"),
+        ("test example page with q-values at FDR 0.1", f"/run/0/test/{args.n_test // 4}?fdr=0.1"),
         ("overview (with convergence curves, cold)", "/run/0/"),
         ("overview", "/run/0/"),
     ]

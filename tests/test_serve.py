@@ -169,3 +169,11 @@ def test_example_pages_give_the_q_values_of_raymem_pairs_fdr(tmp_path, synthetic
         assert "q (FDR 0.1)" in get(explorer, "/run/0/train/3?fdr=0.1")
     finally:
         explorer.close()
+
+
+def test_the_memorization_pages_follow_on_with_the_same_sort_and_filters(served):
+    run, explorer = served
+    page = get(explorer, "/run/0/memorization?sort=train_index&order=asc&per_page=7&min_mem=-1")
+    link = re.search(r"<a href='(/run/0/memorization\?[^']*page=1[^']*)'>next", page).group(1).replace("&amp;", "&")
+    shown = [int(i) for i in re.findall(r"<a href='/run/0/train/(\d+)'>", get(explorer, link))]
+    assert shown == list(range(7, 14))

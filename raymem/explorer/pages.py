@@ -209,7 +209,10 @@ def memorization(source: RunSource, prefix: str, query: MemQuery) -> str:
                       num(r["mem"]), f"[{num(r['mem_lo'])}, {num(r['mem_hi'])}]", num(r["n_in"]), num(r["n_out"]),
                       num(r.get("label_flipped")) if "label_flipped" in r else "-"])
     headings = ["", "train index", "label", "mem", "interval", "n_in", "n_out", "flipped"]
-    params = {k: v for k, v in vars(query).items() if v not in (None, False)}
+    params = {k: v for k, v in {"sort": query.sort, "order": "desc" if query.descending else "asc",
+                                "klass": query.klass, "certified": 1 if query.certified else None,
+                                "flipped": 1 if query.flipped else None, "min_mem": query.min_mem,
+                                "max_mem": query.max_mem, "per_page": query.per_page}.items() if v is not None}
     pages = max(1, -(-total // query.per_page))
 
     def link(page_no: int, text: str) -> str:
@@ -218,15 +221,17 @@ def memorization(source: RunSource, prefix: str, query: MemQuery) -> str:
     nav = (f"<p>{total} examples, page {query.page + 1} of {pages} "
            + (link(query.page - 1, "&larr; previous") + " " if query.page > 0 else "")
            + (link(query.page + 1, "next &rarr;") if query.page + 1 < pages else "") + "</p>")
-    sorts = " ".join(f"<a href='{prefix}memorization?{urlencode({**params, 'sort': k, 'page': 0})}'>{k}</a>"
-                     for k in ("mem", "mem_lo", "halfwidth", "train_index"))
+    sorts = " ".join(f"<a href='{prefix}memorization?{urlencode({**params, 'sort': k, 'order': o, 'page': 0})}'>"
+                     f"{k} {'&darr;' if o == 'desc' else '&uarr;'}</a>"
+                     for k in ("mem", "mem_lo", "halfwidth", "train_index") for o in ("desc", "asc"))
     form = (f"<form method='get' action='{prefix}memorization'>class <input name='klass' size='4' "
             f"value='{esc(query.klass if query.klass is not None else '')}'> mem from <input name='min_mem' size='5' "
             f"value='{esc(query.min_mem if query.min_mem is not None else '')}'> to <input name='max_mem' size='5' "
             f"value='{esc(query.max_mem if query.max_mem is not None else '')}'> <label><input type='checkbox' "
             f"name='certified' value='1'{' checked' if query.certified else ''}> certified</label> <label><input "
             f"type='checkbox' name='flipped' value='1'{' checked' if query.flipped else ''}> flipped canaries"
-            f"</label> <input type='hidden' name='sort' value='{esc(query.sort)}'><button>filter</button></form>")
+            f"</label> <input type='hidden' name='sort' value='{esc(query.sort)}'><input type='hidden' name='order' "
+            f"value='{params['order']}'><button>filter</button></form>")
     body = form + f"<p>sort by {sorts}</p>" + _images_note(source) + nav + table(headings, cells, left=3) + nav
     return page(f"{source.run.info.name}: memorization", body, prefix)
 

@@ -36,7 +36,7 @@ from raymem.explorer.state import MemQuery, RunSource
 __all__ = ["is_loopback_host", "check_bind", "make_server", "Handler"]
 
 COOKIE = "raymem_token"
-ROUTE = re.compile(r"^/run/(\d+)/(api/)?(.*)$")
+ROUTE = re.compile(r"^/run/(\d+)(?:/(api/)?(.*))?$")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -174,7 +174,7 @@ class Handler(BaseHTTPRequestHandler):
         match = ROUTE.match(path)
         if not match:
             raise KeyError(path)
-        k, api, rest = int(match.group(1)), bool(match.group(2)), match.group(3)
+        k, api, rest = int(match.group(1)), bool(match.group(2)), match.group(3) or ""
         source, prefix = self.sources[k], f"/run/{k}/"
         if api:
             return 200, "application/json", json.dumps(_clean(self._api(source, rest, qs)),
