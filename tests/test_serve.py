@@ -177,3 +177,19 @@ def test_the_memorization_pages_follow_on_with_the_same_sort_and_filters(served)
     link = re.search(r"<a href='(/run/0/memorization\?[^']*page=1[^']*)'>next", page).group(1).replace("&amp;", "&")
     shown = [int(i) for i in re.findall(r"<a href='/run/0/train/(\d+)'>", get(explorer, link))]
     assert shown == list(range(7, 14))
+
+
+def test_a_port_in_use_and_a_missing_run_exit_2_with_one_error_line(tmp_path, sim):
+    import socket
+
+    run = api.ingest(str(tmp_path / "run"), sim.masks[:T], sim.train_correct[:T], sim.test_correct[:T])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, named in (([run.uri, "--port", str(port)], "--port"), ([str(tmp_path / "none")], "run.json")):
+            result = CliRunner().invoke(app, ["serve", *args])
+            assert result.exit_code == 2, result.output
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
+            assert "----" not in lines[0]

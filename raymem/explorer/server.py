@@ -236,7 +236,7 @@ def make_server(sources: list[RunSource], host: str, port: int, token: str | Non
     try:
         server = ThreadingHTTPServer((host, int(port)), handler)
     except OSError as exc:
-        raise RaymemError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or "
-                          "--host.", parameter="port") from None
+        raise RaymemError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another port (0: any free "
+                          "one) or --host.", parameter="port") from None
     server.daemon_threads = True
     return server
