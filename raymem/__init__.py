@@ -19,7 +19,8 @@ __all__ = [
     "Run", "DriverOptions", "PairSelection", "RaymemError",
     "run", "plan", "load_config", "presets", "config_keys", "ingest", "ingest_files", "ingest_from", "features",
     "estimates", "pairs", "influence", "status", "trials", "verify", "figures", "export", "compare", "compare_many",
-    "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage",
+    "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage", "tensorboard",
+    "serve",
 ]
 
 

@@ -34,7 +34,8 @@ __all__ = [
     "Run", "DriverOptions", "PairSelection", "RaymemError",
     "run", "plan", "load_config", "presets", "config_keys", "ingest", "ingest_files", "ingest_from", "features",
     "estimates", "pairs", "influence", "status", "trials", "verify", "figures", "export", "compare", "compare_many",
-    "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage",
+    "marginal", "marginal_report", "logs", "stop", "stop_job", "up", "down", "default_storage", "tensorboard",
+    "serve",
 ]
 
 
@@ -310,6 +311,24 @@ def status(run: str, *, storage: str | None = None, address: str | None = None, 
 def trials(run: str, *, storage: str | None = None) -> pa.Table:
     """:meth:`Run.trials` of ``run``."""
     return Run(run, storage).trials()
+
+
+def tensorboard(run: str, *, storage: str | None = None, every: int = 10, method: str = METHOD, delta: float = DELTA,
+                simultaneous: bool = False, data_dir: str | None = None) -> dict:
+    """:meth:`Run.tensorboard` of ``run``."""
+    return Run(run, storage).tensorboard(every=every, method=method, delta=delta, simultaneous=simultaneous,
+                                         data_dir=data_dir)
+
+
+def serve(runs: list[str] | str, *, host: str = "127.0.0.1", port: int = 8266, token: str | None = None,
+          insecure_public: bool = False, storage: str | None = None, data_dir: str | None = None,
+          block: bool = False):
+    """:func:`raymem.explorer.serve`: a web explorer over ``runs``; returns the :class:`~raymem.explorer.Explorer`
+    (serving in a background thread unless ``block``)."""
+    from raymem import explorer
+
+    return explorer.serve(runs, host=host, port=port, token=token, insecure_public=insecure_public,
+                          storage=storage, data_dir=data_dir, block=block)
 
 
 def verify(run: str, *, storage: str | None = None, quarantine: bool = False):

@@ -33,6 +33,7 @@ as its extension says.
 #: The main help's command sections, in the order a new user meets them.
 COMMAND_SECTIONS = {
     "Run and watch": ["run", "status", "trials", "verify", "logs", "stop", "presets"],
+    "Watch and browse": ["serve", "tensorboard"],
     "Read a run": ["estimates", "pairs", "influence", "compare"],
     "The paper's outputs": ["figures", "export", "marginal"],
     "Bring your own results": ["ingest", "features"],
@@ -623,6 +624,68 @@ def trials(
         echo_json(table.to_pylist())
     elif not out:
         typer.echo(format_table(table, TRIAL_COLUMNS, limit=50))
+
+
+@command()
+@user_errors
+def serve(
+    runs: List[str] = typer.Argument(..., help="Runs to serve: names (under --storage) or run directories."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (beyond loopback: needs --token "
+                                                         "or --insecure-public)."),
+    port: int = typer.Option(8266, "--port", min=0, max=65535, help="Port to listen on (0: any free one)."),
+    token: Optional[str] = typer.Option(None, "--token", help="A secret every request must carry (?token=T once)."),
+    insecure_public: bool = typer.Option(False, "--insecure-public",
+                                         help="Serve beyond loopback without a token: anyone who reaches it reads "
+                                              "the runs."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="RAYMEM_DATA_DIR",
+                                           help="Prepared TensorFlow Datasets, for the thumbnails."),
+    storage: Optional[str] = StorageOpt,
+):
+    """A web explorer: overview, memorization, examples, pairs, trials.
+
+    Serves the runs' pages until Ctrl-C: the overview (trials, throughput, the convergence curves; it reloads
+    itself while the run trains), every training example sorted and filtered with its interval, an example's page
+    with its influences (links both ways), the pairs and the trials, plus JSON under /run/K/api/. On a cluster head:
+    ssh -L 8266:localhost:8266 head, then open http://localhost:8266/.
+    """
+    explorer = _api().serve(runs, host=host, port=port, token=token, insecure_public=insecure_public,
+                            storage=storage, data_dir=data_dir, block=False)
+    typer.echo(f"serving {len(runs)} run(s) at {explorer.url} (Ctrl-C stops)", err=True)
+    try:
+        explorer.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        explorer.close()
+
+
+@command()
+@user_errors
+def tensorboard(
+    run: str = RunArg,
+    every: int = typer.Option(10, "--every", min=1, help="Trials per update (one TensorBoard step each)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="RAYMEM_DATA_DIR",
+                                           help="Prepared TensorFlow Datasets, for the memorized-examples image."),
+    delta: float = DeltaOpt,
+    simultaneous: bool = SimultaneousOpt,
+    method: str = MethodOpt,
+    storage: Optional[str] = StorageOpt,
+):
+    """Write RUN/tensorboard/ from the trial log.
+
+    Replays a finished or ingested run: the median and max memorization half-width, certified examples,
+    split-half Jaccard, trials per hour and mean test accuracy (the numbers `raymem status` gives at each trial
+    count), a histogram of per-trial test accuracy and the most memorized examples as an image (where the run's
+    data loader gives images), one step every --every trials. A training run's driver
+    writes them itself as trials land. Then: tensorboard --logdir RUN.
+    """
+    written = _api().tensorboard(run, storage=storage, every=every, method=method, delta=delta,
+                                 simultaneous=simultaneous, data_dir=data_dir)
+    steps = written["steps"]
+    if written.get("images"):
+        typer.echo(f"no memorized-examples image: {written['images']}")
+    typer.echo(f"wrote {len(steps)} updates (trials {steps[0] if steps else 0}..{steps[-1] if steps else 0}) "
+               f"to {written['logdir']}; open it with: tensorboard --logdir {written['logdir']}")
 
 
 @command()

@@ -159,6 +159,17 @@ class Run:
 
         return find_accumulator(info, address)
 
+    def view(self, *, with_pairs: bool = True):
+        """The run's counts rebuilt from its trial log as one :class:`~raymem.estimator.run_view.RunView`, which
+        many reads of one moment can share (each read of ``Run`` rebuilds them): what ``raymem serve`` holds until
+        new trials land. Its reads with ``self.bars(...)`` give exactly the offline answers of ``Run``'s."""
+        return offline_view(self.store, with_pairs=with_pairs)
+
+    def images(self, data_dir: str | None = None) -> tuple:
+        """``(train images, test images, why none)``: the run's images from its own data loader (what
+        :meth:`figures` shows); ``(None, None, reason)`` for ingested runs and data without images in memory."""
+        return _run_images(self.info, data_dir)
+
     def estimates(self, *, method: str = METHOD, delta: float = DELTA, simultaneous: bool = False) -> pa.Table:
         """Memorization of every training example with its interval and counts.
 
@@ -169,9 +180,9 @@ class Run:
         """
         info = self.info
         table = self._reader(info, with_pairs=False).mem_table(run_bars(info, method, delta, simultaneous))
-        return self._with_label_names(table, {"train_index": "label_name"})
+        return self.with_label_names(table, {"train_index": "label_name"})
 
-    def _with_label_names(self, table: pa.Table, columns: dict[str, str]) -> pa.Table:
+    def with_label_names(self, table: pa.Table, columns: dict[str, str]) -> pa.Table:
         """``table`` with the class name of the example each index column names (``{"train_index": "label_name"}``),
         where the run keeps class names (an ``imagefolder:`` set)."""
         from raymem.store.run_info import read_class_names, read_labels
@@ -199,7 +210,7 @@ class Run:
         selected = PairSelection(min_infl, min_mem, fdr)
         info = self.info
         table = self._reader(info).pairs_table(run_bars(info, method, delta, simultaneous), selected)
-        return self._with_label_names(table, {"train_index": "train_label_name", "test_index": "test_label_name"})
+        return self.with_label_names(table, {"train_index": "train_label_name", "test_index": "test_label_name"})
 
     def influence(self, test_index: int, *, top: int = 10, method: str = METHOD, delta: float = DELTA,
                   simultaneous: bool = False) -> pa.Table:
@@ -248,6 +259,35 @@ class Run:
 
         self.info  # noqa: B018 - not a run: a clear error
         return trial_table(self.store)
+
+    def tensorboard(self, *, every: int = 10, method: str = METHOD, delta: float = DELTA,
+                    simultaneous: bool = False, data_dir: str | None = None) -> dict:
+        """Write ``RUN/tensorboard/`` from the trial log (``tensorboard --logdir RUN`` shows it): the status
+        scalars, trials per hour and test accuracy, one update every ``every`` trials (step = trials counted),
+        replacing the events there. A run a live driver holds is refused: its driver writes them as trials land.
+        Where the run's data loader gives images (``data_dir``: prepared TensorFlow Datasets), the most memorized
+        training examples as an image every few updates.
+
+        Returns:
+            ``{"logdir", "steps", "tags"}`` (see :func:`raymem.paper.tensorboard.replay`) and ``"images"``: why
+            there is no grid, where there is none.
+        """
+        from raymem.driver.lease import driver_state
+        from raymem.paper import tensorboard
+
+        bars = Bars(method, delta, simultaneous)  # refuse bad settings before any file is read
+        info = self.info
+        if (driver := driver_state(self.store)) is not None and driver.get("live"):
+            raise RaymemError(f"run {info.name} is being trained by a live driver (pid {driver.get('pid')} on "
+                              f"{driver.get('host')}), which writes its TensorBoard events itself; open "
+                              f"`tensorboard --logdir {self.uri}` instead.")
+        bars = run_bars(info, bars.method, bars.delta, bars.simultaneous)
+        try:
+            images, _, no_images = self.images(data_dir)
+        except RaymemError as exc:  # a data set not prepared here: the curves still tell the run
+            images, no_images = None, str(exc)
+        written = tensorboard.replay(self.store, every=every, bars=bars, images=images)
+        return {**written, **({"images": no_images} if no_images else {})}
 
     # ---- the paper's outputs -------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ LAYERS = {
     "raymem.training": 5,            # the Keras side: models, recipes, packing, checkpoints
     "raymem.driver": 6,              # scheduling trials on Ray, leases, detached jobs
     "raymem.handle": 7,              # the Run handle
+    "raymem.explorer": 8,            # raymem serve: the web explorer over Run handles
     "raymem.api": 8,
     "raymem.cli": 9,
     "raymem": 10,  # the package's __init__ re-exports the API

@@ -408,7 +408,12 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         if options.stops_early:
             def stop_check():
                 return criteria_met(accumulator, run_bars(info), options)
-        _drive(config, units, submit, result, bar, demand, stop_check, SpaceWaiter(store, bar.note))
+        events = TrainingEvents(store, accumulator, info, data)
+        try:
+            _drive(config, units, submit, result, bar, demand, stop_check, events.landed,
+                   SpaceWaiter(store, bar.note))
+        finally:
+            events.close()
         bar.close()
         result.trials_done = len(ray.get(accumulator.done_trial_ids.remote()))
         result.wall_seconds = time.perf_counter() - started
@@ -491,6 +496,47 @@ def _units(config: ExperimentConfig, missing: list[int], payload, result: RunRes
     return units
 
 
+class TrainingEvents:
+    """The run's TensorBoard events, written by this driver alone as trials land (``paper.tensorboard``): a
+    status read of the accumulator at most every few seconds. Events are a view, never the run: a failure to write
+    them is said once on stderr and the run goes on without them."""
+
+    def __init__(self, store: RunStore, accumulator, info, data=None):
+        self.events = None
+        try:
+            import ray
+
+            from raymem.paper import tensorboard
+
+            bars = run_bars(info)
+            images = getattr(data, "x_train", None)  # images held in memory: the memorized-examples grid
+            self.events = tensorboard.LiveEvents(
+                store, lambda: ray.get(accumulator.status.remote(bars, tensorboard.QUESTIONS)),
+                images=images if images is not None and images.ndim >= 3 else None,
+                read_mem=lambda: ray.get(accumulator.mem_table.remote(bars)).column("mem").to_numpy())
+        except Exception as exc:  # e.g. an s3:// run: TensorFlow writes no event files there
+            self._give_up(exc)
+
+    def _give_up(self, exc: Exception) -> None:
+        print(f"warning: no TensorBoard events for this run ({type(exc).__name__}: {exc})", file=sys.stderr,
+              flush=True)
+        self.events = None
+
+    def landed(self, trial_ids: list[int]) -> None:
+        if self.events is not None:
+            try:
+                self.events.landed(trial_ids)
+            except Exception as exc:
+                self._give_up(exc)
+
+    def close(self) -> None:
+        if self.events is not None:
+            try:
+                self.events.close()
+            except Exception as exc:
+                self._give_up(exc)
+
+
 def criteria_met(accumulator, bars: Bars, options: DriverOptions) -> str | None:
     """Ask the accumulator whether every stopping criterion given is met; return why (a sentence) or None."""
     import ray
@@ -507,13 +553,15 @@ def criteria_met(accumulator, bars: Bars, options: DriverOptions) -> str | None:
 
 
 def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, bar: Progress,
-           demand: AutoscalerDemand | None = None, stop_check=None, wait_for_space=None) -> None:
+           demand: AutoscalerDemand | None = None, stop_check=None, landed=None,
+           wait_for_space=None) -> None:
     """Keep a window of trials (trial ids, or packs: tuples of them) in flight; retry failures up to
     max_attempts (a pack is retried whole); record outcomes per trial id.
 
     ``demand`` (optional) shows the remaining trials' resources to the autoscaler. ``stop_check()``
     (optional) is called after trials are counted; a reason it returns stops submitting
-    (the trials in flight still finish and are counted). ``wait_for_space(error, trial_ids)`` (optional, a
+    (the trials in flight still finish and are counted). ``landed(trial_ids)`` (optional) is told each
+    acknowledged trial (the TensorBoard events). ``wait_for_space(error, trial_ids)`` (optional, a
     :class:`raymem.driver.space.SpaceWaiter`) blocks while the run's storage is full; a trial whose result
     could not be written for that reason is queued again without spending one of its attempts.
     """
@@ -561,6 +609,8 @@ def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, b
                 continue
             result.trained_now.extend(members)
             bar.advance(done=len(members))
+            if landed is not None:
+                landed(members)
             if stop_check is not None and queue and result.stopped_early is None:
                 result.stopped_early = stop_check()
                 if result.stopped_early:

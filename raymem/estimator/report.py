@@ -236,6 +236,37 @@ def influence_table(counts: Counts, test_index: int, bars: Bars = Bars(), *, top
     })
 
 
+def influenced_table(counts: Counts, train_index: int, bars: Bars = Bars(), *, top: int = 10) -> pa.Table:
+    """The ``top`` test examples that training example ``train_index`` influences most (the other way round from
+    :func:`influence_table`, with the same formula and intervals): ties by test index.
+
+    In class scope its candidates are the test examples of its class (the only pairs estimated).
+    """
+    if not counts.row_start <= train_index < counts.row_stop:
+        raise RaymemError(f"train_index {train_index} is outside the run's training set "
+                          f"{counts.row_start}..{counts.row_stop - 1}; pick one in range.", parameter="train_index")
+    if top < 1:
+        raise RaymemError(f"top {top} must be at least 1.", parameter="top")
+    v = counts.all
+    r = train_index - counts.row_start
+    test_index, row = counts.pair_row(train_index)
+    n_in, n_out = v.n_in[r:r + 1], v.n_out[r:r + 1]
+    infl = formulas.influence(np.asarray(row)[None, :], n_in, v.test_hits[test_index], n_out)[0]
+    chosen = np.lexsort((test_index, -infl))[:top]
+    h_in = np.asarray(row)[chosen]
+    lo, hi = infl_intervals(counts, bars, h_in, np.repeat(n_in, chosen.size), np.repeat(n_out, chosen.size),
+                            v.test_hits[test_index[chosen]])
+    return pa.table({
+        "rank": np.arange(1, chosen.size + 1, dtype=np.int64),
+        "train_index": np.full(chosen.size, train_index, dtype=np.int64),
+        "test_index": test_index[chosen].astype(np.int64),
+        "infl": infl[chosen],
+        "infl_lo": lo,
+        "infl_hi": hi,
+        "mem": np.repeat(v.memorization()[r], chosen.size),
+    })
+
+
 def canary_recall(mem: np.ndarray, flipped: np.ndarray) -> dict:
     """Share of flipped-label examples among the top-|flipped| training examples by memorization."""
     count = int(flipped.sum())

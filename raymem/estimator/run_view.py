@@ -92,6 +92,10 @@ class RunView:
         """The top influencers of one test example (``report.influence_table``)."""
         return report.influence_table(self.counts, test_index, bars or self.bars(), top=top)
 
+    def influenced_table(self, train_index: int, bars: Bars | None = None, top: int = 10) -> pa.Table:
+        """The test examples one training example influences most (``report.influenced_table``)."""
+        return report.influenced_table(self.counts, train_index, bars or self.bars(), top=top)
+
     def status(self, bars: Bars | None = None, questions: StatusQuestions = StatusQuestions(),
                n_hypotheses: int | None = None) -> dict:
         """The convergence summary (``report.convergence_summary``) with the run's name, source, target and canaries."""

@@ -50,18 +50,26 @@ def _value(key: str, metadata: dict):
     return value
 
 
+def trial_metadata(store: RunStore, trial_id: int) -> dict | None:
+    """The metadata of trial ``trial_id`` (only that column of its file is read); None, with a RaymemWarning naming
+    the file, when the file is damaged (readers leave such a trial out, see ``trial_log.iter_trials``)."""
+    relpath = trial_path(trial_id)
+    try:
+        table = store.read_parquet(relpath, columns=["metadata"])
+        return json.loads(table.column("metadata")[0].as_py())
+    except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
+        warnings.warn(f"{store.location(relpath)} is damaged ({type(exc).__name__}) and is left out; `raymem run` "
+                      f"trains trial {trial_id} again, and `raymem verify {store.uri}` lists every damaged file.",
+                      RaymemWarning, stacklevel=2)
+        return None
+
+
 def trial_table(store: RunStore) -> pa.Table:
     """Return one row per trial in the log (sorted by trial id) with the columns of :data:`COLUMNS`."""
     rows = {name: [] for name, _, _ in COLUMNS}
     for k in trial_ids(store):
-        relpath = trial_path(k)
-        try:
-            table = store.read_parquet(relpath, columns=["metadata"])
-            metadata = json.loads(table.column("metadata")[0].as_py())
-        except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
-            warnings.warn(f"{store.location(relpath)} is damaged ({type(exc).__name__}) and is left out; `raymem run` "
-                          f"trains trial {k} again, and `raymem verify {store.uri}` lists every damaged file.",
-                          RaymemWarning, stacklevel=2)
+        metadata = trial_metadata(store, k)
+        if metadata is None:
             continue
         for name, key, _ in COLUMNS:
             rows[name].append(k if key is None else _value(key, metadata))
