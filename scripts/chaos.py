@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class StormPlan:
     workers: int = 4
     epochs: int = 3
     node_kills: int = 8
-    node_period_s: float = 8.0
+    node_period_s: float = 6.0
     accumulator_kills_at: tuple[float, ...] = (0.15, 0.6)
     driver_kill_at: float | None = 0.35
     pair_shards: int = 2
@@ -78,7 +79,7 @@ class StormPlan:
 
 
 FULL = StormPlan()
-QUICK = StormPlan(trials=16, workers=3, epochs=2, node_kills=4, node_period_s=7.0,
+QUICK = StormPlan(trials=16, workers=3, epochs=3, node_kills=4, node_period_s=5.0,
                   accumulator_kills_at=(0.2, 0.6), driver_kill_at=0.4, timeout_s=540.0)
 
 
@@ -266,8 +267,10 @@ class Injector:
                     self.churn()  # a trial's node dies while the accumulator restarts
         if plan.driver_kill_at is not None and not self.driver_killed and logged >= plan.driver_kill_at * plan.trials:
             self.kill_driver()
+        # every node_period_s, and at the latest spread evenly over the run, so that every kill fires before its end
+        behind = logged >= (self.node_kills + 1) / (plan.node_kills + 1) * plan.trials
         if self._last_churn is not None and self.node_kills < plan.node_kills \
-                and now - self._last_churn >= plan.node_period_s:
+                and (now - self._last_churn >= plan.node_period_s or behind):
             self.churn()
 
     def churn(self) -> None:
@@ -276,7 +279,7 @@ class Injector:
         self.cluster.remove_node(victim, allow_graceful=False)
         self.node_kills += 1
         self.note("node killed", victim.node_id[:8])
-        node = reliability.add_worker(self.cluster)
+        node = reliability.add_worker(self.cluster, wait_for_all=False)  # the storm goes on meanwhile
         self.note("node added", node.node_id[:8])
         self._last_churn = time.monotonic()
 
@@ -459,6 +462,24 @@ def markdown_table(outcome: StormOutcome) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def stdout_to_stderr(active: bool = True):
+    """Send what is written to file descriptor 1 to 2 meanwhile: Ray prints its nodes' deaths to the driver's
+    stdout, which ``--json`` keeps for the one JSON object."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller storm: 16 trials, 3 worker nodes")
@@ -472,15 +493,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials:
         plan = replace(plan, trials=args.trials)
     workdir = args.workdir or tempfile.mkdtemp(prefix="raymem-chaos-")
-    with reliability.simulated_cluster() as cluster:
-        outcome = run_storm(cluster, workdir, plan, seed=args.seed)
-    if args.baseline:
+    with stdout_to_stderr(args.json):
         with reliability.simulated_cluster() as cluster:
-            quiet = run_storm(cluster, workdir, plan, faults=False, name="baseline")
-        outcome.baseline_wall_seconds = quiet.wall_seconds
-        if not all(quiet.checks(faults=False).values()):
-            print(f"the run without faults failed its checks: {quiet.checks(faults=False)}", file=sys.stderr)
-            return 1
+            outcome = run_storm(cluster, workdir, plan, seed=args.seed)
+        if args.baseline:
+            with reliability.simulated_cluster() as cluster:
+                quiet = run_storm(cluster, workdir, plan, faults=False, name="baseline")
+            outcome.baseline_wall_seconds = quiet.wall_seconds
+            if not all(quiet.checks(faults=False).values()):
+                print(f"the run without faults failed its checks: {quiet.checks(faults=False)}", file=sys.stderr)
+                return 1
     if args.json:
         print(json.dumps(outcome.as_json(), indent=2))
     else:

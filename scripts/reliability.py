@@ -115,10 +115,16 @@ def simulated_cluster(head_cpus: float = 0):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def add_worker(cluster, num_cpus: float = 1, num_gpus: float = 0):
-    """Add a worker node to ``cluster``, wait until Ray lists it, and return it (``.node_id`` is its hex id)."""
+def add_worker(cluster, num_cpus: float = 1, num_gpus: float = 0, wait_for_all: bool = True):
+    """Add a worker node to ``cluster``, wait until Ray lists it, and return it (``.node_id`` is its hex id).
+
+    ``wait_for_all``: also wait until Ray's node list matches the cluster's, which after a node was killed
+    means until Ray has declared that node dead (missed heartbeats: many seconds); False waits for the new
+    node to start only.
+    """
     node = cluster.add_node(num_cpus=num_cpus, num_gpus=num_gpus)
-    cluster.wait_for_nodes()
+    if wait_for_all:
+        cluster.wait_for_nodes()
     return node
 
 

@@ -43,3 +43,22 @@ def test_small_storm_loses_nothing_and_counts_each_trial_once(tmp_path):
     assert outcome.shards_match_log
     assert outcome.max_epochs_retrained <= SMALL.checkpoint_every
     assert all(outcome.checks().values()), outcome.checks()
+
+
+class _Record:
+    def __init__(self, trial_id, started, resumed=0, attempt=1):
+        self.trial_id = trial_id
+        self.metadata = {"started": started, "resumed_from_epoch": resumed, "attempt": attempt}
+
+
+def test_epochs_retrained_counts_from_the_newest_checkpoint_an_earlier_attempt_wrote(tmp_path):
+    watcher = chaos.CheckpointWatcher(str(tmp_path))
+    watcher.stop()
+    watcher.seen = {(0, 1): 10.0, (0, 2): 11.0, (0, 3): 30.0,   # trial 0: epochs 1-2 before its retry at 20
+                    (1, 1): 10.0, (1, 2): 11.0,                 # trial 1: the same, but its retry started over
+                    (2, 1): 25.0, (2, 2): 26.0}                 # trial 2: never killed (its own checkpoints)
+    records = [_Record(0, 20.0, resumed=2, attempt=2), _Record(1, 20.0, resumed=0, attempt=2), _Record(2, 20.0),
+               _Record(3, 20.0, resumed=0, attempt=2)]         # trial 3: killed before its first checkpoint
+    assert chaos.epochs_retrained(records, watcher, epochs=4) == {0: 1, 1: 3, 3: 1}
+    # a retry after the last epoch was saved trains nothing again
+    assert chaos.epochs_retrained([_Record(0, 40.0, resumed=3, attempt=2)], watcher, epochs=3) == {0: 0}
