@@ -446,7 +446,7 @@ def markdown_table(outcome: StormOutcome) -> str:
         ("trials counted twice", outcome.trials_double_counted),
         ("counts == recount of the log (accumulator and pair shards)",
          str(outcome.counts_match_log and outcome.shards_match_log).lower()),
-        ("trials killed and resumed", outcome.trials_killed),
+        ("trials whose attempt was killed (seen: a retry, a resume or checkpoints)", outcome.trials_killed),
         (f"most epochs a killed trial retrained (checkpoint every {p.checkpoint_every})",
          outcome.max_epochs_retrained),
         ("faults injected", f"{outcome.faults_injected}: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))),
@@ -463,12 +463,9 @@ def markdown_table(outcome: StormOutcome) -> str:
 
 
 @contextmanager
-def stdout_to_stderr(active: bool = True):
+def stdout_to_stderr():
     """Send what is written to file descriptor 1 to 2 meanwhile: Ray prints its nodes' deaths to the driver's
-    stdout, which ``--json`` keeps for the one JSON object."""
-    if not active:
-        yield
-        return
+    stdout, which this script keeps for its table or its one JSON object."""
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
@@ -493,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials:
         plan = replace(plan, trials=args.trials)
     workdir = args.workdir or tempfile.mkdtemp(prefix="raymem-chaos-")
-    with stdout_to_stderr(args.json):
+    with stdout_to_stderr():
         with reliability.simulated_cluster() as cluster:
             outcome = run_storm(cluster, workdir, plan, seed=args.seed)
         if args.baseline:
