@@ -115,16 +115,58 @@ def simulated_cluster(head_cpus: float = 0):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def add_worker(cluster, num_cpus: float = 1, num_gpus: float = 0):
-    """Add a worker node to ``cluster``, wait until Ray lists it, and return it (``.node_id`` is its hex id)."""
+def add_worker(cluster, num_cpus: float = 1, num_gpus: float = 0, wait_for_all: bool = True):
+    """Add a worker node to ``cluster``, wait until Ray lists it, and return it (``.node_id`` is its hex id).
+
+    ``wait_for_all``: also wait until Ray's node list matches the cluster's, which after a node was killed
+    means until Ray has declared that node dead (missed heartbeats: many seconds); False waits for the new
+    node to start only.
+    """
     node = cluster.add_node(num_cpus=num_cpus, num_gpus=num_gpus)
-    cluster.wait_for_nodes()
+    if wait_for_all:
+        cluster.wait_for_nodes()
     return node
 
 
 # ---- a run in the background ------------------------------------------------------------------
 
-class BackgroundRun:
+class WatchedRun:
+    """A run going on elsewhere (a thread, another process) whose log the caller watches.
+
+    Subclasses set ``name`` and ``run_dir`` and provide ``running`` and ``wait(timeout)``.
+    """
+
+    name: str
+    run_dir: str
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def wait(self, timeout: float = RUN_TIMEOUT_S):
+        raise NotImplementedError
+
+    def log_ids(self) -> list[int]:
+        """Return the ids of the trials in the run's log so far."""
+        if not Path(self.run_dir, TRIALS_DIR).is_dir():
+            return []
+        return trial_ids(RunStore.open(self.run_dir))
+
+    def wait_for_log(self, count: int, timeout: float = RUN_TIMEOUT_S) -> list[int]:
+        """Block until the log holds at least ``count`` trials; return their ids."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ids = self.log_ids()
+            if len(ids) >= count:
+                return ids
+            if not self.running:
+                self.wait(0)  # raises the run's error, if any
+                raise AssertionError(f"run {self.name} ended with {len(ids)} trials in its log, expected {count}")
+            time.sleep(0.1)
+        raise TimeoutError(f"run {self.name}: fewer than {count} trials in the log after {timeout:.0f} s")
+
+
+class BackgroundRun(WatchedRun):
     """``run_experiment`` on a thread of this process (the driver), so the caller can inject faults meanwhile."""
 
     def __init__(self, config: ExperimentConfig, name: str, run_dir: str):
@@ -154,25 +196,6 @@ class BackgroundRun:
         if self.error is not None:
             raise self.error
         return self.result
-
-    def log_ids(self) -> list[int]:
-        """Return the ids of the trials in the run's log so far."""
-        if not Path(self.run_dir, TRIALS_DIR).is_dir():
-            return []
-        return trial_ids(RunStore.open(self.run_dir))
-
-    def wait_for_log(self, count: int, timeout: float = RUN_TIMEOUT_S) -> list[int]:
-        """Block until the log holds at least ``count`` trials; return their ids."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ids = self.log_ids()
-            if len(ids) >= count:
-                return ids
-            if not self.running:
-                self.wait(0)  # raises the run's error, if any
-                raise AssertionError(f"run {self.name} ended with {len(ids)} trials in its log, expected {count}")
-            time.sleep(0.1)
-        raise TimeoutError(f"run {self.name}: fewer than {count} trials in the log after {timeout:.0f} s")
 
 
 def tiny_config(trials: int, **overrides) -> ExperimentConfig:
