@@ -552,6 +552,43 @@ def criteria_met(accumulator, bars: Bars, options: DriverOptions) -> str | None:
     return f"{', '.join(met)} after {status['trials_done']} trials"
 
 
+def _owner_worker_id(error) -> str | None:
+    """The hex worker id of the owner an OwnerDiedError names, or None when Ray did not say."""
+    try:
+        from ray._raylet import WorkerID
+        from ray.core.generated.common_pb2 import Address
+
+        address = Address()
+        address.ParseFromString(error.owner_address)
+        return WorkerID(address.worker_id).hex()
+    except Exception:  # noqa: BLE001 - an unparsable address: treat the error as an ordinary failure
+        return None
+
+
+def _refuse_if_driver_unreachable(exc: BaseException) -> None:
+    """Stop the run when a trial could not fetch its inputs from this driver although the driver is running.
+
+    The driver owns the trials' inputs (the data set, put once); a worker that cannot reach it reports the owner
+    dead. Every trial would then fail the same way, each of its attempts spent in seconds, so the run stops at the
+    first one with what to change. Seen when the driver connects in token mode (``~/.ray/auth_token`` exists) to
+    a cluster started without token authentication: the cluster's workers cannot authenticate to the driver.
+    """
+    import ray
+
+    from raymem.cluster.connection import AUTH_MODE_ENV
+
+    cause = exc
+    while cause is not None and not isinstance(cause, ray.exceptions.OwnerDiedError):
+        cause = getattr(cause, "cause", None) if getattr(cause, "cause", None) is not cause else None
+    if cause is None or _owner_worker_id(cause) != ray.get_runtime_context().get_worker_id():
+        return  # another owner (a worker lost with its node): an ordinary failure, retried
+    mode = os.environ.get(AUTH_MODE_ENV, "unset")
+    raise RaymemError(
+        f"the cluster's workers cannot reach this driver (a trial found the owner of its inputs dead while the "
+        f"driver runs; RAY_AUTH_MODE={mode}); if the cluster runs without token authentication, run again with "
+        "RAY_AUTH_MODE=disabled, otherwise check that its nodes can reach this machine's Ray ports.")
+
+
 def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, bar: Progress,
            demand: AutoscalerDemand | None = None, stop_check=None, landed=None,
            wait_for_space=None) -> None:
@@ -592,6 +629,7 @@ def _drive(config: ExperimentConfig, missing: list, submit, result: RunResult, b
             try:
                 ray.get(ref)
             except Exception as exc:  # a trial's error or its worker/node dying: try again elsewhere
+                _refuse_if_driver_unreachable(exc)
                 full = storage_full_cause(exc) if wait_for_space is not None else None
                 if full is not None:
                     attempts[k] -= 1  # the trial did nothing wrong: its try is not spent
