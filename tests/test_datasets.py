@@ -105,6 +105,33 @@ def test_tfds_array_datasets_through_mock(tfds, name, image_shape, num_classes):
 # --- imagenet streaming (mocked) ---------------------------------------------------------------
 
 
+def test_any_tfds_image_classification_builder_through_mock(tfds):
+    n = 200  # enough that every one of the 10 classes occurs in the mocked training split
+    with tfds.testing.mock_data(num_examples=n):
+        data = load_dataset("tfds:fashion_mnist")
+        raw = next(iter(tfds.as_numpy(tfds.builder("fashion_mnist").as_dataset(split="test", batch_size=n))))
+    assert isinstance(data, ArrayDataset) and data.name == "tfds:fashion_mnist"
+    assert data.x_train.shape == (n, 28, 28, 1) and data.num_classes == 10
+    np.testing.assert_allclose(data.x_test, raw["image"] / 255.0, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(data.y_test, raw["label"])
+    assert data.class_names == tuple(tfds.builder("fashion_mnist").info.features["label"].names)
+    assert data.class_names[:2] == ("T-shirt/top", "Trouser")
+
+
+@pytest.mark.parametrize("name, match", [
+    ("tfds:no_such_builder_here", "has no builder 'no_such_builder_here'.*tfds.list_builders"),
+    ("tfds:glue:cola", "not an image and a class label"),
+])
+def test_tfds_builders_that_cannot_be_used_are_named(tfds, name, match):
+    with pytest.raises(RaymemError, match=match):
+        load_dataset(name)
+
+
+def test_an_unprepared_tfds_builder_gives_the_line_that_prepares_it(tfds, tmp_path):
+    with pytest.raises(RaymemError, match=r"not prepared in .*download_and_prepare\(\)"):
+        load_dataset("tfds:fashion_mnist", data_dir=str(tmp_path))
+
+
 def test_imagenet_streams_selected_examples_by_index(tfds):
     n = 10
     with tfds.testing.mock_data(num_examples=n):

@@ -37,7 +37,7 @@ from raymem.errors import RaymemError
 from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
 from raymem.config.catalog import MODEL_NAMES, SCHEDULE_OPTIONS
 from raymem.config.yaml_reader import describe_yaml_error, load_yaml
-from raymem.data.datasets import (DATASET_NAMES, IMAGEFOLDER_PREFIX, NPZ_PREFIX, PARQUET_PREFIX,
+from raymem.data.datasets import (DATASET_NAMES, IMAGEFOLDER_PREFIX, NPZ_PREFIX, PARQUET_PREFIX, TFDS_PREFIX,
                                   TFDS_STREAMING_NAMES)
 
 #: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
@@ -223,8 +223,9 @@ class ExperimentConfig(_Section):
 
     preset: str = Field(description="Name of the preset the config starts from.")
     dataset: str = Field(description=f"Data set: {', '.join(DATASET_NAMES)}, {NPZ_PREFIX}FILE.npz, "
-                                     f"{PARQUET_PREFIX}DIR or {IMAGEFOLDER_PREFIX}DIR (DIR/train/<class>/*, "
-                                     "DIR/test/<class>/*).")
+                                     f"{PARQUET_PREFIX}DIR, {IMAGEFOLDER_PREFIX}DIR (DIR/train/<class>/*, "
+                                     f"DIR/test/<class>/*) or {TFDS_PREFIX}NAME[:CONFIG] (any image-classification "
+                                     "TFDS builder prepared under the data dir).")
     image_size: int | None = Field(default=None, gt=0,
                                    description=f"Resize the images of an {IMAGEFOLDER_PREFIX} data set to this square "
                                                "size (null: keep their size, which all must share).")
@@ -247,11 +248,12 @@ class ExperimentConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        local = (NPZ_PREFIX, PARQUET_PREFIX, IMAGEFOLDER_PREFIX)
+        local = (NPZ_PREFIX, PARQUET_PREFIX, IMAGEFOLDER_PREFIX, TFDS_PREFIX)
         if value in DATASET_NAMES or (value.startswith(local) and value.split(":", 1)[1]):
             return value
         raise ValueError(f"is not a data set; choose one of {', '.join(DATASET_NAMES)}, "
-                         f"{NPZ_PREFIX}FILE.npz, {PARQUET_PREFIX}DIR or {IMAGEFOLDER_PREFIX}DIR")
+                         f"{NPZ_PREFIX}FILE.npz, {PARQUET_PREFIX}DIR, {IMAGEFOLDER_PREFIX}DIR or "
+                         f"{TFDS_PREFIX}NAME[:CONFIG]")
 
     @field_validator("model")
     @classmethod

@@ -31,6 +31,8 @@ DATA_DIR_ENV = "RAYMEM_DATA_DIR"
 NPZ_PREFIX = "npz:"
 PARQUET_PREFIX = "parquet:"
 IMAGEFOLDER_PREFIX = "imagefolder:"
+#: Any image-classification TFDS builder prepared under the data dir: ``tfds:NAME`` or ``tfds:NAME:CONFIG``.
+TFDS_PREFIX = "tfds:"
 #: File name endings of the images an ``imagefolder:`` set reads (decoded by tf.io.decode_image).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -265,6 +267,8 @@ def load_dataset(name: str, data_dir: str | None = None,
         return _load_parquet(name, name[len(PARQUET_PREFIX):])
     if name.startswith(IMAGEFOLDER_PREFIX):
         return _load_imagefolder(name, name[len(IMAGEFOLDER_PREFIX):], image_size)
+    if name.startswith(TFDS_PREFIX):
+        return _load_tfds_builder(name, resolve_data_dir(data_dir))
     raise RaymemError(
         f"Unknown data set {name!r}; use one of {', '.join(DATASET_NAMES)}, "
         f"or {NPZ_PREFIX}/path/to/file.npz, {PARQUET_PREFIX}/path/to/directory or {IMAGEFOLDER_PREFIX}/path/to/folder."
@@ -334,8 +338,10 @@ def _tfds_num_classes(name: str, data_dir: str | None) -> int:
     return int(_import_tfds().builder(name, data_dir=data_dir).info.features["label"].num_classes)
 
 
-def _load_tfds_arrays(name: str, data_dir: str | None) -> ArrayDataset:
-    """Returns a tfds image data set fully in memory, in tfds order, images scaled to [0, 1]."""
+def _load_tfds_arrays(name: str, data_dir: str | None, shown_as: str | None = None,
+                      class_names: tuple[str, ...] = ()) -> ArrayDataset:
+    """Returns tfds image data set ``name`` fully in memory, in tfds order, images scaled to [0, 1] (the
+    ArrayDataset is called ``shown_as``, default ``name``)."""
     tfds = _import_tfds()
     arrays = {}
     for split in ("train", "test"):
@@ -343,9 +349,33 @@ def _load_tfds_arrays(name: str, data_dir: str | None) -> ArrayDataset:
         for batch in tfds.as_numpy(_tfds_split(name, data_dir, split, batch_size=_TFDS_READ_BATCH)):
             images.append(batch["image"])
             labels.append(batch["label"])
+        if not images:
+            raise RaymemError(f"Data set {shown_as or name!r}: its {_tfds_split_name(name, split)!r} split is "
+                              "empty; prepare the data set again, or use another one.")
         arrays[f"x_{split}"] = _unit_scaled(np.concatenate(images))
         arrays[f"y_{split}"] = np.concatenate(labels).astype(np.int64)
-    return ArrayDataset(name, num_classes=_tfds_num_classes(name, data_dir), **arrays)
+    return ArrayDataset(shown_as or name, num_classes=_tfds_num_classes(name, data_dir), class_names=class_names,
+                        **arrays)
+
+
+def _load_tfds_builder(name: str, data_dir: str | None) -> ArrayDataset:
+    """``tfds:NAME[:CONFIG]``: any image-classification builder (an ``image`` and a ``label`` feature) with a
+    ``train`` and a ``test`` split, prepared under the data dir; class names from its label feature."""
+    tfds = _import_tfds()
+    builder_name = name[len(TFDS_PREFIX):].replace(":", "/", 1)
+    try:
+        features = tfds.builder(builder_name, data_dir=data_dir).info.features
+    except ValueError as error:  # DatasetNotFoundError, or a config the builder does not have
+        reason = str(error).strip().splitlines()[0][:200]
+        raise RaymemError(f"Data set {name!r}: TensorFlow Datasets has no builder {builder_name!r} ({reason}); "
+                          "check the name with `tfds.list_builders()`.") from None
+    label = features["label"] if "label" in features else None
+    if "image" not in features or not hasattr(label, "num_classes"):
+        raise RaymemError(f"Data set {name!r}: builder {builder_name!r} has features {', '.join(features)}, not an "
+                          "image and a class label; use an image-classification builder or npz:/parquet:.")
+    data = _load_tfds_arrays(builder_name, data_dir, shown_as=name, class_names=tuple(label.names))
+    _check_classes(data.y_train, data.y_test, {"y_train": f"{name} train split", "y_test": f"{name} test split"})
+    return data
 
 
 def _encoded_examples(name: str, data_dir: str | None, split: str) -> "tf.data.Dataset":
