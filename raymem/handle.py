@@ -509,9 +509,9 @@ def _run_images(info: RunInfo, data_dir: str | None):
     dataset = info.config.get("dataset") if info.source == "runner" else None
     if not dataset:
         return None, None, "the run was ingested: raymem has no images for it"
-    from raymem.data.datasets import ArrayDataset, load_dataset
+    from raymem.data.datasets import ArrayDataset, data_options, load_dataset
 
-    data = load_dataset(dataset, data_dir, info.config.get("image_size"))
+    data = load_dataset(dataset, data_dir, **data_options(info.config))
     if not isinstance(data, ArrayDataset) or data.x_train.ndim < 3:
         return None, None, f"{dataset} has no images in memory (streamed data or feature vectors)"
     return data.x_train, data.x_test, None

@@ -136,7 +136,7 @@ def test_the_package_ships_the_preset_files():
 def test_config_keys_describe_every_key_once():
     keys = config_keys()
     by_key = {k["key"]: k for k in keys}
-    assert len(by_key) == len(keys) == len({k["name"] for k in keys}) == 37
+    assert len(by_key) == len(keys) == len({k["name"] for k in keys}) == 39
     assert all(k["description"] and k["description"].endswith(".") for k in keys)
     assert by_key["recipe.epochs"] == {
         "key": "recipe.epochs", "name": "epochs", "section": "recipe", "type": "int", "default": None,

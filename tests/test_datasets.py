@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from raymem.errors import RaymemError
+from raymem.config.experiment import resolve_config
 from raymem.data import datasets
 from raymem.data.datasets import ArrayDataset, StreamingDataset, load_dataset
 
@@ -116,6 +117,26 @@ def test_any_tfds_image_classification_builder_through_mock(tfds):
     np.testing.assert_array_equal(data.y_test, raw["label"])
     assert data.class_names == tuple(tfds.builder("fashion_mnist").info.features["label"].names)
     assert data.class_names[:2] == ("T-shirt/top", "Trouser")
+
+
+def test_tfds_splits_are_the_ones_the_config_names(tfds, monkeypatch):
+    requested = []
+
+    def recording(self, *args, split=None, **kwargs):
+        requested.append(split)
+        return mocked(self, *args, split=split, **kwargs)
+
+    config = resolve_config("digits", {"dataset": "tfds:fashion_mnist", "train_split": "train[:90%]",
+                                       "test_split": "train[90%:]"})
+    with tfds.testing.mock_data(num_examples=200), monkeypatch.context() as patch:  # undone before the mock
+        mocked = tfds.core.DatasetBuilder.as_dataset  # mock_data's own, which the recording calls
+        patch.setattr(tfds.core.DatasetBuilder, "as_dataset", recording)
+        load_dataset(config.dataset, **config.data_options)
+    assert requested == ["train[:90%]", "train[90%:]"]
+    for overrides, match in (({"train_split": "train[:5]"}, "not one; leave them at train and test"),
+                             ({"dataset": "tfds:fashion_mnist", "test_split": "train"}, "both 'train'")):
+        with pytest.raises(RaymemError, match=match):
+            resolve_config("digits", overrides)
 
 
 @pytest.mark.parametrize("name, match", [

@@ -38,7 +38,7 @@ from raymem.estimator.formulas import PAPER_SUBSET_RATIO, subset_size
 from raymem.config.catalog import MODEL_NAMES, SCHEDULE_OPTIONS
 from raymem.config.yaml_reader import describe_yaml_error, load_yaml
 from raymem.data.datasets import (DATASET_NAMES, IMAGEFOLDER_PREFIX, NPZ_PREFIX, PARQUET_PREFIX, TFDS_PREFIX,
-                                  TFDS_STREAMING_NAMES)
+                                  TFDS_STREAMING_NAMES, data_options)
 
 #: Set to "1" in the workers of multi-node trials: they build with tf-keras (see keras_backend).
 LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
@@ -229,6 +229,10 @@ class ExperimentConfig(_Section):
     image_size: int | None = Field(default=None, gt=0,
                                    description=f"Resize the images of an {IMAGEFOLDER_PREFIX} data set to this square "
                                                "size (null: keep their size, which all must share).")
+    train_split: str = Field(default="train", description=f"The split of a {TFDS_PREFIX} data set trials train "
+                                                         "on (a TFDS split name, e.g. train[:90%]).")
+    test_split: str = Field(default="test", description=f"The split of a {TFDS_PREFIX} data set that is the test "
+                                                       "set (a TFDS split name, e.g. validation).")
     model: str = Field(description=f"Model: {', '.join(MODEL_NAMES)}, or your own as MODULE:FUNCTION or "
                                    "FILE.py:FUNCTION (see the README's \"Your own data and model\").")
     model_params: dict[str, Any] = Field(default_factory=dict,
@@ -274,6 +278,12 @@ class ExperimentConfig(_Section):
         if self.image_size is not None and not self.dataset.startswith(IMAGEFOLDER_PREFIX):
             raise ValueError(f"image_size resizes the images of an {IMAGEFOLDER_PREFIX} data set, and data set "
                              f"{self.dataset!r} is not one; set image_size: null")
+        if (self.train_split, self.test_split) != ("train", "test") and not self.dataset.startswith(TFDS_PREFIX):
+            raise ValueError(f"train_split and test_split choose the splits of a {TFDS_PREFIX} data set, and data set "
+                             f"{self.dataset!r} is not one; leave them at train and test")
+        if self.train_split == self.test_split:
+            raise ValueError(f"train_split and test_split are both {self.train_split!r}: a test set must be other "
+                             "examples than the training set; choose two splits")
         return self
 
     @model_validator(mode="after")
@@ -290,6 +300,11 @@ class ExperimentConfig(_Section):
             raise ValueError(f"resources.pack={pack!r} packs small trials into one warm task; it cannot be combined "
                              "with gpus_per_trial > 1 or nodes_per_trial > 1; use pack=1")
         return self
+
+    @property
+    def data_options(self) -> dict:
+        """How the data set is read: the keyword arguments of ``datasets.load_dataset`` this config sets."""
+        return data_options(self.to_dict())
 
     @property
     def uses_train_group(self) -> bool:

@@ -33,6 +33,8 @@ PARQUET_PREFIX = "parquet:"
 IMAGEFOLDER_PREFIX = "imagefolder:"
 #: Any image-classification TFDS builder prepared under the data dir: ``tfds:NAME`` or ``tfds:NAME:CONFIG``.
 TFDS_PREFIX = "tfds:"
+#: The config keys that say how a data set is read (keyword arguments of :func:`load_dataset`).
+DATA_OPTION_KEYS = ("image_size", "train_split", "test_split")
 #: File name endings of the images an ``imagefolder:`` set reads (decoded by tf.io.decode_image).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -247,12 +249,19 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
     return os.environ.get(DATA_DIR_ENV) or None
 
 
-def load_dataset(name: str, data_dir: str | None = None,
-                 image_size: int | None = None) -> ArrayDataset | StreamingDataset:
+def data_options(config: dict) -> dict:
+    """The keyword arguments of :func:`load_dataset` a (stored or live) config dict gives: the keys of
+    :data:`DATA_OPTION_KEYS` it sets (a run stored before a key existed reads with its default)."""
+    return {key: config[key] for key in DATA_OPTION_KEYS if config.get(key) is not None}
+
+
+def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None, *,
+                 train_split: str = "train", test_split: str = "test") -> ArrayDataset | StreamingDataset:
     """Returns the data set called `name` (one of DATASET_NAMES, "npz:FILE", "parquet:DIR" or "imagefolder:DIR").
 
     tfds data sets are read from `data_dir`, else $RAYMEM_DATA_DIR, else tfds's default, and are
-    never downloaded here. `image_size` resizes the images of an imagefolder: set to that square size.
+    never downloaded here. `image_size` resizes the images of an imagefolder: set to that square size;
+    `train_split` / `test_split` name the splits of a tfds: builder that play raymem's train and test.
     Raises RaymemError for an unknown name or missing/invalid data.
     """
     if name == "digits":
@@ -268,7 +277,7 @@ def load_dataset(name: str, data_dir: str | None = None,
     if name.startswith(IMAGEFOLDER_PREFIX):
         return _load_imagefolder(name, name[len(IMAGEFOLDER_PREFIX):], image_size)
     if name.startswith(TFDS_PREFIX):
-        return _load_tfds_builder(name, resolve_data_dir(data_dir))
+        return _load_tfds_builder(name, resolve_data_dir(data_dir), {"train": train_split, "test": test_split})
     raise RaymemError(
         f"Unknown data set {name!r}; use one of {', '.join(DATASET_NAMES)}, "
         f"or {NPZ_PREFIX}/path/to/file.npz, {PARQUET_PREFIX}/path/to/directory or {IMAGEFOLDER_PREFIX}/path/to/folder."
@@ -320,17 +329,28 @@ def _missing_tfds_data(name: str, where: str) -> RaymemError:
     )
 
 
-def _tfds_split(name: str, data_dir: str | None, split: str, **as_dataset_args: Any) -> "tf.data.Dataset":
-    """Returns tfds's dataset of raymem split `split` in tfds order; never downloads.
+def _tfds_split(name: str, data_dir: str | None, split: str, tfds_split: str | None = None,
+                **as_dataset_args: Any) -> "tf.data.Dataset":
+    """Returns tfds's dataset of raymem split `split` (tfds's `tfds_split`, default the usual one) in tfds order;
+    never downloads.
 
-    Raises RaymemError when the data set is not prepared in the data directory.
+    Raises RaymemError when the data set is not prepared in the data directory, or has no such split.
     """
     tfds = _import_tfds()
     builder = tfds.builder(name, data_dir=data_dir)
+    chosen = tfds_split or _tfds_split_name(name, split)
+    splits = builder.info.splits
+    if splits and chosen.split("[")[0] not in splits:
+        raise RaymemError(f"Data set {name!r} has no split {chosen!r} (its splits: {', '.join(splits)}); set "
+                          f"{split}_split to one of them.")
     try:
-        return builder.as_dataset(split=_tfds_split_name(name, split), shuffle_files=False, **as_dataset_args)
+        return builder.as_dataset(split=chosen, shuffle_files=False, **as_dataset_args)
     except AssertionError as error:  # tfds's way of saying "not prepared in this directory"
         raise _missing_tfds_data(name, os.fspath(builder.data_dir_root)) from error
+    except ValueError as error:  # a split name or slice tfds cannot read
+        reason = str(error).strip().splitlines()[0][:200]
+        raise RaymemError(f"Data set {name!r} cannot read split {chosen!r} ({reason}); set {split}_split to one "
+                          "of its splits.") from None
 
 
 def _tfds_num_classes(name: str, data_dir: str | None) -> int:
@@ -339,28 +359,31 @@ def _tfds_num_classes(name: str, data_dir: str | None) -> int:
 
 
 def _load_tfds_arrays(name: str, data_dir: str | None, shown_as: str | None = None,
-                      class_names: tuple[str, ...] = ()) -> ArrayDataset:
+                      class_names: tuple[str, ...] = (), splits: dict[str, str] | None = None) -> ArrayDataset:
     """Returns tfds image data set ``name`` fully in memory, in tfds order, images scaled to [0, 1] (the
-    ArrayDataset is called ``shown_as``, default ``name``)."""
+    ArrayDataset is called ``shown_as``, default ``name``; ``splits`` maps raymem's train/test to tfds splits)."""
     tfds = _import_tfds()
     arrays = {}
     for split in ("train", "test"):
         images, labels = [], []
-        for batch in tfds.as_numpy(_tfds_split(name, data_dir, split, batch_size=_TFDS_READ_BATCH)):
+        chosen = (splits or {}).get(split)
+        for batch in tfds.as_numpy(_tfds_split(name, data_dir, split, chosen, batch_size=_TFDS_READ_BATCH)):
             images.append(batch["image"])
             labels.append(batch["label"])
         if not images:
-            raise RaymemError(f"Data set {shown_as or name!r}: its {_tfds_split_name(name, split)!r} split is "
-                              "empty; prepare the data set again, or use another one.")
+            which = chosen or _tfds_split_name(name, split)
+            raise RaymemError(f"Data set {shown_as or name!r}: its {which!r} split is empty; prepare the data set "
+                              "again, or use another one.")
         arrays[f"x_{split}"] = _unit_scaled(np.concatenate(images))
         arrays[f"y_{split}"] = np.concatenate(labels).astype(np.int64)
     return ArrayDataset(shown_as or name, num_classes=_tfds_num_classes(name, data_dir), class_names=class_names,
                         **arrays)
 
 
-def _load_tfds_builder(name: str, data_dir: str | None) -> ArrayDataset:
-    """``tfds:NAME[:CONFIG]``: any image-classification builder (an ``image`` and a ``label`` feature) with a
-    ``train`` and a ``test`` split, prepared under the data dir; class names from its label feature."""
+def _load_tfds_builder(name: str, data_dir: str | None, splits: dict[str, str]) -> ArrayDataset:
+    """``tfds:NAME[:CONFIG]``: any image-classification builder (an ``image`` and a ``label`` feature), prepared
+    under the data dir, read from the tfds splits ``splits`` names for train and test; class names from its label
+    feature."""
     tfds = _import_tfds()
     builder_name = name[len(TFDS_PREFIX):].replace(":", "/", 1)
     try:
@@ -373,7 +396,7 @@ def _load_tfds_builder(name: str, data_dir: str | None) -> ArrayDataset:
     if "image" not in features or not hasattr(label, "num_classes"):
         raise RaymemError(f"Data set {name!r}: builder {builder_name!r} has features {', '.join(features)}, not an "
                           "image and a class label; use an image-classification builder or npz:/parquet:.")
-    data = _load_tfds_arrays(builder_name, data_dir, shown_as=name, class_names=tuple(label.names))
+    data = _load_tfds_arrays(builder_name, data_dir, shown_as=name, class_names=tuple(label.names), splits=splits)
     _check_classes(data.y_train, data.y_test, {"y_train": f"{name} train split", "y_test": f"{name} test split"})
     return data
 

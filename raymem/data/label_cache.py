@@ -27,11 +27,11 @@ from raymem.data import datasets
 SOURCE_FILE = "dataset-source.json"
 
 
-def load_run_dataset(name: str, data_dir: str | None, store: RunStore, image_size: int | None = None):
-    """``datasets.load_dataset(name, data_dir, image_size)``, but a streamed data set of a run being resumed takes
+def load_run_dataset(name: str, data_dir: str | None, store: RunStore, options: dict | None = None):
+    """``datasets.load_dataset(name, data_dir, **options)``, but a streamed data set of a run being resumed takes
     its labels from the run directory when they are still valid (see the module docstring)."""
     if name not in datasets.TFDS_STREAMING_NAMES:
-        return datasets.load_dataset(name, data_dir, image_size)
+        return datasets.load_dataset(name, data_dir, **(options or {}))
     cached = cached_streaming_dataset(name, data_dir, store)
     return cached if cached is not None else datasets.load_dataset(name, data_dir)
 

@@ -191,7 +191,7 @@ def _create(source_store: RunStore, source: RunInfo, store: RunStore, request: M
                           "a marginal run retrains on the source run's labels.")
     from raymem.data.datasets import load_dataset
 
-    if load_dataset(config.dataset, request.data_dir, config.image_size).fingerprint() != source.fingerprint:
+    if load_dataset(config.dataset, request.data_dir, **config.data_options).fingerprint() != source.fingerprint:
         raise RaymemError(f"{config.dataset} is not the data run {source.name} was trained on (fingerprints differ); "
                           "use the same data (--data-dir) to retrain its recipe.")
     sets = marginal_utility.make_sets(pairs.column("train_index").to_numpy(), pairs.column("test_index").to_numpy(),

@@ -371,7 +371,7 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
     from raymem.data.label_cache import load_run_dataset, remember_source
 
     # a streamed set's labels come from the run dir
-    data = load_run_dataset(config.dataset, options.data_dir, store, config.image_size)
+    data = load_run_dataset(config.dataset, options.data_dir, store, config.data_options)
     model_source = check_own_model(config, data)
     check_checkpoint_location(config, store)
     info, train_labels = prepare_run(config, store, name, data, model_source)
