@@ -58,9 +58,11 @@ def trial(config, data_ref, trial_id: int, fraction: float) -> dict:
             "train_seconds": metadata["train_seconds"], "test_accuracy": metadata["test_accuracy"]}
 
 
-def shared_trials(config, data, fraction: float, trials: int, num_gpus: int) -> tuple[list[dict], float]:
+def shared_trials(config, data, fraction: float, trials: int, num_gpus: int,
+                  timeout: float | None = None) -> tuple[list[dict], float]:
     """``trials`` trials of ``config`` on ``data`` at once as Ray tasks asking for ``fraction`` of a GPU each, on a
-    local Ray of ``num_gpus`` GPUs started and stopped here; returns (each trial's ``trial`` dict, wall seconds)."""
+    local Ray of ``num_gpus`` GPUs started and stopped here; returns (each trial's ``trial`` dict, wall seconds).
+    ``timeout``: seconds to wait for the trials (ray.exceptions.GetTimeoutError past it)."""
     import ray
 
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmt-gpu-", dir="/tmp"))
@@ -69,7 +71,7 @@ def shared_trials(config, data, fraction: float, trials: int, num_gpus: int) -> 
         task = ray.remote(max_calls=0)(trial).options(num_gpus=fraction, num_cpus=1)
         data_ref = ray.put(data)
         started = time.time()
-        results = ray.get([task.remote(config, data_ref, k, fraction) for k in range(trials)])
+        results = ray.get([task.remote(config, data_ref, k, fraction) for k in range(trials)], timeout=timeout)
         return results, time.time() - started
     finally:
         ray.shutdown()
