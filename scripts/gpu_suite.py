@@ -273,10 +273,12 @@ def study_table(epochs: dict[str, dict | None]) -> list[str]:
     lines = [f"## 4. A {TRIALS:,}-trial study on one GPU, from table 1 (one trial at a time; packing or sharing "
              "divides it by table 2's or 3's gain)", "",
              "| preset | epochs | s/epoch | GPU-hours | paper's plan (P100) |", "|---|---|---|---|---|"]
+    from raymem.config.experiment import PRESETS
+
     for preset in STUDY_PRESETS:
         row, paper = epochs.get(preset), dict(EPOCH_PRESETS).get(preset)
         why = _skipped(row)
-        planned = f"{TRIALS * 160 * paper / 3600:,.0f}" if paper else "-"
+        planned = f"{TRIALS * PRESETS[preset].recipe.epochs * paper / 3600:,.0f}" if paper else "-"
         if why:
             lines.append(f"| {preset} | {why} | | | {planned} |")
             continue
