@@ -97,9 +97,10 @@ def _child_args(args, pack: int) -> list[str]:
     return out + (["--synthetic", str(args.synthetic)] if args.synthetic else [])
 
 
-def _measure(args, pack: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, *_child_args(args, pack)],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+def _measure(args, pack: int, timeout: float | None = None) -> dict:
+    """One row in a fresh process; ``timeout`` seconds (gpu_suite's time budget) raise subprocess.TimeoutExpired."""
+    out = subprocess.run([sys.executable, __file__, *_child_args(args, pack)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=timeout)
     if out.returncode != 0:
         raise SystemExit(f"measurement K={pack} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

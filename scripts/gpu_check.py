@@ -52,9 +52,29 @@ def trial(config, data_ref, trial_id: int, fraction: float) -> dict:
         peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     except (ValueError, RuntimeError):
         peak = float("nan")
-    return {"trial": trial_id, "gpu_ids": ray.get_gpu_ids(), "started": started, "finished": time.time(),
+    gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []  # gpu_suite --smoke calls it without Ray
+    return {"trial": trial_id, "gpu_ids": gpu_ids, "started": started, "finished": time.time(),
             "peak_mb": peak, "limit_mb": share.get("gpu_memory_limit_mb"), "mode": share.get("gpu_share"),
             "train_seconds": metadata["train_seconds"], "test_accuracy": metadata["test_accuracy"]}
+
+
+def shared_trials(config, data, fraction: float, trials: int, num_gpus: int,
+                  timeout: float | None = None) -> tuple[list[dict], float]:
+    """``trials`` trials of ``config`` on ``data`` at once as Ray tasks asking for ``fraction`` of a GPU each, on a
+    local Ray of ``num_gpus`` GPUs started and stopped here; returns (each trial's ``trial`` dict, wall seconds).
+    ``timeout``: seconds to wait for the trials (ray.exceptions.GetTimeoutError past it)."""
+    import ray
+
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmt-gpu-", dir="/tmp"))
+    ray.init(address="local", num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(max_calls=0)(trial).options(num_gpus=fraction, num_cpus=1)
+        data_ref = ray.put(data)
+        started = time.time()
+        results = ray.get([task.remote(config, data_ref, k, fraction) for k in range(trials)], timeout=timeout)
+        return results, time.time() - started
+    finally:
+        ray.shutdown()
 
 
 def main() -> int:
@@ -70,7 +90,6 @@ def main() -> int:
     print(f"gpu_check: {len(gpus)} GPU(s): {gpus[0]}")
 
     import numpy as np
-    import ray
 
     from raymem.config.experiment import resolve_config
     from raymem.data.datasets import ArrayDataset
@@ -82,16 +101,7 @@ def main() -> int:
                         rng.integers(0, 10, 60_000).astype(np.int64),
                         rng.random((10_000, 28, 28, 1), dtype=np.float32),
                         rng.integers(0, 10, 10_000).astype(np.int64), 10)
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmt-gpu-", dir="/tmp"))
-    ray.init(address="local", num_gpus=len(gpus), include_dashboard=False, log_to_driver=False)
-    try:
-        task = ray.remote(max_calls=0)(trial).options(num_gpus=args.fraction, num_cpus=1)
-        data_ref = ray.put(data)
-        started = time.time()
-        results = ray.get([task.remote(config, data_ref, k, args.fraction) for k in range(args.trials)])
-        wall = time.time() - started
-    finally:
-        ray.shutdown()
+    results, wall = shared_trials(config, data, args.fraction, args.trials, len(gpus))
     print(f"{'trial':>5} {'gpu':>4} {'mode':>13} {'cap MiB':>8} {'peak MiB':>9} {'wall s':>7} {'train s':>8}")
     for r in results:
         cap = "-" if r["limit_mb"] is None else str(r["limit_mb"])

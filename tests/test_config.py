@@ -58,10 +58,18 @@ EXPECTED_PRESETS = {
                         (1, 0.125, None), (0.5, 1)),
     "imagenet": ("imagenet2012", "resnet50", 2000, (100, 896, 0.7, "warmup_piecewise", 32, True), (32, 8, 1),
                  (1800, 8)),
+    # the public MNIST examples' small CNN for their 12 epochs (batch 128): see the preset file
+    "mnist-fast": ("mnist", "small_cnn", 2000, (12, 128, 0.05, "warmup_linear_decay", 0, False), (1, 0.25, None),
+                   (None, None)),
     # airbench94's recipe (KellerJordan/cifar10-airbench) in raymem's terms: see the preset file
     "cifar10-fast": ("cifar10", "airbench94", 2000, (35, 1024, 1.5, "warmup_linear_decay", 2, True), (2, 0.25, None),
                      (None, None)),
+    # the same with the 100-way head and 34 epochs (within 1/50 of cifar100's FLOPs)
+    "cifar100-fast": ("cifar100", "airbench94", 2000, (34, 1024, 1.5, "warmup_linear_decay", 2, True),
+                      (2, 0.25, None), (None, None)),
 }
+
+AIRBENCH = ("cifar10-fast", "cifar100-fast")
 
 
 def test_the_preset_files_hold_the_papers_values():
@@ -76,13 +84,13 @@ def test_the_preset_files_hold_the_papers_values():
         assert (c.budget.paper_epoch_seconds, c.budget.paper_gpus) == budget, name
         # what no preset changes: the paper's subset ratio, seed 0, one try of three, full pairs; and the paper's
         # presets SGD with momentum 0.9 (a fast preset has its source's optimizer)
-        momentum = 0.85 if name == "cifar10-fast" else 0.9
+        momentum = 0.85 if name in AIRBENCH else 0.9
         assert (c.subset_ratio, c.seed, c.flip_labels, r.momentum, r.mixed_precision, r.xla) == (0.7, 0, 0, momentum,
                                                                                                  "auto", "auto")
         assert (c.resources.nodes_per_trial, c.resources.max_attempts, c.resources.pack) == (1, 3, 1)
         assert c.estimator.track_pairs
         warmup = {"warmup_epochs": 15, "decay_epochs": [30, 60, 90], "decay_factor": 10.0} if name == "imagenet" \
-            else {"warmup_fraction": 0.23 if name == "cifar10-fast" else 0.15}
+            else {"warmup_fraction": 0.23 if name in AIRBENCH else 0.15}
         assert r.schedule_params == warmup
         scope = (16, "class") if name == "imagenet" else (64, "full")
         assert (c.estimator.pair_batch, c.estimator.influence_scope) == scope

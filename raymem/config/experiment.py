@@ -532,7 +532,8 @@ PRESET_DIR = Path(__file__).with_name("presets")
 #: fast recipes.
 #: A preset file not named here follows, in name order.
 _PRESET_ORDER = ("digits", "mnist", "cifar10", "cifar100", "cifar100-resnet18", "cifar100-inception",
-                 "cifar100-densenet100", "cifar100-linear", "imagenet", "cifar10-fast")
+                 "cifar100-densenet100", "cifar100-linear", "imagenet", "mnist-fast", "cifar10-fast",
+                 "cifar100-fast")
 
 
 def preset_names() -> list[str]:

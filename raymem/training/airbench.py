@@ -1,5 +1,5 @@
 """airbench94's network in Keras (Keller Jordan, 2024, `KellerJordan/cifar10-airbench`: 94% on CIFAR-10 in 3.83 s
-on one A100, 0.36 PFLOPs per run), for the ``cifar10-fast`` preset.
+on one A100, 0.36 PFLOPs per run), for the ``cifar10-fast`` and ``cifar100-fast`` presets.
 
 The layer shapes and initialisations of its published network, written from its description:
 
