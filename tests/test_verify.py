@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from raymem import api
 from raymem.cli import app
+from raymem.errors import RaymemWarning
 from raymem.estimator import log_replay
 from raymem.estimator.counts import Counts
 from raymem.store.run_info import read_run_info
@@ -136,7 +137,8 @@ def test_a_quarantined_trial_is_retrained_and_the_run_is_whole_again(tmp_path):
     assert invoke("verify", run_dir, "--quarantine").exit_code == 0
     damage(run_dir / trial_path(0), "truncate")  # left in the log: the run skips it and sets it aside itself
 
-    result = run_experiment(config, name="whole", run_uri=str(run_dir), options=options)
+    with pytest.warns(RaymemWarning, match=r"trial-00000000\.parquet is damaged"):  # named, then retrained
+        result = run_experiment(config, name="whole", run_uri=str(run_dir), options=options)
     assert sorted(result.trained_now) == [0, 2]  # exactly the damaged trials
     assert sorted(p.name for p in (run_dir / "quarantine").iterdir()) == [
         "trial-00000000.parquet", "trial-00000002.parquet"]
