@@ -3,27 +3,14 @@ driver killed and started again, all in one run; nothing lost, nothing counted t
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from scripts_loader import load_script  # tests/scripts_loader.py
 
 from raymem.store.storage import RunStore
 from raymem.store.trial_log import trial_ids
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "chaos.py"
-
-
-def _load_chaos():
-    spec = importlib.util.spec_from_file_location("raymem_chaos_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-chaos = _load_chaos()
+chaos = load_script("chaos.py")
 
 SMALL = chaos.StormPlan(trials=8, workers=2, epochs=2, node_kills=1, node_period_s=2.0, accumulator_kills_at=(0.25,),
                         driver_kill_at=0.5, min_faults=5, timeout_s=240.0)

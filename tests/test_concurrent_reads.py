@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts_loader import load_script  # tests/scripts_loader.py
 
 from raymem.actors.accumulator import Accumulator
 from raymem.actors.live_counts import LiveCounts, add_outer_products_gil_free
@@ -16,17 +14,6 @@ from raymem.errors import RaymemError
 from raymem.estimator.counts import Counts
 from raymem.estimator.log_replay import counts_from_log, offline_view
 from raymem.store.storage import RunStore
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_accumulator.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("raymem_bench_accumulator", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_gil_free_update_equals_the_product():
     rng = np.random.default_rng(0)
@@ -75,7 +62,7 @@ def test_every_pair_snapshot_matches_its_own_trials_while_absorbs_go_on():
 
 
 def test_reader_loop_during_absorbs_does_not_change_what_is_counted(tmp_path):
-    bench = _bench()
+    bench = load_script("bench_accumulator.py")
     uri, info = bench.make_run(str(tmp_path / "run"), n_train=400, n_test=60)
     acc = Accumulator(uri, with_pairs=True, batch_size=4)
     assert acc.reader is not None  # pair reads go to the reader process over the shared matrix

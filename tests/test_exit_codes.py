@@ -6,26 +6,13 @@ runs several times beside one busy loop per core; the script's full run (20 repe
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stress_exits.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("stress_exits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stress_exits"] = module
-    spec.loader.exec_module(module)
-    return module
-
+from scripts_loader import load_script  # tests/scripts_loader.py
 
 @pytest.mark.slow
 def test_read_commands_exit_0_or_2_every_time_under_load(tmp_path):
-    stress_exits = _load_script()
+    stress_exits = load_script("stress_exits.py")
     rows = stress_exits.stress(reps=3, workdir=tmp_path)
     assert {row["case"] for row in rows} == {case for case, _, _ in stress_exits.CASES}
     assert {row["expected"] for row in rows} == {0, 2}  # both the successes and the refusals are exercised

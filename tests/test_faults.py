@@ -8,12 +8,10 @@ logged masks and correctness bits.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts_loader import load_script  # tests/scripts_loader.py
 
 from raymem.estimator import log_replay
 from raymem.errors import RaymemError
@@ -23,18 +21,7 @@ from raymem.store.trial_log import iter_trials, trial_ids
 
 pytestmark = pytest.mark.slow  # starts Ray
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reliability.py"
-
-
-def _load_reliability():
-    spec = importlib.util.spec_from_file_location("raymem_reliability_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-reliability = _load_reliability()
+reliability = load_script("reliability.py")
 
 
 @pytest.fixture

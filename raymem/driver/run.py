@@ -30,7 +30,7 @@ from raymem.data import canaries
 from raymem.config.experiment import LEGACY_KERAS_ENV, ExperimentConfig, compare_for_resume, gpu_hours
 from raymem.driver.lease import DriverLease
 from raymem.driver.progress import Progress
-from raymem.driver.space import SpaceWaiter, storage_full_cause
+from raymem.driver.space import SpaceWaiter, innermost_cause, storage_full_cause
 
 
 @dataclass
@@ -400,9 +400,10 @@ def _run_with_lease(config: ExperimentConfig, store: RunStore, name: str, run_ur
         # Trials train on the run's labels (canaries flipped), for in-memory and streaming data alike:
         # a StreamingDataset is only its labels and where its files are, so it travels whole.
         payload = ray.put(dataclasses.replace(data, y_train=np.asarray(train_labels, dtype=np.int64)))
-        submit = _submitter(_for_workers(config), run, payload, accumulator)
+        worker_config = _for_workers(config)
+        submit = _submitter(worker_config, run, payload, accumulator)
         result = RunResult(name, store.uri, config.trials, len(done))
-        units = _units(_for_workers(config), missing, payload, result)
+        units = _units(worker_config, missing, payload, result)
         bar = Progress(config.trials, len(done), enabled=options.progress, stream=sys.stderr)
         stop_check = None
         if options.stops_early:
@@ -577,9 +578,7 @@ def _refuse_if_driver_unreachable(exc: BaseException) -> None:
 
     from raymem.cluster.connection import AUTH_MODE_ENV
 
-    cause = exc
-    while cause is not None and not isinstance(cause, ray.exceptions.OwnerDiedError):
-        cause = getattr(cause, "cause", None) if getattr(cause, "cause", None) is not cause else None
+    cause = innermost_cause(exc, ray.exceptions.OwnerDiedError)
     if cause is None or _owner_worker_id(cause) != ray.get_runtime_context().get_worker_id():
         return  # another owner (a worker lost with its node): an ordinary failure, retried
     mode = os.environ.get(AUTH_MODE_ENV, "unset")

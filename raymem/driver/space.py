@@ -13,25 +13,30 @@ from typing import Callable
 
 from raymem.store.storage import RunStore, StorageFull
 
-__all__ = ["PROBE_FILE", "SpaceWaiter", "storage_full_cause"]
+__all__ = ["PROBE_FILE", "SpaceWaiter", "innermost_cause", "storage_full_cause"]
 
 #: The file a probe writes (and deletes) in the run directory to see whether the storage has space again.
 PROBE_FILE = ".raymem-space-probe"
 
 
-def storage_full_cause(exc: BaseException) -> StorageFull | None:
-    """The StorageFull behind ``exc``, or None when the failure was something else.
+def innermost_cause(exc: BaseException | None, kind: type) -> BaseException | None:
+    """The innermost error of type ``kind`` behind ``exc``, or None.
 
     Ray raises a task's error as an instance of both RayTaskError and the error's class, with the original as
     ``cause``, and a trial task wraps the accumulator's: the innermost one holds the plain message.
     """
     found = None
     while exc is not None:
-        if isinstance(exc, StorageFull):
+        if isinstance(exc, kind):
             found = exc
         cause = getattr(exc, "cause", None)
         exc = cause if cause is not exc else None
     return found
+
+
+def storage_full_cause(exc: BaseException) -> StorageFull | None:
+    """The StorageFull behind ``exc``, or None when the failure was something else."""
+    return innermost_cause(exc, StorageFull)
 
 
 class SpaceWaiter:

@@ -243,6 +243,13 @@ def set_aside(store: RunStore, relpath: str) -> str:
     return target
 
 
+def warn_damaged(store: RunStore, relpath: str, trial_id: int, problem: str) -> None:
+    """Say, as a RaymemWarning, that a reader leaves the damaged trial file ``relpath`` out, and what mends it."""
+    warnings.warn(f"{store.location(relpath)} is damaged ({problem}) and is left out; `raymem run` trains trial "
+                  f"{trial_id} again, and `raymem verify {store.uri}` lists every damaged file.", RaymemWarning,
+                  stacklevel=3)
+
+
 def iter_trials(
     store: RunStore, trial_ids: Iterable[int] | None = None, info: RunInfo | None = None
 ) -> Iterator[TrialRecord]:
@@ -258,8 +265,6 @@ def iter_trials(
         try:
             record = read_trial(store, trial_id, info)
         except DamagedTrialFile as exc:
-            warnings.warn(f"{store.location(exc.relpath)} is damaged ({exc.problem}) and is left out; `raymem run` "
-                          f"trains trial {exc.trial_id} again, and `raymem verify {store.uri}` lists every damaged "
-                          "file.", RaymemWarning, stacklevel=2)
+            warn_damaged(store, exc.relpath, exc.trial_id, exc.problem)
             continue
         yield record

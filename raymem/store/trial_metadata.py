@@ -9,13 +9,11 @@ are recorded only where they apply (``checkpoint_warnings``, ``resumed_from_epoc
 from __future__ import annotations
 
 import json
-import warnings
 
 import pyarrow as pa
 
-from raymem.errors import RaymemWarning
 from raymem.store.storage import RunStore
-from raymem.store.trial_log import trial_ids, trial_path
+from raymem.store.trial_log import trial_ids, trial_path, warn_damaged
 
 #: (column, metadata key, Arrow type), in the table's order.
 COLUMNS = (
@@ -58,9 +56,7 @@ def trial_metadata(store: RunStore, trial_id: int) -> dict | None:
         table = store.read_parquet(relpath, columns=["metadata"])
         return json.loads(table.column("metadata")[0].as_py())
     except (OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
-        warnings.warn(f"{store.location(relpath)} is damaged ({type(exc).__name__}) and is left out; `raymem run` "
-                      f"trains trial {trial_id} again, and `raymem verify {store.uri}` lists every damaged file.",
-                      RaymemWarning, stacklevel=2)
+        warn_damaged(store, relpath, trial_id, type(exc).__name__)
         return None
 
 
