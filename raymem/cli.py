@@ -7,7 +7,9 @@ import datetime
 import functools
 import inspect
 import json
+import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -1242,8 +1244,30 @@ def down(
 
 
 def main() -> None:
-    """Entry point of the `raymem` command."""
-    app()
+    """Entry point of the `raymem` command: the CLI, then an exit that keeps its status whatever native threads do.
+
+    Reading run files on the calling thread (``RunStore.read_parquet``) removed the known cause of aborts at exit,
+    yet the stress test (scripts/stress_exits.py) still saw an ``export`` end with SIGABRT ("terminate called
+    without an active exception") after its work was done: a native thread pool torn down while the interpreter
+    finalizes. A command's outcome is decided when it returns, so once Ray is shut down and every stream flushed
+    the process leaves with that status without finalizing (``os._exit``).
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
